@@ -1,0 +1,314 @@
+"""Measure a model: size on disk, parameters, latency on ONNX Runtime, and the task metric.
+
+Everything returned is measured by running the model. Timing sessions use fixed threads
+and no thread spinning: with spinning on, sessions timed in one process on a small
+machine came out 4-7x too slow (see the field notes).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+
+from core.context import MeasureSettings
+from core.data import (
+    Feeds,
+    iter_batches,
+    model_feeds,
+    pinned_batch_size,
+    sample_count,
+    take_rows,
+)
+from core.errors import IncompatibleData, StepFailed, short_reason
+from core.formats import TensorInfo, load_model
+from core.formats import count_parameters as _count_model_parameters
+from core.results import Latency, ModelMetrics
+from core.spec import TaskSpec
+
+# Rows per run when computing the metric; models that pin their batch dim use theirs.
+DEFAULT_EVAL_BATCH = 64
+_COSINE_EPS = 1e-12
+
+CancelCheck = Callable[[], None]
+MetricName = Literal["accuracy", "agreement", "cosine_similarity", "neg_mse"]
+
+
+def providers_for(device: str) -> list[str]:
+    """ONNX Runtime providers for a resolved device ("cuda" keeps the CPU as fallback)."""
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def session_options(settings: MeasureSettings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return options
+
+
+def open_session(path: Path, settings: MeasureSettings, device: str) -> ort.InferenceSession:
+    """A session configured for timing; raises StepFailed when ONNX Runtime cannot load it."""
+    try:
+        return ort.InferenceSession(
+            str(path), session_options(settings), providers=providers_for(device)
+        )
+    except Exception as exc:
+        raise StepFailed(f"ONNX Runtime cannot load {path.name}: {short_reason(exc)}") from exc
+
+
+def session_inputs(session: ort.InferenceSession) -> list[TensorInfo]:
+    """The session's inputs as TensorInfo (the same view core.formats gives of a file)."""
+    return [
+        TensorInfo(name=arg.name, dtype=_ort_dtype(arg.type), shape=list(arg.shape))
+        for arg in session.get_inputs()
+    ]
+
+
+def eval_batch_size(inputs: list[TensorInfo]) -> int:
+    """Rows per run for the metric: the model's pinned batch dim, else DEFAULT_EVAL_BATCH."""
+    return pinned_batch_size(inputs) or DEFAULT_EVAL_BATCH
+
+
+def file_size(path: Path) -> int:
+    return path.stat().st_size
+
+
+def count_parameters(path: Path) -> int:
+    """Elements of the model's weight initializers (see core.formats.count_parameters)."""
+    return _count_model_parameters(load_model(path))
+
+
+def time_sessions(
+    sessions: list[ort.InferenceSession], feeds: Feeds, settings: MeasureSettings
+) -> list[list[float]]:
+    """Per-session run times in ms, interleaved A, B, A, B ... after each warms up.
+
+    Interleaving spreads machine noise (other processes, frequency changes) evenly over
+    the models, so their ratio is fair even when absolute times drift.
+    """
+    for session in sessions:
+        for _ in range(settings.warmup_runs):
+            session.run(None, feeds)
+    times_ms: list[list[float]] = [[] for _ in sessions]
+    for _ in range(settings.runs):
+        for session, times in zip(sessions, times_ms, strict=True):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times.append((time.perf_counter() - start) * 1000.0)
+    return times_ms
+
+
+def summarize_latency(times_ms: list[float], batch_size: int) -> Latency:
+    return Latency(
+        batch_size=batch_size,
+        median_ms=float(np.median(times_ms)),
+        p95_ms=float(np.percentile(times_ms, 95)),
+        runs=len(times_ms),
+    )
+
+
+def measure_latency(
+    path: Path, feeds_for_batch: Feeds, batch_size: int, settings: MeasureSettings, device: str
+) -> Latency:
+    """Median and p95 latency of one run on `feeds_for_batch` (which hold `batch_size` rows)."""
+    session = open_session(path, settings, device)
+    (times_ms,) = time_sessions([session], feeds_for_batch, settings)
+    return summarize_latency(times_ms, batch_size)
+
+
+def compare_latency(
+    paths: list[Path],
+    feeds_for_batch: Feeds,
+    batch_size: int,
+    settings: MeasureSettings,
+    device: str,
+) -> list[Latency]:
+    """Latency of several models timed interleaved in one process, for fair ratios."""
+    sessions = [open_session(path, settings, device) for path in paths]
+    return [
+        summarize_latency(times, batch_size)
+        for times in time_sessions(sessions, feeds_for_batch, settings)
+    ]
+
+
+def compute_outputs(
+    session: ort.InferenceSession,
+    feeds: Feeds,
+    output_name: str,
+    batch_size: int,
+    check_cancelled: CancelCheck | None = None,
+) -> np.ndarray:
+    """One output over all samples, run in batches and concatenated along dim 0.
+
+    A short last batch is padded by repeating rows, since a model with a pinned batch
+    dim cannot run it; the padding's outputs are dropped.
+    """
+    chunks: list[np.ndarray] = []
+    for batch in iter_batches(feeds, batch_size):
+        if check_cancelled is not None:
+            check_cancelled()
+        rows = sample_count(batch)
+        if rows < batch_size:
+            batch = take_rows(batch, batch_size)
+        (output,) = session.run([output_name], batch)
+        chunks.append(np.asarray(output)[:rows])
+    return np.concatenate(chunks, axis=0)
+
+
+def score(
+    task: TaskSpec,
+    outputs: np.ndarray,
+    labels: np.ndarray | None,
+    reference: np.ndarray,
+) -> tuple[MetricName, float]:
+    """The task metric: labels when the task uses them and has them, else the reference.
+
+    classification: top-1 "accuracy" vs labels, or argmax "agreement" with the reference;
+    regression: "neg_mse" vs labels or the reference (higher is better, like the others);
+    embedding: mean "cosine_similarity" to the reference's outputs.
+    """
+    if task.kind == "classification":
+        predicted = np.argmax(_class_scores(outputs), axis=1)
+        if labels is not None:
+            truth = labels.reshape(-1)
+            if truth.shape[0] != predicted.shape[0]:
+                raise IncompatibleData(
+                    f"{truth.shape[0]} labels for {predicted.shape[0]} predictions"
+                )
+            return "accuracy", float(np.mean(predicted == truth))
+        return "agreement", float(np.mean(predicted == np.argmax(_class_scores(reference), axis=1)))
+    if task.kind == "regression":
+        target = reference if labels is None else labels
+        if target.size != outputs.size:
+            raise IncompatibleData(
+                f"regression targets of shape {target.shape} do not match outputs of shape "
+                f"{outputs.shape}"
+            )
+        error = outputs.astype(np.float64) - target.reshape(outputs.shape).astype(np.float64)
+        return "neg_mse", -float(np.mean(np.square(error)))
+    rows = outputs.shape[0]
+    a = outputs.reshape(rows, -1).astype(np.float64)
+    b = reference.reshape(rows, -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    cosine = np.sum(a * b, axis=1) / np.maximum(norms, _COSINE_EPS)
+    return "cosine_similarity", float(np.mean(cosine))
+
+
+def measure_model_with_outputs(
+    path: Path,
+    eval_arrays: Mapping[str, np.ndarray],
+    task: TaskSpec,
+    batch_size: int,
+    settings: MeasureSettings,
+    device: str,
+    reference_outputs: np.ndarray | None = None,
+    check_cancelled: CancelCheck | None = None,
+) -> tuple[ModelMetrics, np.ndarray]:
+    """measure_model, also returning the model's outputs on the eval data.
+
+    Pass the original model's outputs as `reference_outputs` to every later model, so
+    the original runs over the eval data once. Without them the model is its own
+    reference (the original's agreement with itself is measured as 1.0).
+    """
+    session = open_session(path, settings, device)
+    inputs = session_inputs(session)
+    feeds = model_feeds(eval_arrays, inputs, task)
+    output_name = task.output or session.get_outputs()[0].name
+    outputs = compute_outputs(session, feeds, output_name, eval_batch_size(inputs), check_cancelled)
+    if outputs.dtype.kind == "f" and not np.all(np.isfinite(outputs)):
+        raise StepFailed(
+            f"{path.name} produced non-finite values in output {output_name!r} on the eval data"
+        )
+    reference = outputs if reference_outputs is None else reference_outputs
+    if reference.shape != outputs.shape:
+        raise StepFailed(
+            f"the model's output {output_name!r} has shape {outputs.shape}, the original's "
+            f"{reference.shape}: the two cannot be compared"
+        )
+    labels = eval_arrays.get(task.labels) if task.kind != "embedding" else None
+    metric_name, metric_value = score(task, outputs, labels, reference)
+
+    latencies = []
+    for rows in latency_batch_sizes(inputs, batch_size):
+        if check_cancelled is not None:
+            check_cancelled()
+        (times_ms,) = time_sessions([session], take_rows(feeds, rows), settings)
+        latencies.append(summarize_latency(times_ms, rows))
+
+    metrics = ModelMetrics(
+        size_bytes=file_size(path),
+        parameters=count_parameters(path),
+        latency=latencies,
+        metric_name=metric_name,
+        metric_value=metric_value,
+    )
+    return metrics, outputs
+
+
+def measure_model(
+    path: Path,
+    eval_arrays: Mapping[str, np.ndarray],
+    task: TaskSpec,
+    batch_size: int,
+    settings: MeasureSettings,
+    device: str,
+    reference_outputs: np.ndarray | None = None,
+) -> ModelMetrics:
+    """Size, parameters, latency at batch 1 and `batch_size`, and the task metric."""
+    metrics, _ = measure_model_with_outputs(
+        path, eval_arrays, task, batch_size, settings, device, reference_outputs
+    )
+    return metrics
+
+
+def latency_batch_sizes(inputs: list[TensorInfo], batch_size: int) -> list[int]:
+    """Batch 1 and the requested size; only the pinned size for a model that pins one."""
+    pinned = pinned_batch_size(inputs)
+    return [pinned] if pinned else sorted({1, batch_size})
+
+
+def latency_at(metrics: ModelMetrics, batch_size: int) -> Latency:
+    for latency in metrics.latency:
+        if latency.batch_size == batch_size:
+            return latency
+    raise StepFailed(f"no latency was measured at batch size {batch_size}")
+
+
+def _class_scores(outputs: np.ndarray) -> np.ndarray:
+    # (N, 1, C) and similar squeeze to (N, C); anything else is not one score per class.
+    squeezed = outputs.reshape(outputs.shape[0], *[d for d in outputs.shape[1:] if d != 1])
+    if squeezed.ndim != 2:
+        raise IncompatibleData(
+            f"classification needs an output of shape (samples, classes), got {outputs.shape}"
+        )
+    return squeezed
+
+
+def _ort_dtype(ort_type: str) -> str:
+    # ONNX Runtime names types "tensor(float)"; map to numpy names as core.formats does.
+    names = {
+        "float": "float32",
+        "double": "float64",
+        "float16": "float16",
+        "int8": "int8",
+        "int16": "int16",
+        "int32": "int32",
+        "int64": "int64",
+        "uint8": "uint8",
+        "uint16": "uint16",
+        "uint32": "uint32",
+        "uint64": "uint64",
+        "bool": "bool",
+    }
+    inner = ort_type.removeprefix("tensor(").removesuffix(")")
+    return names.get(inner, inner)

@@ -1,0 +1,85 @@
+"""Steps by method name: what a step receives, what it returns, and how it is found.
+
+A step is a function `(model_path, config, data, ctx) -> StepOutput` registered under its
+spec's `method`. Adding a method means adding its module (registered with
+`@register_step`), naming the module in `_STEP_MODULES`, and its config in core.spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+from core.context import RunContext
+from core.data import Feeds, model_feeds
+from core.errors import EngineError
+from core.formats import TensorInfo
+from core.spec import TaskSpec
+
+# Modules that register built-in steps; imported on first lookup so that importing the
+# registry alone (as the steps themselves do) creates no import cycle.
+_STEP_MODULES = ("core.quantize",)
+
+
+@dataclass(frozen=True)
+class StepData:
+    """The data a step may use, as loaded arrays plus how they feed the model."""
+
+    eval_arrays: Mapping[str, np.ndarray]
+    calibration_arrays: Mapping[str, np.ndarray]
+    inputs: list[TensorInfo]  # the model's graph inputs (names, dtypes, shapes)
+    task: TaskSpec
+
+    def eval_feeds(self, rows: int | None = None) -> Feeds:
+        """The eval data keyed by model input and cast to its dtype (the first `rows`)."""
+        return model_feeds(_head(self.eval_arrays, rows), self.inputs, self.task)
+
+    def calibration_feeds(self, rows: int | None = None) -> Feeds:
+        return model_feeds(_head(self.calibration_arrays, rows), self.inputs, self.task)
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    model_path: Path
+    # Method-specific facts for the report (mode, op types, opset upgrade, warnings).
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def _head(arrays: Mapping[str, np.ndarray], rows: int | None) -> Mapping[str, np.ndarray]:
+    return arrays if rows is None else {name: array[:rows] for name, array in arrays.items()}
+
+
+StepFn = Callable[[Path, Any, StepData, RunContext], StepOutput]
+F = TypeVar("F", bound=StepFn)
+
+_STEPS: dict[str, StepFn] = {}
+
+
+def register_step(method: str) -> Callable[[F], F]:
+    """Register a step function under `method`; registering a name twice is a bug."""
+
+    def decorator(function: F) -> F:
+        if method in _STEPS and _STEPS[method] is not function:
+            raise ValueError(f"step method {method!r} is already registered")
+        _STEPS[method] = function
+        return function
+
+    return decorator
+
+
+def get_step(method: str) -> StepFn:
+    """The function registered for `method`; EngineError "unknown_method" when none is."""
+    for module in _STEP_MODULES:
+        importlib.import_module(module)
+    try:
+        return _STEPS[method]
+    except KeyError:
+        raise EngineError(
+            f"no step is registered for method {method!r}; known: {sorted(_STEPS)}",
+            code="unknown_method",
+        ) from None

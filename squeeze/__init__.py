@@ -1,0 +1,1 @@
+"""squeeze: shared settings (and, later, the Python client)."""

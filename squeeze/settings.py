@@ -1,0 +1,95 @@
+"""Service settings, shared by `api/` and `worker/` (the worker never imports the web layer).
+
+Defaults are the embedded profile: a SQLite file and Celery's file-system broker inside one
+data dir, so a single process tree runs everything with no servers. Setting
+`SQUEEZE_DATABASE_URL=postgresql+psycopg://...` and `SQUEEZE_BROKER_URL=redis://...`
+switches to the real deployment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SQUEEZE_", extra="ignore")
+
+    data_dir: Path = Path("var")
+    # Empty means "inside data_dir": sqlite file / file-system broker folder.
+    database_url: str = ""
+    broker_url: str = ""
+
+    # Upload limits (bytes). The cap is enforced on the streamed body, not on Content-Length.
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    max_dataset_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
+    # Sum of the uncompressed member sizes an .npz may declare (zip-bomb guard).
+    max_dataset_uncompressed_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
+
+    # Celery queues; tests give each run its own names so runs cannot steal each other's work.
+    queue_cpu: str = "cpu"
+    queue_gpu: str = "gpu"
+    task_soft_time_limit_s: int = Field(default=3 * 3600, gt=0)
+    task_hard_time_limit_s: int = Field(default=3 * 3600 + 300, gt=0)
+    # Redis redelivers an unacknowledged message after this; it must exceed the hard limit,
+    # or a long job would be handed to a second worker while the first still runs it.
+    broker_visibility_timeout_s: int = Field(default=4 * 3600, gt=0)
+
+    # Job leases: a running job's worker renews its lease; the reaper re-enqueues jobs
+    # whose lease expired (dead worker) and queued jobs whose message was lost.
+    lease_s: float = Field(default=60.0, gt=0)
+    heartbeat_s: float = Field(default=10.0, gt=0)
+    reaper_interval_s: float = Field(default=15.0, gt=0)
+    requeue_queued_after_s: float = Field(default=300.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+
+    # Measurement: ONNX Runtime threads per timed session and repetitions.
+    measure_threads: int = Field(default=1, ge=1)
+    measure_warmup_runs: int = Field(default=5, ge=0)
+    measure_runs: int = Field(default=30, ge=3)
+
+    @model_validator(mode="after")
+    def _limits_are_consistent(self) -> Settings:
+        if self.task_soft_time_limit_s >= self.task_hard_time_limit_s:
+            raise ValueError("task_soft_time_limit_s must be below task_hard_time_limit_s")
+        if self.broker_visibility_timeout_s <= self.task_hard_time_limit_s:
+            raise ValueError("broker_visibility_timeout_s must exceed task_hard_time_limit_s")
+        if self.heartbeat_s >= self.lease_s:
+            raise ValueError("heartbeat_s must be shorter than lease_s")
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'squeeze.db').resolve()}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def uses_filesystem_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def blob_dir(self) -> Path:
+        return (self.data_dir / "blobs").resolve()
+
+    @property
+    def work_dir(self) -> Path:
+        return (self.data_dir / "work").resolve()
+
+    def ensure_dirs(self) -> None:
+        for path in (self.data_dir, self.blob_dir, self.work_dir, self.broker_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Persistence shared by `api/` and `worker/`: SQLAlchemy tables, sessions, blob files."""

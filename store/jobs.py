@@ -1,0 +1,402 @@
+"""The job lifecycle on the database: the row is the truth.
+
+States: queued -> running -> succeeded | failed | cancelled. Every transition is a
+conditional UPDATE (works alike on SQLite and PostgreSQL), so a job claimed twice runs
+once and a worker whose lease was taken over cannot write over the new attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from store.ids import new_id
+from store.tables import ArtifactRow, JobEventRow, JobRow, utcnow
+
+FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
+STATES = frozenset({"queued", "running"}) | FINAL_STATES
+
+
+class JobNotFound(Exception):
+    pass
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was used before with a different request body."""
+
+
+class JobAlreadyFinal(Exception):
+    def __init__(self, state: str) -> None:
+        super().__init__(f"the job already ended ({state})")
+        self.state = state
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    name: str
+    media_type: str
+    sha256: str
+    size_bytes: int
+
+
+# --- creation and reading -------------------------------------------------------------
+
+
+def create_job(
+    session: Session,
+    *,
+    spec: dict[str, Any],
+    queue: str,
+    request_sha256: str,
+    idempotency_key: str | None,
+) -> tuple[JobRow, bool]:
+    """Insert a queued job; with an idempotency key, return the earlier job instead.
+
+    Returns (job, created). The caller commits, then enqueues only when `created`.
+    """
+    if idempotency_key is not None:
+        existing = _by_idempotency_key(session, idempotency_key, request_sha256)
+        if existing is not None:
+            return existing, False
+    job = JobRow(
+        id=new_id("job"),
+        spec=spec,
+        queue=queue,
+        state="queued",
+        request_sha256=request_sha256,
+        idempotency_key=idempotency_key,
+        progress=0.0,
+        attempt=0,
+        cancel_requested=False,
+    )
+    try:
+        with session.begin_nested():
+            session.add(job)
+            session.flush()
+    except IntegrityError:
+        # A concurrent request with the same key won the insert: answer with its job.
+        existing = _by_idempotency_key(session, idempotency_key or "", request_sha256)
+        if existing is None:
+            raise
+        return existing, False
+    add_event(session, job.id, 0, "created", "job created", {"queue": queue})
+    return job, True
+
+
+def _by_idempotency_key(session: Session, key: str, request_sha256: str) -> JobRow | None:
+    job = session.scalar(select(JobRow).where(JobRow.idempotency_key == key))
+    if job is not None and job.request_sha256 != request_sha256:
+        raise IdempotencyConflict(key)
+    return job
+
+
+def get_job(session: Session, job_id: str) -> JobRow:
+    job = session.get(JobRow, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def _encode_cursor(job: JobRow) -> str:
+    raw = json.dumps([job.created_at.isoformat(), job.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError for a cursor this service did not issue."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+    return datetime.fromisoformat(created_at), str(job_id)
+
+
+def list_jobs(
+    session: Session, *, state: str | None, limit: int, cursor: str | None
+) -> tuple[list[JobRow], str | None]:
+    """Newest first; the cursor is opaque to clients (created_at and id of the last row)."""
+    query = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id.desc())
+    if state is not None:
+        query = query.where(JobRow.state == state)
+    if cursor is not None:
+        created_at, job_id = decode_cursor(cursor)
+        query = query.where(
+            or_(
+                JobRow.created_at < created_at,
+                and_(JobRow.created_at == created_at, JobRow.id < job_id),
+            )
+        )
+    rows = list(session.scalars(query.limit(limit + 1)))
+    next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def list_events(session: Session, job_id: str, *, after_id: int, limit: int) -> list[JobEventRow]:
+    query = (
+        select(JobEventRow)
+        .where(JobEventRow.job_id == job_id, JobEventRow.id > after_id)
+        .order_by(JobEventRow.id)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def list_artifacts(session: Session, job_id: str) -> list[ArtifactRow]:
+    query = select(ArtifactRow).where(ArtifactRow.job_id == job_id).order_by(ArtifactRow.name)
+    return list(session.scalars(query))
+
+
+def get_artifact(session: Session, job_id: str, name: str) -> ArtifactRow | None:
+    return session.scalar(
+        select(ArtifactRow).where(ArtifactRow.job_id == job_id, ArtifactRow.name == name)
+    )
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    kind: str,
+    message: str,
+    data: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        JobEventRow(job_id=job_id, attempt=attempt, kind=kind, message=message, data=data or {})
+    )
+
+
+# --- transitions ----------------------------------------------------------------------
+
+
+def mark_enqueued(session: Session, job_id: str) -> None:
+    session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "queued")
+        .values(enqueued_at=utcnow())
+    )
+
+
+def claim(session: Session, job_id: str, *, worker: str, lease_s: float) -> int | None:
+    """Move a queued job to running for this worker; returns the attempt number or None.
+
+    None means someone else holds it, it ended, or it was cancelled: the message is a
+    duplicate and must be dropped.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "queued", JobRow.cancel_requested.is_(False))
+        .values(
+            state="running",
+            attempt=JobRow.attempt + 1,
+            worker=worker,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            started_at=now,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    attempt = session.scalar(select(JobRow.attempt).where(JobRow.id == job_id))
+    assert attempt is not None
+    add_event(session, job_id, attempt, "started", f"attempt {attempt} started on {worker}")
+    return attempt
+
+
+def _owned(job_id: str, attempt: int) -> Any:
+    return and_(JobRow.id == job_id, JobRow.attempt == attempt, JobRow.state == "running")
+
+
+def renew_lease(session: Session, job_id: str, attempt: int, *, lease_s: float) -> bool:
+    """Extend this attempt's lease; False means the attempt lost the job."""
+    result = session.execute(
+        update(JobRow)
+        .where(_owned(job_id, attempt))
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def is_cancel_requested(session: Session, job_id: str) -> bool:
+    return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+
+
+def record_progress(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    progress: float,
+    current_step: str | None,
+    message: str,
+    data: dict[str, Any],
+) -> bool:
+    result = session.execute(
+        update(JobRow)
+        .where(_owned(job_id, attempt))
+        .values(progress=progress, current_step=current_step)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id, attempt, "progress", message, {"progress": progress, **data})
+    return True
+
+
+def finish(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    state: str,
+    result: dict[str, Any] | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    artifacts: list[ArtifactRecord] = (),  # type: ignore[assignment]
+) -> bool:
+    """End this attempt; artifacts are published in the same transaction as the state.
+
+    False means the attempt no longer owns the job: nothing was written.
+    """
+    if state not in FINAL_STATES:
+        raise ValueError(f"not a final state: {state}")
+    values: dict[str, Any] = {
+        "state": state,
+        "finished_at": utcnow(),
+        "lease_expires_at": None,
+        "error_code": error_code,
+        "error_message": error_message,
+    }
+    if result is not None:
+        values["result"] = result
+    if state == "succeeded":
+        values["progress"] = 1.0
+        values["current_step"] = None
+    updated = session.execute(
+        update(JobRow)
+        .where(_owned(job_id, attempt))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    if updated.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.execute(delete(ArtifactRow).where(ArtifactRow.job_id == job_id))
+    for artifact in artifacts:
+        session.add(
+            ArtifactRow(
+                job_id=job_id,
+                name=artifact.name,
+                media_type=artifact.media_type,
+                sha256=artifact.sha256,
+                size_bytes=artifact.size_bytes,
+            )
+        )
+    message = state if error_message is None else f"{state}: {error_message}"
+    add_event(session, job_id, attempt, state, message, {"error_code": error_code})
+    return True
+
+
+def request_cancel(session: Session, job_id: str) -> JobRow:
+    """A queued job is cancelled at once; a running one is flagged for its worker to stop."""
+    job = get_job(session, job_id)
+    if job.state in FINAL_STATES:
+        raise JobAlreadyFinal(job.state)
+    session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "queued")
+        .values(state="cancelled", finished_at=utcnow(), cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    session.execute(
+        update(JobRow)
+        .where(JobRow.id == job_id, JobRow.state == "running")
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    add_event(session, job_id, job.attempt, "cancel_requested", "cancellation requested")
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def reap(session: Session, *, requeue_queued_after_s: float, max_attempts: int) -> list[JobRow]:
+    """Recover jobs the broker alone would lose; returns the jobs to enqueue again.
+
+    A running job whose lease expired belongs to a dead worker: it goes back to queued,
+    or fails once its attempts are used up. A queued job whose message was sent long ago
+    and never claimed (lost message, killed API between commit and send) is sent again;
+    duplicates are harmless because `claim` runs a job once.
+    """
+    now = utcnow()
+    expired = list(
+        session.scalars(
+            select(JobRow).where(JobRow.state == "running", JobRow.lease_expires_at < now)
+        )
+    )
+    to_enqueue: list[JobRow] = []
+    for job in expired:
+        if job.cancel_requested:
+            session.execute(
+                update(JobRow)
+                .where(_owned(job.id, job.attempt))
+                .values(state="cancelled", finished_at=now, lease_expires_at=None)
+                .execution_options(synchronize_session=False)
+            )
+            add_event(session, job.id, job.attempt, "cancelled", "cancelled (worker lost)")
+        elif job.attempt >= max_attempts:
+            session.execute(
+                update(JobRow)
+                .where(_owned(job.id, job.attempt))
+                .values(
+                    state="failed",
+                    finished_at=now,
+                    lease_expires_at=None,
+                    error_code="attempts_exhausted",
+                    error_message=f"the worker was lost {job.attempt} times",
+                )
+                .execution_options(synchronize_session=False)
+            )
+            add_event(session, job.id, job.attempt, "failed", "attempts exhausted")
+        else:
+            session.execute(
+                update(JobRow)
+                .where(_owned(job.id, job.attempt))
+                .values(state="queued", worker=None, lease_expires_at=None, enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            add_event(
+                session,
+                job.id,
+                job.attempt,
+                "requeued",
+                f"lease of attempt {job.attempt} expired (worker {job.worker} lost)",
+            )
+            to_enqueue.append(job)
+    stale_before = now - timedelta(seconds=requeue_queued_after_s)
+    stale = list(
+        session.scalars(
+            select(JobRow).where(
+                JobRow.state == "queued",
+                or_(JobRow.enqueued_at.is_(None), JobRow.enqueued_at < stale_before),
+                JobRow.created_at < stale_before,
+            )
+        )
+    )
+    for job in stale:
+        session.execute(
+            update(JobRow)
+            .where(JobRow.id == job.id, JobRow.state == "queued")
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        add_event(
+            session, job.id, job.attempt, "requeued", "message not claimed in time: sent again"
+        )
+        to_enqueue.append(job)
+    return to_enqueue
