@@ -1,0 +1,61 @@
+"""Fixtures shared by every test folder: real PostgreSQL databases and Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import services
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A database created for this test session on the real server, dropped afterwards."""
+    try:
+        name = services.create_database()
+    except Exception as error:
+        services.service_unavailable("PostgreSQL", error)
+    try:
+        yield services.postgres_url_for(name)
+    finally:
+        services.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        services.ping_redis()
+    except Exception as error:
+        services.service_unavailable("Redis", error)
+    return services.REDIS_URL
+
+
+@dataclass(frozen=True)
+class DigitsFiles:
+    """A trained digits CNN exported to ONNX, with calibration and labelled eval data."""
+
+    model: Path
+    calibration: Path
+    evaluation: Path
+    torch_parameters: int
+
+
+@pytest.fixture(scope="session")
+def digits_files(tmp_path_factory: pytest.TempPathFactory) -> DigitsFiles:
+    import torch
+
+    from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn
+
+    folder = tmp_path_factory.mktemp("digits")
+    model = train_digits_cnn(epochs=4)
+    x_train, _ = digits_arrays("train")
+    x_test, y_test = digits_arrays("test")
+    return DigitsFiles(
+        model=export_onnx(model, torch.from_numpy(x_test[:1]), folder / "digits.onnx"),
+        calibration=save_npz(folder / "calibration.npz", x_train[:128]),
+        evaluation=save_npz(folder / "eval.npz", x_test, y_test),
+        torch_parameters=sum(p.numel() for p in model.parameters()),
+    )

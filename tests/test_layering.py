@@ -1,0 +1,74 @@
+"""The import rules of docs/architecture.md, checked by reading every module's imports."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROJECT_PACKAGES = {"api", "worker", "core", "store", "squeeze"}
+# package -> project packages it must never import
+FORBIDDEN = {
+    "core": {"api", "worker", "store", "squeeze"},
+    "store": {"api", "worker"},
+    "worker": {"api"},
+    "squeeze": {"api", "worker", "store", "core"},
+}
+# the engine stays free of web, queue and database libraries
+CORE_FORBIDDEN_LIBRARIES = {"fastapi", "starlette", "celery", "kombu", "sqlalchemy", "redis",
+                            "psycopg", "alembic", "httpx", "uvicorn"}
+# the API may only reach the worker through its enqueue module
+API_ALLOWED_WORKER_MODULES = {"worker.enqueue", "worker.celery_app"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def modules_of(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_packages_do_not_import_upwards(package: str) -> None:
+    violations = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules_of(package)
+        for name in imported_modules(path)
+        if name.split(".")[0] in FORBIDDEN[package]
+    ]
+    assert violations == []
+
+
+def test_core_imports_no_web_queue_or_database_library() -> None:
+    violations = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules_of("core")
+        for name in imported_modules(path)
+        if name.split(".")[0] in CORE_FORBIDDEN_LIBRARIES
+    ]
+    assert violations == []
+
+
+def test_api_reaches_the_worker_only_through_enqueue() -> None:
+    violations = [
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in modules_of("api")
+        for name in imported_modules(path)
+        if name.split(".")[0] == "worker" and name not in API_ALLOWED_WORKER_MODULES
+    ]
+    assert violations == []
+
+
+def test_every_package_is_checked() -> None:
+    assert {"core", "store", "worker", "squeeze"} <= set(FORBIDDEN)
+    assert all((ROOT / package / "__init__.py").exists() for package in PROJECT_PACKAGES)

@@ -1,0 +1,50 @@
+"""The Celery app, built from settings (queues `cpu` and `gpu`, JSON only, late acks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from squeeze.settings import Settings, get_settings
+
+RUN_JOB_TASK = "squeeze.run_job"
+
+
+def broker_transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.uses_filesystem_broker:
+        folder = str(settings.broker_dir)
+        # Producer and consumers share one folder: the embedded broker with no server.
+        return {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+    # Redis redelivers unacknowledged messages after this; above the hard time limit so a
+    # long job is not handed to a second worker while the first still runs it.
+    return {"visibility_timeout": settings.broker_visibility_timeout_s}
+
+
+def make_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    if settings.uses_filesystem_broker:
+        settings.broker_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery("squeeze")
+    app.conf.update(
+        broker_url=settings.resolved_broker_url,
+        broker_transport_options=broker_transport_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,  # the database row is the result
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.task_soft_time_limit_s,
+        task_time_limit=settings.task_hard_time_limit_s,
+        task_default_queue=settings.queue_cpu,
+        task_queues=[Queue(settings.queue_cpu), Queue(settings.queue_gpu)],
+        task_publish_retry_policy={"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    return app

@@ -1,0 +1,68 @@
+"""Celery entry point: `celery -A worker.main worker -Q cpu`.
+
+The parent process upgrades the schema and runs the reaper; each pool child builds its own
+database engine (engines and CUDA must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from squeeze.settings import get_settings
+from store.blobs import BlobStore
+from store.db import make_engine, make_sessionmaker
+from store.migrate import upgrade_to_head
+from worker.celery_app import RUN_JOB_TASK, make_celery
+from worker.enqueue import JobQueue
+from worker.reaper import Reaper
+from worker.runner import JobRunner
+
+log = logging.getLogger("squeeze.worker")
+app = make_celery()
+_runner: JobRunner | None = None
+_reaper: Reaper | None = None
+
+
+def get_runner() -> JobRunner:
+    global _runner
+    if _runner is None:
+        settings = get_settings()
+        sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+        _runner = JobRunner(settings, sessions, BlobStore(settings.blob_dir))
+    return _runner
+
+
+@app.task(name=RUN_JOB_TASK, ignore_result=True)
+def run_job(job_id: str) -> str:
+    return get_runner().run(job_id)
+
+
+@signals.worker_init.connect
+def _prepare(**_: Any) -> None:
+    settings = get_settings()
+    settings.ensure_dirs()
+    upgrade_to_head(settings.resolved_database_url)
+
+
+@signals.worker_ready.connect
+def _start_reaper(**_: Any) -> None:
+    global _reaper
+    settings = get_settings()
+    sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
+    _reaper = Reaper(sessions, JobQueue(settings, app), settings)
+    _reaper.start()
+
+
+@signals.worker_process_init.connect
+def _fresh_child(**_: Any) -> None:
+    global _runner
+    _runner = None  # a forked child builds its own engine on first use
+
+
+@signals.worker_shutdown.connect
+def _stop_reaper(**_: Any) -> None:
+    if _reaper is not None:
+        _reaper.stop()

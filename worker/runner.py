@@ -1,0 +1,211 @@
+"""Runs one job: claim the row, run the engine, publish artifacts and the outcome.
+
+This is the service function behind the Celery task; it holds the job's rules so the task
+stays thin and tests can call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import ValidationError
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import pipeline
+from core.context import MeasureSettings, RunContext
+from core.errors import EngineError, JobCancelled
+from core.spec import JobSpec
+from squeeze.settings import Settings
+from store import catalog, jobs
+from store.blobs import BlobStore
+from store.db import transaction
+from worker.lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """Another attempt owns the job now: stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class JobInputs:
+    spec: JobSpec
+    model_path: Path
+    dataset_paths: dict[str, Path]
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class JobRunner:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], blobs: BlobStore
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.blobs = blobs
+
+    def run(self, job_id: str) -> str:
+        """Returns the state the job ended in, or "skipped" for a duplicate message."""
+        with transaction(self.sessions) as session:
+            attempt = jobs.claim(
+                session, job_id, worker=worker_name(), lease_s=self.settings.lease_s
+            )
+        if attempt is None:
+            log.info("job %s: not claimable (duplicate message, ended or cancelled)", job_id)
+            return "skipped"
+        work_dir = self.settings.work_dir / job_id / f"attempt-{attempt}"
+        keeper = LeaseKeeper(
+            self.sessions,
+            job_id,
+            attempt,
+            lease_s=self.settings.lease_s,
+            heartbeat_s=self.settings.heartbeat_s,
+        )
+        try:
+            with keeper:
+                return self._run_attempt(job_id, attempt, work_dir, keeper)
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _run_attempt(self, job_id: str, attempt: int, work_dir: Path, keeper: LeaseKeeper) -> str:
+        try:
+            inputs = self._load_inputs(job_id)
+            shutil.rmtree(work_dir, ignore_errors=True)
+            work_dir.mkdir(parents=True)
+            ctx = RunContext(
+                work_dir=work_dir,
+                device=pipeline.resolve_device(inputs.spec.device),
+                seed=inputs.spec.seed,
+                measure=MeasureSettings(
+                    threads=self.settings.measure_threads,
+                    warmup_runs=self.settings.measure_warmup_runs,
+                    runs=self.settings.measure_runs,
+                ),
+                on_progress=self._progress_writer(job_id, attempt),
+                is_cancelled=keeper.should_stop,
+            )
+            result, final_model = pipeline.run(
+                inputs.model_path, inputs.dataset_paths, inputs.spec, ctx
+            )
+            if keeper.lost:
+                raise LeaseLost(job_id)
+            artifacts = self._publish_artifacts(final_model, result.model_dump(mode="json"))
+            return self._finish(
+                job_id,
+                attempt,
+                state="succeeded",
+                result=result.model_dump(mode="json"),
+                artifacts=artifacts,
+            )
+        except LeaseLost:
+            log.warning("job %s attempt %d lost its lease; stopping", job_id, attempt)
+            return "lost"
+        except JobCancelled:
+            if keeper.lost and not keeper.cancelled:
+                return "lost"
+            return self._finish(
+                job_id,
+                attempt,
+                state="cancelled",
+                error_code="cancelled",
+                error_message="cancelled by request",
+            )
+        except EngineError as error:
+            return self._finish(
+                job_id, attempt, state="failed", error_code=error.code, error_message=error.message
+            )
+        except ValidationError as error:
+            return self._finish(
+                job_id, attempt, state="failed", error_code="invalid_spec", error_message=str(error)
+            )
+        except SoftTimeLimitExceeded:
+            return self._finish(
+                job_id,
+                attempt,
+                state="failed",
+                error_code="time_limit_exceeded",
+                error_message=f"the job ran past its time limit "
+                f"({self.settings.task_soft_time_limit_s} s)",
+            )
+        except Exception as error:  # the record must say why, whatever went wrong
+            log.exception("job %s attempt %d crashed", job_id, attempt)
+            return self._finish(
+                job_id,
+                attempt,
+                state="failed",
+                error_code="internal_error",
+                error_message=f"{type(error).__name__}: {error}",
+            )
+
+    def _load_inputs(self, job_id: str) -> JobInputs:
+        with transaction(self.sessions) as session:
+            job = jobs.get_job(session, job_id)
+            spec = JobSpec.model_validate(job.spec)
+            model = catalog.get_model(session, spec.model_id)
+            datasets = {
+                dataset_id: self.blobs.path(catalog.get_dataset(session, dataset_id).sha256)
+                for dataset_id in spec.dataset_ids()
+            }
+            return JobInputs(spec, self.blobs.path(model.sha256), datasets)
+
+    def _progress_writer(self, job_id: str, attempt: int) -> Any:
+        def write(progress: float, message: str, data: dict[str, Any]) -> None:
+            step = data.get("method")
+            current = f"{data['step'] + 1}: {step}" if step and "step" in data else message
+            with transaction(self.sessions) as session:
+                owned = jobs.record_progress(
+                    session,
+                    job_id,
+                    attempt,
+                    progress=progress,
+                    current_step=current[:200],
+                    message=message,
+                    data=_json_safe(data),
+                )
+            if not owned:
+                raise LeaseLost(job_id)
+
+        return write
+
+    def _publish_artifacts(
+        self, final_model: Path, report: dict[str, Any]
+    ) -> list[jobs.ArtifactRecord]:
+        report_path = final_model.parent / "report.json"
+        report_path.write_text(json.dumps(report, indent=2, sort_keys=True))
+        manifest_path = final_model.parent / "manifest.json"
+        manifest_path.write_text(json.dumps(report["manifest"], indent=2, sort_keys=True))
+        records = []
+        for name, path, media_type in (
+            ("model.onnx", final_model, "application/octet-stream"),
+            ("report.json", report_path, "application/json"),
+            ("manifest.json", manifest_path, "application/json"),
+        ):
+            staged = self.blobs.stage_file(path)
+            self.blobs.publish(staged)
+            records.append(jobs.ArtifactRecord(name, media_type, staged.sha256, staged.size_bytes))
+        return records
+
+    def _finish(self, job_id: str, attempt: int, *, state: str, **fields: Any) -> str:
+        with transaction(self.sessions) as session:
+            owned = jobs.finish(session, job_id, attempt, state=state, **fields)
+        if not owned:
+            log.warning(
+                "job %s attempt %d no longer owns the job; outcome dropped", job_id, attempt
+            )
+            return "lost"
+        return state
+
+
+def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(data, default=str))
