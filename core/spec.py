@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 class StrictModel(BaseModel):
     """Unknown fields are errors: a typo in a spec must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    # NaN/Infinity are refused: they are not JSON, and PostgreSQL's JSON column rejects them.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TaskSpec(StrictModel):

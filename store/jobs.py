@@ -112,8 +112,14 @@ def _encode_cursor(job: JobRow) -> str:
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """Raises ValueError for a cursor this service did not issue."""
     padded = cursor + "=" * (-len(cursor) % 4)
-    created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    return datetime.fromisoformat(created_at), str(job_id)
+    try:
+        created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        when = datetime.fromisoformat(created_at)
+    except (TypeError, ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"not a cursor issued by this service: {error}") from error
+    if when.tzinfo is None or not isinstance(job_id, str):
+        raise ValueError("not a cursor issued by this service")
+    return when, job_id
 
 
 def list_jobs(

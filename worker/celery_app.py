@@ -16,7 +16,14 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
     if settings.uses_filesystem_broker:
         folder = str(settings.broker_dir)
         # Producer and consumers share one folder: the embedded broker with no server.
-        return {"data_folder_in": folder, "data_folder_out": folder, "store_processed": False}
+        # kombu keeps exchange bindings in ./control unless told otherwise: keep it in the
+        # data dir too (the working directory may be read-only, as in the image).
+        return {
+            "data_folder_in": folder,
+            "data_folder_out": folder,
+            "control_folder": str(settings.broker_dir / "control"),
+            "store_processed": False,
+        }
     # Redis redelivers unacknowledged messages after this; above the hard time limit so a
     # long job is not handed to a second worker while the first still runs it.
     return {"visibility_timeout": settings.broker_visibility_timeout_s}

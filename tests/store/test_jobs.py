@@ -180,3 +180,13 @@ def test_pagination_visits_every_job_once_newest_first(sessions: sessionmaker[Se
         if cursor is None:
             break
     assert seen == list(reversed(created))
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    ["not-base64!", "bnVsbA", "WzEsIDJd", "WyIyMDI2LTAxLTAxVDAwOjAwOjAwIiwgImpvYiJd"],
+    ids=["garbage", "json-null", "wrong-types", "naive-datetime"],
+)
+def test_a_cursor_not_issued_by_the_service_is_a_value_error(cursor: str) -> None:
+    with pytest.raises(ValueError):
+        jobs.decode_cursor(cursor)
