@@ -1,0 +1,1 @@
+"""The REST API: `create_app()` builds the FastAPI application (see `api.app`)."""

@@ -1,0 +1,73 @@
+"""The FastAPI application: `uvicorn api.app:create_app --factory`."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from api.deps import Services
+from api.limits import BodyLimits, BodySizeLimitMiddleware
+from api.problems import install_problem_handlers
+from api.routes import datasets, health, jobs, models
+from squeeze.settings import Settings, get_settings
+from store.blobs import BlobStore
+from store.db import make_engine, make_sessionmaker
+from store.migrate import upgrade_to_head
+from worker.enqueue import JobQueue
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def package_version() -> str:
+    """The installed distribution's version, else the source tree's pyproject.toml."""
+    try:
+        return version("squeeze")
+    except PackageNotFoundError:
+        pass
+    try:
+        return str(tomllib.loads(PYPROJECT.read_text())["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
+        return "0+unknown"
+
+
+def create_app(settings: Settings | None = None, queue: JobQueue | None = None) -> FastAPI:
+    """Build the API on `settings` (default: from the environment).
+
+    Prepares the data dir and upgrades the database schema to the newest migration before
+    the first request, so a fresh deployment needs no separate setup step.
+    """
+    settings = settings or get_settings()
+    settings.ensure_dirs()
+    upgrade_to_head(settings.resolved_database_url)
+    engine = make_engine(settings.resolved_database_url)
+    services = Services(
+        settings=settings,
+        engine=engine,
+        sessions=make_sessionmaker(engine),
+        blobs=BlobStore(settings.blob_dir),
+        queue=queue or JobQueue(settings),
+    )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="squeeze",
+        version=package_version(),
+        summary="Neural-network compression as a service",
+        docs_url="/docs",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    install_problem_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits.from_settings(settings))
+    for router in (health.router, models.router, datasets.router, jobs.router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,72 @@
+"""Request dependencies as named types: routes declare what they need, not how to get it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from squeeze.settings import Settings
+from store.blobs import BlobStore
+from store.db import transaction
+from worker.enqueue import JobQueue
+
+
+@dataclass(frozen=True)
+class Services:
+    """What `create_app` builds once and every request shares (kept on `app.state`)."""
+
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    blobs: BlobStore
+    queue: JobQueue
+
+
+def get_services(request: Request) -> Services:
+    services = request.app.state.services
+    assert isinstance(services, Services)
+    return services
+
+
+def get_settings(request: Request) -> Settings:
+    return get_services(request).settings
+
+
+def get_engine(request: Request) -> Engine:
+    return get_services(request).engine
+
+
+def get_session_factory(request: Request) -> sessionmaker[Session]:
+    return get_services(request).sessions
+
+
+def get_blobs(request: Request) -> BlobStore:
+    return get_services(request).blobs
+
+
+def get_queue(request: Request) -> JobQueue:
+    return get_services(request).queue
+
+
+SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
+
+
+def get_session(sessions: SessionFactoryDep) -> Iterator[Session]:
+    """One transaction per request: committed when the route returns, rolled back on error."""
+    with transaction(sessions) as session:
+        yield session
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+BlobsDep = Annotated[BlobStore, Depends(get_blobs)]
+QueueDep = Annotated[JobQueue, Depends(get_queue)]
+# scope="function": the commit happens as the route returns, before the response is sent,
+# so a client never sees a success that was not committed, and background tasks (the
+# enqueue after creating a job) run after the commit.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

@@ -1,0 +1,70 @@
+"""Errors raised by the API's own service modules; each carries a stable `code`.
+
+Their HTTP statuses live in one table in `api.problems`, next to the mapping of the
+store's and the engine's errors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    code = "bad_request"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UnknownReference(ApiError):
+    """A job spec names a model or dataset that was never uploaded."""
+
+    def __init__(self, kind: str, item_id: str) -> None:
+        super().__init__(f"no {kind} with id {item_id!r} was uploaded", code=f"unknown_{kind}")
+        self.kind = kind
+        self.item_id = item_id
+
+
+class InvalidCursor(ApiError):
+    code = "invalid_cursor"
+
+
+class InvalidUpload(ApiError):
+    """A multipart body this service cannot read: no `file` part, extra parts, bad syntax."""
+
+    code = "invalid_upload"
+
+
+class UnsupportedMediaType(ApiError):
+    code = "unsupported_media_type"
+
+
+class PayloadTooLarge(ApiError):
+    code = "payload_too_large"
+
+    def __init__(self, limit_bytes: int) -> None:
+        super().__init__(f"the request body is larger than the limit of {limit_bytes} bytes")
+        self.limit_bytes = limit_bytes
+
+
+class NotReady(ApiError):
+    """A dependency the service needs (database, broker) does not answer."""
+
+    code = "not_ready"
+
+    def __init__(self, checks: dict[str, str]) -> None:
+        failing = sorted(name for name, status in checks.items() if status != "ok")
+        super().__init__(f"not ready: {', '.join(failing)} failing")
+        self.checks = checks
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"checks": self.checks}
+
+
+class InvalidSpec(ApiError):
+    """A job spec that passed its schema but cannot be stored (e.g. NaN or Infinity)."""
+
+    code = "invalid_request"

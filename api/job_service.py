@@ -1,0 +1,158 @@
+"""Jobs as the API sees them: submission with idempotency, listing, cancel, artifacts.
+
+Submission writes the job row in the request's transaction; the message to the broker is
+sent only after that commit (`enqueue`, run as a background task), so a worker never
+receives an id it cannot find. A failed send loses nothing: the job stays queued in the
+database and the reaper sends it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from api.errors import InvalidCursor, InvalidSpec, UnknownReference
+from core.data import DatasetInfo, check_compatible
+from core.errors import IncompatibleData
+from core.formats import ModelInfo
+from core.spec import JobSpec
+from store import catalog, jobs
+from store.blobs import BlobStore
+from store.catalog import NotFound
+from store.db import transaction
+from store.tables import ArtifactRow, JobEventRow, JobRow
+from worker.enqueue import JobQueue
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: JobRow
+    # False when an Idempotency-Key replayed an earlier submission.
+    created: bool
+
+
+def spec_sha256(spec: JobSpec) -> str:
+    """The hash of the validated spec's canonical JSON (defaults filled in, keys sorted).
+
+    Two bodies that mean the same job hash alike, whatever their key order or omitted
+    defaults, so an Idempotency-Key replay is recognised by meaning, not by bytes.
+    """
+    try:
+        canonical = json.dumps(
+            spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"), allow_nan=False
+        )
+    except ValueError as exc:
+        raise InvalidSpec(
+            "the job spec holds a number that is not finite (NaN or Infinity)"
+        ) from exc
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def submit_job(
+    session: Session, spec: JobSpec, *, idempotency_key: str | None, queue: JobQueue
+) -> Submission:
+    """Check the spec against the uploads and insert the job (or find its replay).
+
+    Raises UnknownReference for a model or dataset never uploaded, IncompatibleData when
+    a dataset cannot feed the model, IdempotencyConflict when the key was used for a
+    different spec. The caller commits, then calls `enqueue` when `created`.
+    """
+    request_sha256 = spec_sha256(spec)
+    check_references(session, spec)
+    job, created = jobs.create_job(
+        session,
+        spec=spec.model_dump(mode="json"),
+        queue=queue.queue_for(spec.device),
+        request_sha256=request_sha256,
+        idempotency_key=idempotency_key,
+    )
+    return Submission(job=job, created=created)
+
+
+def check_references(session: Session, spec: JobSpec) -> None:
+    try:
+        model_row = catalog.get_model(session, spec.model_id)
+    except NotFound:
+        raise UnknownReference("model", spec.model_id) from None
+    model = ModelInfo.model_validate(model_row.info)
+    roles = {spec.eval_dataset_id: "eval_dataset_id"}
+    if spec.calibration_dataset_id:
+        roles.setdefault(spec.calibration_dataset_id, "calibration_dataset_id")
+    for dataset_id in spec.dataset_ids():
+        try:
+            dataset_row = catalog.get_dataset(session, dataset_id)
+        except NotFound:
+            raise UnknownReference("dataset", dataset_id) from None
+        dataset = DatasetInfo.model_validate(dataset_row.info)
+        try:
+            # Labels are optional everywhere: without them the metric is agreement
+            # with the original model; present labels are still checked.
+            check_compatible(model, dataset, spec.task, need_labels=False)
+        except IncompatibleData as exc:
+            raise IncompatibleData(f"{roles[dataset_id]} {dataset_id!r}: {exc}") from exc
+
+
+def enqueue(sessions: sessionmaker[Session], queue: JobQueue, job_id: str, queue_name: str) -> bool:
+    """Send the committed job to the broker and record when; False when the send failed."""
+    try:
+        queue.send(job_id, queue_name)
+    except Exception:
+        # The row is committed and queued: the reaper sends it again later.
+        logger.warning(
+            "could not send job %s to queue %s; it stays queued for the reaper",
+            job_id,
+            queue_name,
+            exc_info=True,
+        )
+        return False
+    with transaction(sessions) as session:
+        jobs.mark_enqueued(session, job_id)
+    return True
+
+
+def parse_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises InvalidCursor for anything this service did not issue."""
+    try:
+        created_at, job_id = jobs.decode_cursor(cursor)
+    except (ValueError, TypeError) as exc:  # TypeError: well-formed JSON of the wrong shape
+        raise InvalidCursor("the cursor is not one this service issued") from exc
+    if created_at.tzinfo is None or not isinstance(job_id, str):
+        raise InvalidCursor("the cursor is not one this service issued")
+    return created_at, job_id
+
+
+def list_jobs(
+    session: Session, *, state: str | None, limit: int, cursor: str | None
+) -> tuple[list[JobRow], str | None]:
+    if cursor is not None:
+        parse_cursor(cursor)
+    return jobs.list_jobs(session, state=state, limit=limit, cursor=cursor)
+
+
+def list_events(session: Session, job_id: str, *, after: int, limit: int) -> list[JobEventRow]:
+    jobs.get_job(session, job_id)  # JobNotFound for an unknown job, not an empty list
+    return jobs.list_events(session, job_id, after_id=after, limit=limit)
+
+
+def list_artifacts(session: Session, job_id: str) -> list[ArtifactRow]:
+    jobs.get_job(session, job_id)
+    return jobs.list_artifacts(session, job_id)
+
+
+def artifact_file(
+    session: Session, blobs: BlobStore, job_id: str, name: str
+) -> tuple[ArtifactRow, Path]:
+    """The artifact's row and the blob file that holds it; NotFound for unknown names."""
+    jobs.get_job(session, job_id)
+    artifact = jobs.get_artifact(session, job_id, name)
+    if artifact is None:
+        raise NotFound("artifact", name)
+    return artifact, blobs.path(artifact.sha256)

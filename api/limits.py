@@ -1,0 +1,102 @@
+"""A cap on request bodies, enforced at the ASGI level before any route reads them.
+
+Starlette and FastAPI read whatever a client sends. This middleware answers 413 at once
+when Content-Length declares too much, and otherwise counts the bytes as they arrive
+(chunked uploads carry no Content-Length), failing the read that crosses the limit. The
+route's staging file is removed by the exception that read raises, so nothing
+half-written stays behind; the middleware then replaces whatever the app answered with
+the 413 problem.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import PayloadTooLarge
+from api.problems import response_for
+from squeeze.settings import Settings
+
+DEFAULT_LIMIT_BYTES = 1024 * 1024
+# Room for the multipart framing around an uploaded file (boundaries, part headers).
+MULTIPART_ALLOWANCE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """Body size limits per (method, path); every other request gets `default_bytes`."""
+
+    default_bytes: int = DEFAULT_LIMIT_BYTES
+    by_route: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BodyLimits:
+        return cls(
+            by_route={
+                ("POST", "/v1/models"): settings.max_model_bytes + MULTIPART_ALLOWANCE_BYTES,
+                ("POST", "/v1/datasets"): settings.max_dataset_bytes + MULTIPART_ALLOWANCE_BYTES,
+            }
+        )
+
+    def limit_for(self, method: str, path: str) -> int:
+        route = (method.upper(), path.rstrip("/") or "/")
+        return self.by_route.get(route, self.default_bytes)
+
+
+class BodySizeLimitMiddleware:
+    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limits.limit_for(scope["method"], scope["path"])
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await response_for(PayloadTooLarge(limit))(scope, receive, send)
+            return
+
+        received = 0
+        exceeded = False
+        response_started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    exceeded = True
+                    raise PayloadTooLarge(limit)
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal response_started
+            if exceeded and not response_started:
+                return  # whatever the app made of the failed read, the answer is 413
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not exceeded or response_started:
+                raise
+        if exceeded and not response_started:
+            await response_for(PayloadTooLarge(limit))(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    """The declared body size, or None when absent or unreadable (then bytes are counted)."""
+    values = [value for name, value in scope.get("headers", ()) if name == b"content-length"]
+    if len(values) != 1:
+        return None
+    try:
+        length = int(values[0])
+    except ValueError:
+        return None
+    return length if length >= 0 else None

@@ -1,0 +1,122 @@
+"""Compression jobs: submit, read, list, cancel, follow, download results."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Response
+from fastapi.responses import FileResponse
+
+from api import job_service
+from api.deps import BlobsDep, QueueDep, SessionDep, SessionFactoryDep
+from api.routes.docs import problems
+from api.schemas import (
+    ArtifactList,
+    ArtifactOut,
+    EventList,
+    EventOut,
+    JobList,
+    JobOut,
+    JobState,
+    job_url,
+)
+from core.spec import JobSpec
+from store import jobs
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JobId = Annotated[str, Path(min_length=1, max_length=64)]
+ArtifactName = Annotated[str, Path(min_length=1, max_length=200)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="Resending the same body with the same key returns the same job.",
+    ),
+]
+
+
+@router.post("", status_code=202, responses=problems(409, 422))
+def create_job(
+    spec: JobSpec,
+    response: Response,
+    background: BackgroundTasks,
+    session: SessionDep,
+    sessions: SessionFactoryDep,
+    queue: QueueDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobOut:
+    """Queue a job. A replay (same Idempotency-Key, same spec) answers the earlier job
+    with `Idempotent-Replayed: true`; the same key with another spec is a 409."""
+    submission = job_service.submit_job(session, spec, idempotency_key=idempotency_key, queue=queue)
+    job = submission.job
+    if submission.created:
+        # Background tasks run after the response, hence after the request's commit.
+        background.add_task(job_service.enqueue, sessions, queue, job.id, job.queue)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = job_url(job.id)
+    return JobOut.from_row(job)
+
+
+@router.get("", responses=problems(400))
+def list_jobs(
+    session: SessionDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> JobList:
+    """Newest first; follow `next_cursor` for the next page."""
+    rows, next_cursor = job_service.list_jobs(session, state=state, limit=limit, cursor=cursor)
+    return JobList(items=[JobOut.from_row(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", responses=problems(404))
+def get_job(job_id: JobId, session: SessionDep) -> JobOut:
+    return JobOut.from_row(jobs.get_job(session, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202, responses=problems(404, 409))
+def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
+    """A queued job is cancelled at once; a running one stops at its next check."""
+    return JobOut.from_row(jobs.request_cancel(session, job_id))
+
+
+@router.get("/{job_id}/events", responses=problems(404))
+def list_events(
+    job_id: JobId,
+    session: SessionDep,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> EventList:
+    """The job's log, oldest first; poll with `after=next_after` for new events."""
+    rows = job_service.list_events(session, job_id, after=after, limit=limit)
+    return EventList(
+        items=[EventOut.from_row(row) for row in rows],
+        next_after=rows[-1].id if rows else after,
+    )
+
+
+@router.get("/{job_id}/artifacts", responses=problems(404))
+def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
+    rows = job_service.list_artifacts(session, job_id)
+    return ArtifactList(items=[ArtifactOut.from_row(row) for row in rows])
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **problems(404)},
+)
+def download_artifact(
+    job_id: JobId, name: ArtifactName, session: SessionDep, blobs: BlobsDep
+) -> FileResponse:
+    artifact, path = job_service.artifact_file(session, blobs, job_id, name)
+    return FileResponse(
+        path,
+        media_type=artifact.media_type,
+        filename=artifact.name,
+        headers={"ETag": f'"{artifact.sha256}"'},
+    )

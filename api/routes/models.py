@@ -1,0 +1,41 @@
+"""Uploaded ONNX models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request, Response
+
+from api import uploads
+from api.deps import BlobsDep, SessionDep, SettingsDep
+from api.routes.docs import file_upload_body, problems
+from api.schemas import ModelOut, model_url
+from store import catalog
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+ModelId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=file_upload_body("an ONNX model (self-contained, no external data)"),
+    responses=problems(413, 415, 422),
+)
+async def upload_model(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+) -> ModelOut:
+    """Upload a model as multipart field `file`; it is validated before it is stored."""
+    row = await uploads.upload_model(request, session, blobs, settings)
+    response.headers["Location"] = model_url(row.id)
+    return ModelOut.from_row(row)
+
+
+@router.get("/{model_id}", responses=problems(404))
+def get_model(model_id: ModelId, session: SessionDep) -> ModelOut:
+    return ModelOut.from_row(catalog.get_model(session, model_id))

@@ -1,0 +1,205 @@
+"""Wire models: what clients send and receive. Rows (`store.tables`) are converted here,
+at the edge, so the tables can change without changing the API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from core.data import DatasetInfo
+from core.formats import ModelInfo
+from core.results import PipelineResult
+from core.spec import JobSpec
+from store.tables import ArtifactRow, DatasetRow, JobEventRow, JobRow, ModelRow
+
+# Mirrors store.jobs.STATES (a test keeps the two equal); a Literal documents the values.
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+def model_url(model_id: str) -> str:
+    return f"/v1/models/{model_id}"
+
+
+def dataset_url(dataset_id: str) -> str:
+    return f"/v1/datasets/{dataset_id}"
+
+
+def job_url(job_id: str) -> str:
+    return f"/v1/jobs/{job_id}"
+
+
+def artifact_url(job_id: str, name: str) -> str:
+    return f"{job_url(job_id)}/artifacts/{name}"
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details); `code` is stable, `detail` is for people."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="pydantic's error list, for invalid requests only"
+    )
+
+
+class ModelOut(BaseModel):
+    id: str
+    filename: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    info: ModelInfo
+
+    @classmethod
+    def from_row(cls, row: ModelRow) -> ModelOut:
+        return cls(
+            id=row.id,
+            filename=row.filename,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            created_at=row.created_at,
+            info=ModelInfo.model_validate(row.info),
+        )
+
+
+class DatasetOut(BaseModel):
+    id: str
+    filename: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    info: DatasetInfo
+
+    @classmethod
+    def from_row(cls, row: DatasetRow) -> DatasetOut:
+        return cls(
+            id=row.id,
+            filename=row.filename,
+            sha256=row.sha256,
+            size_bytes=row.size_bytes,
+            created_at=row.created_at,
+            info=DatasetInfo.model_validate(row.info),
+        )
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    artifacts: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    progress: float = Field(ge=0, le=1)
+    current_step: str | None
+    attempt: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    spec: JobSpec
+    result: PipelineResult | None
+    error: JobError | None
+    links: JobLinks
+
+    @classmethod
+    def from_row(cls, row: JobRow) -> JobOut:
+        error = None
+        if row.error_code is not None:
+            error = JobError(code=row.error_code, message=row.error_message or row.error_code)
+        url = job_url(row.id)
+        return cls(
+            id=row.id,
+            state=row.state,  # type: ignore[arg-type]  # validated against JobState
+            progress=row.progress,
+            current_step=row.current_step,
+            attempt=row.attempt,
+            cancel_requested=row.cancel_requested,
+            created_at=row.created_at,
+            started_at=row.started_at,
+            finished_at=row.finished_at,
+            spec=JobSpec.model_validate(row.spec),
+            result=None if row.result is None else PipelineResult.model_validate(row.result),
+            error=error,
+            links=JobLinks(
+                self=url,
+                events=f"{url}/events",
+                artifacts=f"{url}/artifacts",
+                cancel=f"{url}/cancel",
+            ),
+        )
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
+    )
+
+
+class EventOut(BaseModel):
+    id: int
+    at: datetime
+    attempt: int
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: JobEventRow) -> EventOut:
+        return cls(
+            id=row.id,
+            at=row.at,
+            attempt=row.attempt,
+            kind=row.kind,
+            message=row.message,
+            data=row.data,
+        )
+
+
+class EventList(BaseModel):
+    items: list[EventOut]
+    next_after: int = Field(description="pass as `after` to get only newer events")
+
+
+class ArtifactOut(BaseModel):
+    name: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    url: str
+
+    @classmethod
+    def from_row(cls, row: ArtifactRow) -> ArtifactOut:
+        return cls(
+            name=row.name,
+            media_type=row.media_type,
+            size_bytes=row.size_bytes,
+            sha256=row.sha256,
+            url=artifact_url(row.job_id, row.name),
+        )
+
+
+class ArtifactList(BaseModel):
+    items: list[ArtifactOut]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"] = "ready"
+    checks: dict[str, str]

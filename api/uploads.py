@@ -1,0 +1,241 @@
+"""Uploads of models and datasets: streamed to a staging file, validated, then stored.
+
+The multipart body is parsed as it arrives and the `file` part's bytes go straight into a
+BlobStore staging file (hashed on the way, capped at the configured size): no temporary
+copy elsewhere, nothing held in memory. The engine validates the staged file; only then
+is the row inserted and the blob published under its sha256. Any failure on the way
+removes the staged file and writes no row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+import anyio.from_thread
+from fastapi import Request
+from pydantic import BaseModel
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.errors import InvalidUpload, UnsupportedMediaType
+from core.data import inspect_dataset
+from core.formats import inspect_model
+from squeeze.settings import Settings
+from store import catalog
+from store.blobs import BlobStore, StagedBlob
+from store.tables import DatasetRow, ModelRow
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
+
+FILE_FIELD = "file"
+MAX_FILENAME_CHARS = 255
+
+RowT = TypeVar("RowT", ModelRow, DatasetRow)
+
+
+@dataclass(frozen=True)
+class UploadKind(Generic[RowT]):
+    """How one kind of upload is capped, validated and recorded."""
+
+    max_bytes: int
+    default_filename: str
+    inspect: Callable[[Path], BaseModel]
+    add_row: Callable[..., RowT]
+
+
+async def upload_model(
+    request: Request, session: Session, blobs: BlobStore, settings: Settings
+) -> ModelRow:
+    """Store the ONNX model in the request's `file` part (InvalidModel when it is none)."""
+    kind = UploadKind(
+        max_bytes=settings.max_model_bytes,
+        default_filename="model.onnx",
+        inspect=inspect_model,
+        add_row=catalog.add_model,
+    )
+    return await _upload(request, session, blobs, kind)
+
+
+async def upload_dataset(
+    request: Request, session: Session, blobs: BlobStore, settings: Settings
+) -> DatasetRow:
+    """Store the `.npz` dataset in the request's `file` part (InvalidDataset when it is none)."""
+    kind = UploadKind(
+        max_bytes=settings.max_dataset_bytes,
+        default_filename="dataset.npz",
+        inspect=lambda path: inspect_dataset(path, settings.max_dataset_uncompressed_bytes),
+        add_row=catalog.add_dataset,
+    )
+    return await _upload(request, session, blobs, kind)
+
+
+async def _upload(
+    request: Request, session: Session, blobs: BlobStore, kind: UploadKind[RowT]
+) -> RowT:
+    boundary = multipart_boundary(request.headers.get("content-type"))
+    body = _blocking_iterator(request.stream())
+    # File writes, hashing and validation are blocking work: one worker thread does it
+    # all, pulling body chunks from the event loop as it needs them.
+    return await run_in_threadpool(_receive_and_store, body, boundary, session, blobs, kind)
+
+
+def _receive_and_store(
+    body: Iterable[bytes],
+    boundary: bytes,
+    session: Session,
+    blobs: BlobStore,
+    kind: UploadKind[RowT],
+) -> RowT:
+    reader = FilePartReader(boundary)
+    staged = blobs.stage_chunks(reader.file_chunks(body), kind.max_bytes)
+    try:
+        return _store(staged, reader.filename or kind.default_filename, session, blobs, kind)
+    except BaseException:
+        blobs.discard(staged)
+        raise
+
+
+def _store(
+    staged: StagedBlob, filename: str, session: Session, blobs: BlobStore, kind: UploadKind[RowT]
+) -> RowT:
+    info = kind.inspect(staged.path)
+    row = kind.add_row(
+        session,
+        filename=filename,
+        sha256=staged.sha256,
+        size_bytes=staged.size_bytes,
+        info=info.model_dump(mode="json"),
+    )
+    # Published inside the request's transaction: if publishing fails, no row is
+    # committed. (A commit failing afterwards leaves a content-addressed blob no row
+    # names, which is harmless.)
+    blobs.publish(staged)
+    return row
+
+
+def multipart_boundary(content_type: str | None) -> bytes:
+    media_type, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if media_type != b"multipart/form-data" or not boundary:
+        raise UnsupportedMediaType(
+            f"send the file as multipart/form-data in a field named {FILE_FIELD!r} "
+            f"(curl -F {FILE_FIELD}=@path), not {content_type or 'no Content-Type'}"
+        )
+    return boundary
+
+
+class FilePartReader:
+    """Pulls the bytes of the single `file` part out of a multipart/form-data body.
+
+    Refuses bodies with any other part, a second `file` part, no `file` part, or no
+    closing boundary (a body cut short must not store a truncated file as complete).
+    """
+
+    def __init__(self, boundary: bytes, field: str = FILE_FIELD) -> None:
+        self.field = field
+        self.filename: str | None = None
+        self._found = False
+        self._in_file = False
+        self._file_ended = False
+        self._complete = False
+        self._header_name = b""
+        self._header_value = b""
+        self._disposition = b""
+        self._pending: list[bytes] = []
+        callbacks: MultipartCallbacks = {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_headers_finished": self._on_headers_finished,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+            "on_end": self._on_end,
+        }
+        try:
+            self._parser = MultipartParser(boundary, callbacks)
+        except FormParserError as exc:
+            raise InvalidUpload(f"unusable multipart boundary: {exc}") from exc
+
+    def file_chunks(self, body: Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in body:
+            try:
+                self._parser.write(chunk)
+            except FormParserError as exc:
+                raise InvalidUpload(f"malformed multipart body: {exc}") from exc
+            yield from self._pending
+            self._pending.clear()
+        if not self._found:
+            raise InvalidUpload(f"the multipart body has no part named {self.field!r}")
+        if not (self._file_ended and self._complete):
+            raise InvalidUpload("the multipart body ended before its closing boundary")
+
+    def _on_part_begin(self) -> None:
+        self._disposition = b""
+
+    def _on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def _on_header_end(self) -> None:
+        if self._header_name.strip().lower() == b"content-disposition":
+            self._disposition = self._header_value
+        self._header_name = b""
+        self._header_value = b""
+
+    def _on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._disposition)
+        name = options.get(b"name", b"").decode("utf-8", errors="replace")
+        if name != self.field:
+            raise InvalidUpload(
+                f"unexpected form field {name!r}: send only the file, in a field named "
+                f"{self.field!r}"
+            )
+        if self._found:
+            raise InvalidUpload(f"the multipart body has more than one {self.field!r} part")
+        self._found = True
+        self._in_file = True
+        self.filename = safe_filename(options.get(b"filename"))
+
+    def _on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._in_file:
+            self._pending.append(bytes(data[start:end]))
+
+    def _on_part_end(self) -> None:
+        if self._in_file:
+            self._file_ended = True
+        self._in_file = False
+
+    def _on_end(self) -> None:
+        self._complete = True
+
+
+def safe_filename(raw: bytes | None) -> str | None:
+    """The client's file name without any directory part or control characters."""
+    if not raw:
+        return None
+    name = PurePosixPath(raw.decode("utf-8", errors="replace").replace("\\", "/")).name
+    name = "".join(char for char in name if char.isprintable()).strip()
+    return name[:MAX_FILENAME_CHARS] or None
+
+
+def _blocking_iterator(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """The request body for a worker thread: each chunk is awaited on the event loop."""
+
+    async def next_chunk() -> bytes | None:
+        try:
+            return await anext(stream)
+        except StopAsyncIteration:
+            return None
+
+    while (chunk := anyio.from_thread.run(next_chunk)) is not None:
+        if chunk:
+            yield chunk
