@@ -55,20 +55,55 @@ def service(data_dir: Path, port: int, log_dir: Path) -> Iterator[str]:
     base_url = f"http://127.0.0.1:{port}"
     try:
         api_log = (log_dir / "api.log").open("wb")
-        processes.append(subprocess.Popen(
-            [python, "-m", "uvicorn", "api.app:create_app", "--factory",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-            env=env, cwd=ROOT, stdout=api_log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "uvicorn",
+                    "api.app:create_app",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=api_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         wait_ready(base_url, processes[0])
         worker_log = (log_dir / "worker.log").open("wb")
-        processes.append(subprocess.Popen(
-            [python, "-m", "celery", "-A", "worker.main", "worker", "-Q", "cpu",
-             "--concurrency", "1", "--loglevel", "INFO", "--hostname", "demo@%h"],
-            env=env, cwd=ROOT, stdout=worker_log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ))
+        processes.append(
+            subprocess.Popen(
+                [
+                    python,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.main",
+                    "worker",
+                    "-Q",
+                    "cpu",
+                    "--concurrency",
+                    "1",
+                    "--loglevel",
+                    "INFO",
+                    "--hostname",
+                    "demo@%h",
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=worker_log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        )
         yield base_url
     finally:
         for process in reversed(processes):
@@ -102,8 +137,10 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 def check(response: httpx.Response, expected: int) -> dict[str, Any]:
     if response.status_code != expected:
-        raise SystemExit(f"{response.request.method} {response.request.url}: "
-                         f"{response.status_code} {response.text}")
+        raise SystemExit(
+            f"{response.request.method} {response.request.url}: "
+            f"{response.status_code} {response.text}"
+        )
     body: dict[str, Any] = response.json()
     return body
 
@@ -119,13 +156,15 @@ def poll(client: httpx.Client, job_url: str, timeout_s: float = 600) -> dict[str
     while time.monotonic() < deadline:
         job = check(client.get(job_url), 200)
         bar = "#" * int(job["progress"] * 30)
-        line = f"  [{bar:<30}] {job['progress']:4.0%}  {job['state']:<9} {job['current_step'] or ''}"
+        line = (
+            f"  [{bar:<30}] {job['progress']:4.0%}  {job['state']:<9} {job['current_step'] or ''}"
+        )
         if line != last_line:
             print(line, flush=True)
             last_line = line
         if job["state"] in ("succeeded", "failed", "cancelled"):
             return job
-        time.sleep(0.5)
+        time.sleep(0.1)
     raise SystemExit("the job did not finish in time")
 
 
@@ -150,12 +189,16 @@ def print_table(result: dict[str, Any], batch_size: int) -> None:
     for cells in [headers, ["-" * w for w in widths], *rows]:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
     verdict = result["verdict"]
-    print(f"\n  size ratio {verdict['size_ratio']:.3f}, latency ratio (b{batch_size}) "
-          f"{verdict['latency_ratio']:.3f}, metric change {verdict['metric_change']:+.4f}")
+    print(
+        f"\n  size ratio {verdict['size_ratio']:.3f}, latency ratio (b{batch_size}) "
+        f"{verdict['latency_ratio']:.3f}, metric change {verdict['metric_change']:+.4f}"
+    )
     for target in verdict["checks"]:
         state = "met" if target["met"] else "NOT met"
-        print(f"  target {target['target']}: limit {target['limit']}, "
-              f"measured {target['measured']:.4f} -> {state}")
+        print(
+            f"  target {target['target']}: limit {target['limit']}, "
+            f"measured {target['measured'] + 0.0:.4f} -> {state}"
+        )
     print(f"  targets met: {verdict['targets_met']}")
 
 
@@ -178,17 +221,20 @@ def main() -> None:
     eval_path = save_npz(args.out / "eval.npz", x_test, y_test)
 
     print(f"2. starting the service (data dir {data_dir}; logs in {args.out})")
-    with service(data_dir, free_port(), args.out) as base_url, httpx.Client(
-        base_url=base_url, timeout=60
-    ) as client:
+    with (
+        service(data_dir, free_port(), args.out) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as client,
+    ):
         print(f"   API at {base_url}, OpenAPI at {base_url}/docs, one Celery worker")
         print("3. uploading over HTTP")
         uploaded_model = upload(client, "/v1/models", model_path)
         calib = upload(client, "/v1/datasets", calib_path)
         evaluation = upload(client, "/v1/datasets", eval_path)
         info = uploaded_model["info"]
-        print(f"   model {uploaded_model['id']}: opset {info['opset']}, "
-              f"{info['parameters']:,} parameters, inputs {[i['name'] for i in info['inputs']]}")
+        print(
+            f"   model {uploaded_model['id']}: opset {info['opset']}, "
+            f"{info['parameters']:,} parameters, inputs {[i['name'] for i in info['inputs']]}"
+        )
         spec = {
             "model_id": uploaded_model["id"],
             "calibration_dataset_id": calib["id"],
@@ -213,8 +259,10 @@ def main() -> None:
         session = ort.InferenceSession(str(result_path), providers=["CPUExecutionProvider"])
         logits = session.run(None, {"input": x_test})[0]
         local_accuracy = float((np.argmax(logits, axis=1) == y_test).mean())
-        print(f"   {result_path.name}: {len(download.content):,} bytes, runs in ONNX Runtime, "
-              f"accuracy here {local_accuracy:.4f}")
+        print(
+            f"   {result_path.name}: {len(download.content):,} bytes, runs in ONNX Runtime, "
+            f"accuracy here {local_accuracy:.4f}"
+        )
         print("6. before/after, from the job's stored metrics:\n")
         print_table(job["result"], args.batch_size)
     print("\nservice stopped. demo finished.")

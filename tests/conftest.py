@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
+from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn
 from tests import services
 
 
@@ -44,13 +46,17 @@ class DigitsFiles:
 
 
 @pytest.fixture(scope="session")
-def digits_files(tmp_path_factory: pytest.TempPathFactory) -> DigitsFiles:
-    import torch
+def digits_cnn() -> torch.nn.Module:
+    """The digits CNN, trained once per test session (a second or two on 2 cores)."""
+    return train_digits_cnn(seed=0)
 
-    from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn
 
+@pytest.fixture(scope="session")
+def digits_files(
+    tmp_path_factory: pytest.TempPathFactory, digits_cnn: torch.nn.Module
+) -> DigitsFiles:
     folder = tmp_path_factory.mktemp("digits")
-    model = train_digits_cnn(epochs=4)
+    model = digits_cnn
     x_train, _ = digits_arrays("train")
     x_test, y_test = digits_arrays("test")
     return DigitsFiles(

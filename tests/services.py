@@ -103,17 +103,37 @@ class WorkerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def start(self) -> WorkerProcess:
-        env = {**os.environ, **settings_env(self.settings), **self.extra_env, "PYTHONPATH": str(ROOT)}
+        env = {
+            **os.environ,
+            **settings_env(self.settings),
+            **self.extra_env,
+            "PYTHONPATH": str(ROOT),
+        }
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "worker.main", "worker",
-                "-Q", f"{self.settings.queue_cpu},{self.settings.queue_gpu}",
-                "--concurrency", "1", "--loglevel", "INFO",
-                "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h",
-                "--without-mingle", "--without-gossip",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.main",
+                "worker",
+                "-Q",
+                f"{self.settings.queue_cpu},{self.settings.queue_gpu}",
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"test-{uuid.uuid4().hex[:6]}@%h",
+                "--without-mingle",
+                "--without-gossip",
             ],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         return self
 

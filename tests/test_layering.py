@@ -17,8 +17,18 @@ FORBIDDEN = {
     "squeeze": {"api", "worker", "store", "core"},
 }
 # the engine stays free of web, queue and database libraries
-CORE_FORBIDDEN_LIBRARIES = {"fastapi", "starlette", "celery", "kombu", "sqlalchemy", "redis",
-                            "psycopg", "alembic", "httpx", "uvicorn"}
+CORE_FORBIDDEN_LIBRARIES = {
+    "fastapi",
+    "starlette",
+    "celery",
+    "kombu",
+    "sqlalchemy",
+    "redis",
+    "psycopg",
+    "alembic",
+    "httpx",
+    "uvicorn",
+}
 # the API may only reach the worker through its enqueue module
 API_ALLOWED_WORKER_MODULES = {"worker.enqueue", "worker.celery_app"}
 

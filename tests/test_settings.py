@@ -28,7 +28,8 @@ def test_environment_selects_postgres_and_redis(monkeypatch: pytest.MonkeyPatch)
 def test_visibility_timeout_must_exceed_the_hard_time_limit() -> None:
     with pytest.raises(ValidationError, match="visibility"):
         Settings(
-            task_soft_time_limit_s=3000, task_hard_time_limit_s=7200,
+            task_soft_time_limit_s=3000,
+            task_hard_time_limit_s=7200,
             broker_visibility_timeout_s=3600,
         )
 

@@ -15,7 +15,6 @@ from tests.factories import (
     export_onnx,
     flat_digits_npz,
     make_mlp,
-    train_digits_cnn,
 )
 
 
@@ -28,11 +27,6 @@ def fast_measure() -> MeasureSettings:
 @pytest.fixture(scope="session")
 def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("assets")
-
-
-@pytest.fixture(scope="session")
-def digits_cnn() -> torch.nn.Module:
-    return train_digits_cnn(seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -78,8 +78,11 @@ def upload_digits(settings: Settings, digits: DigitsFiles) -> StoreWithDigits:
         blobs.publish(staged)
         with transaction(sessions) as session:
             row = add(
-                session, filename=path.name, sha256=staged.sha256,
-                size_bytes=staged.size_bytes, info={},
+                session,
+                filename=path.name,
+                sha256=staged.sha256,
+                size_bytes=staged.size_bytes,
+                info={},
             )
             ids.append(row.id)
     return StoreWithDigits(settings, sessions, blobs, *ids)
@@ -91,6 +94,8 @@ StoreFactory = Callable[..., StoreWithDigits]
 @pytest.fixture
 def make_store(tmp_path: Path, digits_files: DigitsFiles) -> StoreFactory:
     def build(**settings_overrides: Any) -> StoreWithDigits:
-        return upload_digits(fast_test_settings(tmp_path / "data", **settings_overrides), digits_files)
+        return upload_digits(
+            fast_test_settings(tmp_path / "data", **settings_overrides), digits_files
+        )
 
     return build

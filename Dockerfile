@@ -1,0 +1,27 @@
+# One image for the API and the worker; docker-compose.yml picks the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
+    SQUEEZE_DATA_DIR=/data
+
+WORKDIR /app
+COPY requirements.lock .
+# The CPU build of torch first (PyPI's default wheel is the multi-GB CUDA build).
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
+    && pip install --no-cache-dir -r requirements.lock
+COPY pyproject.toml alembic.ini ./
+COPY api ./api
+COPY worker ./worker
+COPY core ./core
+COPY store ./store
+COPY squeeze ./squeeze
+COPY migrations ./migrations
+
+RUN useradd --create-home --uid 1000 squeeze && mkdir -p /data && chown squeeze /data
+USER squeeze
+VOLUME ["/data"]
+EXPOSE 8000
+
+CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]

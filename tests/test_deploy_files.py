@@ -1,0 +1,83 @@
+"""docker-compose.yml and the Dockerfile agree with the settings and the code they run.
+
+Docker cannot run on this machine, so the files are checked by parsing them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from squeeze.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+def dockerfile() -> str:
+    return (ROOT / "Dockerfile").read_text()
+
+
+def test_compose_runs_api_worker_redis_and_postgres() -> None:
+    assert {"api", "worker", "redis", "postgres"} <= set(compose()["services"])
+
+
+def test_compose_environment_names_are_settings_fields() -> None:
+    fields = {f"SQUEEZE_{name.upper()}" for name in Settings.model_fields}
+    for name in ("api", "worker"):
+        env = compose()["services"][name]["environment"]
+        assert set(env) <= fields, f"{name}: unknown settings {set(env) - fields}"
+        assert {"SQUEEZE_DATABASE_URL", "SQUEEZE_BROKER_URL", "SQUEEZE_DATA_DIR"} <= set(env)
+
+
+def test_compose_urls_point_at_its_own_servers() -> None:
+    env = compose()["services"]["api"]["environment"]
+    assert env["SQUEEZE_DATABASE_URL"].startswith("postgresql+psycopg://")
+    assert "@postgres:" in env["SQUEEZE_DATABASE_URL"]
+    assert env["SQUEEZE_BROKER_URL"].startswith("redis://redis:")
+    postgres_env = compose()["services"]["postgres"]["environment"]
+    assert f"/{postgres_env['POSTGRES_DB']}" in env["SQUEEZE_DATABASE_URL"]
+    Settings(database_url=env["SQUEEZE_DATABASE_URL"], broker_url=env["SQUEEZE_BROKER_URL"])
+
+
+def test_compose_services_build_from_the_dockerfile() -> None:
+    services = compose()["services"]
+    assert services["api"]["build"] == "." and services["worker"]["build"] == "."
+
+
+def test_api_command_names_the_real_app_factory() -> None:
+    command = compose()["services"]["api"]["command"]
+    target = command[command.index("uvicorn") + 1]
+    module, attribute = target.split(":")
+    assert "--factory" in command
+    assert callable(getattr(importlib.import_module(module), attribute))
+    assert f'"{target}"' in dockerfile(), "the image's default command runs the same app"
+
+
+def test_worker_command_names_the_celery_app_and_default_queue() -> None:
+    command = compose()["services"]["worker"]["command"]
+    app_module = command[command.index("-A") + 1]
+    assert hasattr(importlib.import_module(app_module), "app")
+    assert command[command.index("-Q") + 1].split(",")[0] == Settings().queue_cpu
+
+
+def test_dockerfile_copies_every_package_and_the_migrations() -> None:
+    copied = set(re.findall(r"^COPY (\S+) ", dockerfile(), flags=re.MULTILINE))
+    for package in ("api", "worker", "core", "store", "squeeze", "migrations"):
+        assert package in copied, f"Dockerfile does not copy {package}/"
+    assert "alembic.ini" in dockerfile()
+    assert "requirements.lock" in dockerfile()
+
+
+def test_dockerfile_data_dir_matches_the_compose_volume() -> None:
+    assert "SQUEEZE_DATA_DIR=/data" in dockerfile()
+    for name in ("api", "worker"):
+        assert "squeeze-data:/data" in compose()["services"][name]["volumes"]
