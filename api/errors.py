@@ -27,10 +27,6 @@ class UnknownReference(ApiError):
         self.item_id = item_id
 
 
-class InvalidCursor(ApiError):
-    code = "invalid_cursor"
-
-
 class InvalidUpload(ApiError):
     """A multipart body this service cannot read: no `file` part, extra parts, bad syntax."""
 

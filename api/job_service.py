@@ -12,12 +12,11 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import InvalidCursor, InvalidSpec, UnknownReference
+from api.errors import InvalidSpec, UnknownReference
 from core.data import DatasetInfo, check_compatible
 from core.errors import IncompatibleData
 from core.formats import ModelInfo
@@ -118,22 +117,10 @@ def enqueue(sessions: sessionmaker[Session], queue: JobQueue, job_id: str, queue
     return True
 
 
-def parse_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises InvalidCursor for anything this service did not issue."""
-    try:
-        created_at, job_id = jobs.decode_cursor(cursor)
-    except (ValueError, TypeError) as exc:  # TypeError: well-formed JSON of the wrong shape
-        raise InvalidCursor("the cursor is not one this service issued") from exc
-    if created_at.tzinfo is None or not isinstance(job_id, str):
-        raise InvalidCursor("the cursor is not one this service issued")
-    return created_at, job_id
-
-
 def list_jobs(
     session: Session, *, state: str | None, limit: int, cursor: str | None
 ) -> tuple[list[JobRow], str | None]:
-    if cursor is not None:
-        parse_cursor(cursor)
+    """Raises store.jobs.InvalidCursor for a cursor this service did not issue."""
     return jobs.list_jobs(session, state=state, limit=limit, cursor=cursor)
 
 

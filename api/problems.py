@@ -22,7 +22,6 @@ from starlette.requests import ClientDisconnect
 
 from api.errors import (
     ApiError,
-    InvalidCursor,
     InvalidSpec,
     InvalidUpload,
     NotReady,
@@ -33,7 +32,7 @@ from api.errors import (
 from core.errors import IncompatibleData, InputError, InvalidDataset, InvalidModel
 from store.blobs import BlobTooLarge
 from store.catalog import NotFound
-from store.jobs import IdempotencyConflict, JobAlreadyFinal, JobNotFound
+from store.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinal, JobNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ RULES: dict[type[Exception], Rule] = {
     BlobTooLarge: Rule(413, "Payload too large", "payload_too_large", _blob_too_large),
     PayloadTooLarge: Rule(413, "Payload too large"),
     UnsupportedMediaType: Rule(415, "Unsupported media type"),
-    InvalidCursor: Rule(400, "Invalid cursor"),
+    InvalidCursor: Rule(400, "Invalid cursor", "invalid_cursor"),
     NotReady: Rule(503, "Not ready"),
     # Nobody reads this answer; mapping it keeps a dropped upload out of the error log.
     ClientDisconnect: Rule(400, "Client disconnected", "client_disconnected"),

@@ -32,6 +32,10 @@ class IdempotencyConflict(Exception):
     """The Idempotency-Key was used before with a different request body."""
 
 
+class InvalidCursor(ValueError):
+    """A pagination cursor this service did not issue."""
+
+
 class JobAlreadyFinal(Exception):
     def __init__(self, state: str) -> None:
         super().__init__(f"the job already ended ({state})")
@@ -110,15 +114,15 @@ def _encode_cursor(job: JobRow) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """Raises ValueError for a cursor this service did not issue."""
+    """Raises InvalidCursor for a cursor this service did not issue."""
     padded = cursor + "=" * (-len(cursor) % 4)
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         when = datetime.fromisoformat(created_at)
     except (TypeError, ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"not a cursor issued by this service: {error}") from error
+        raise InvalidCursor("the cursor is not one this service issued") from error
     if when.tzinfo is None or not isinstance(job_id, str):
-        raise ValueError("not a cursor issued by this service")
+        raise InvalidCursor("the cursor is not one this service issued")
     return when, job_id
 
 
