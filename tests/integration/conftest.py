@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from api.app import create_app
 from fastapi.testclient import TestClient
 
+from api.app import create_app
 from squeeze.settings import Settings
 from tests.conftest import DigitsFiles
 from tests.services import WorkerProcess, delete_redis_queues, fast_test_settings, wait_for
