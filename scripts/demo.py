@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -265,7 +266,8 @@ def main() -> None:
         )
         print("6. before/after, from the job's stored metrics:\n")
         print_table(job["result"], args.batch_size)
-    print("\nservice stopped. demo finished.")
+    shutil.rmtree(data_dir, ignore_errors=True)
+    print(f"\nservice stopped, {data_dir} removed. demo finished.")
 
 
 if __name__ == "__main__":
