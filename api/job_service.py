@@ -82,9 +82,11 @@ def check_references(session: Session, spec: JobSpec) -> None:
     except NotFound:
         raise UnknownReference("model", spec.model_id) from None
     model = ModelInfo.model_validate(model_row.info)
-    roles = {spec.eval_dataset_id: "eval_dataset_id"}
-    if spec.calibration_dataset_id:
-        roles.setdefault(spec.calibration_dataset_id, "calibration_dataset_id")
+    roles: dict[str, str] = {}
+    for role in ("eval_dataset_id", "calibration_dataset_id", "train_dataset_id"):
+        dataset_ref = getattr(spec, role)
+        if dataset_ref:
+            roles.setdefault(dataset_ref, role)
     for dataset_id in spec.dataset_ids():
         try:
             dataset_row = catalog.get_dataset(session, dataset_id)

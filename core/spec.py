@@ -6,9 +6,9 @@ here and registering its function in `core.registry`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 
 class StrictModel(BaseModel):
@@ -42,20 +42,111 @@ class Targets(StrictModel):
     max_size_bytes: int | None = Field(default=None, gt=0)
 
 
-class QuantizeStep(StrictModel):
+class _QuantizeBase(StrictModel):
     method: Literal["quantize"]
-    mode: Literal["dynamic", "static", "fp16"] = "static"
+
+
+class _Int8Options(StrictModel):
     per_channel: bool = True
     reduce_range: bool = False
-    # Op types to quantize; None lets the engine choose for the mode (dynamic mode leaves
-    # Conv out: ConvInteger is slow on ONNX Runtime's CPU provider).
+    # Op types to quantize; None lets the engine choose for the mode.
     op_types: list[str] | None = None
-    calibration_method: Literal["minmax"] = "minmax"
+    # Node names kept in float32 (the accuracy-aware tuner fills this itself).
+    nodes_to_exclude: list[str] = Field(default_factory=list, max_length=10_000)
+
+
+class _CalibrationOptions(StrictModel):
+    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    # Percentile calibration keeps this percentile of |activation| as the range.
+    calibration_percentile: float = Field(default=99.999, gt=90.0, le=100.0)
     calibration_samples: int = Field(default=256, ge=1, le=100_000)
     calibration_batch_size: int = Field(default=32, ge=1, le=4096)
 
 
-Step = Annotated[QuantizeStep, Field(discriminator="method")]
+class DynamicQuantize(_QuantizeBase, _Int8Options):
+    """INT8 weights, activations quantized at run time (dynamic mode leaves Conv out by
+    default: ConvInteger is slow on ONNX Runtime's CPU provider)."""
+
+    mode: Literal["dynamic"]
+
+
+class StaticQuantize(_QuantizeBase, _Int8Options, _CalibrationOptions):
+    """INT8 weights and activations, activation ranges calibrated on the uploaded data."""
+
+    mode: Literal["static"]
+    format: Literal["qdq", "qoperator"] = "qdq"
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+
+
+class Fp16Quantize(_QuantizeBase):
+    """Float16 weights and compute; inputs and outputs stay as the user had them."""
+
+    mode: Literal["fp16"]
+    # Op types kept in float32 on top of the engine's list of numerically unsafe ops.
+    keep_fp32_op_types: list[str] = Field(default_factory=list)
+
+
+class Int4Quantize(_QuantizeBase):
+    """Weight-only 4-bit blocks for MatMul/Gemm weights (MatMulNBits)."""
+
+    mode: Literal["int4"]
+    block_size: Literal[16, 32, 64, 128, 256] = 32
+    symmetric: bool = True
+
+
+class QatQuantize(_QuantizeBase):
+    """Quantization-aware training: fake-quant fine-tuning in PyTorch on the training
+    data, exported as a QDQ model."""
+
+    mode: Literal["qat"]
+    epochs: int = Field(default=3, ge=1, le=1000)
+    learning_rate: float = Field(default=1e-4, gt=0, le=1.0)
+    batch_size: int = Field(default=32, ge=1, le=4096)
+    per_channel: bool = True
+
+
+class AutoQuantize(_QuantizeBase, _CalibrationOptions):
+    """Try candidate configurations, measure each on the worker, keep the best that meets
+    the job's targets; fall back sensitive nodes to FP32 when accuracy needs it."""
+
+    mode: Literal["auto"] = "auto"
+    # Modes the tuner may try; None: chosen per model (e.g. static QDQ for convolutions,
+    # dynamic per-channel for transformer MatMuls).
+    candidate_modes: list[Literal["dynamic", "static", "fp16", "int4"]] | None = None
+    # Return a model slower than the step's input only when the user says so.
+    allow_slower: bool = False
+    max_fallback_nodes: int = Field(default=16, ge=0, le=10_000)
+
+
+def _quantize_mode(value: Any) -> str:
+    mode = value.get("mode", "auto") if isinstance(value, dict) else getattr(value, "mode", None)
+    return mode if isinstance(mode, str) else "auto"
+
+
+QuantizeStep = Annotated[
+    Annotated[AutoQuantize, Tag("auto")]
+    | Annotated[DynamicQuantize, Tag("dynamic")]
+    | Annotated[StaticQuantize, Tag("static")]
+    | Annotated[Fp16Quantize, Tag("fp16")]
+    | Annotated[Int4Quantize, Tag("int4")]
+    | Annotated[QatQuantize, Tag("qat")],
+    Discriminator(_quantize_mode),
+]
+QuantizeConfig = (
+    AutoQuantize | DynamicQuantize | StaticQuantize | Fp16Quantize | Int4Quantize | QatQuantize
+)
+QUANTIZE_MODES = ("auto", "dynamic", "static", "fp16", "int4", "qat")
+
+
+def _step_method(value: Any) -> str | None:
+    method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
+    return method if isinstance(method, str) else None
+
+
+Step = Annotated[Annotated[QuantizeStep, Tag("quantize")], Discriminator(_step_method)]
+QUANTIZE_STEP_ADAPTER: TypeAdapter[QuantizeConfig] = TypeAdapter(QuantizeStep)
 
 
 class JobSpec(StrictModel):
@@ -66,6 +157,8 @@ class JobSpec(StrictModel):
     # on it before a job may succeed. Calibration falls back to it when not given.
     eval_dataset_id: str = Field(min_length=1, max_length=64)
     calibration_dataset_id: str | None = Field(default=None, max_length=64)
+    # Training data for steps that train (QAT, and later pruning fine-tuning, distillation).
+    train_dataset_id: str | None = Field(default=None, max_length=64)
     task: TaskSpec = Field(default_factory=TaskSpec)
     steps: list[Step] = Field(min_length=1, max_length=16)
     targets: Targets = Field(default_factory=Targets)
@@ -74,6 +167,13 @@ class JobSpec(StrictModel):
     batch_size: int = Field(default=1, ge=1, le=4096)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _training_steps_need_training_data(self) -> JobSpec:
+        for index, step in enumerate(self.steps):
+            if getattr(step, "mode", None) == "qat" and self.train_dataset_id is None:
+                raise ValueError(f"steps[{index}]: qat trains the model: set train_dataset_id")
+        return self
+
     def dataset_ids(self) -> list[str]:
-        ids = [self.eval_dataset_id, self.calibration_dataset_id]
+        ids = [self.eval_dataset_id, self.calibration_dataset_id, self.train_dataset_id]
         return list(dict.fromkeys(i for i in ids if i))

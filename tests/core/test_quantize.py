@@ -15,9 +15,9 @@ from core.data import load_arrays
 from core.errors import EngineError, JobCancelled, StepFailed
 from core.formats import inspect_model, model_opset
 from core.measure import measure_model_with_outputs
-from core.quantize import StreamingCalibrationReader, gemm_to_matmul, validate_runs
+from core.quantize.common import StreamingCalibrationReader, gemm_to_matmul, validate_runs
 from core.registry import StepData, StepOutput, get_step
-from core.spec import QuantizeStep, TaskSpec
+from core.spec import QUANTIZE_STEP_ADAPTER, StaticQuantize, TaskSpec
 
 TASK = TaskSpec()
 
@@ -33,7 +33,7 @@ def step_data(cnn_onnx: Path, digits_test_npz: Path, digits_train_npz: Path) -> 
 
 
 def run_quantize(model: Path, work_dir: Path, data: StepData, **config: object) -> StepOutput:
-    step = QuantizeStep.model_validate({"method": "quantize", **config})
+    step = QUANTIZE_STEP_ADAPTER.validate_python({"method": "quantize", **config})
     return get_step("quantize")(model, step, data, RunContext(work_dir=work_dir))
 
 
@@ -159,7 +159,7 @@ def test_cancelling_during_calibration_stops_the_step(
         calls["n"] += 1
         return calls["n"] > 2
 
-    step = QuantizeStep(method="quantize", mode="static")
+    step = StaticQuantize(method="quantize", mode="static")
     ctx = RunContext(work_dir=tmp_path, is_cancelled=cancelled_after_two_checks)
     with pytest.raises(JobCancelled):
         get_step("quantize")(cnn_onnx, step, step_data, ctx)

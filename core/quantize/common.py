@@ -1,8 +1,5 @@
-"""The "quantize" step: dynamic INT8, static INT8 (QDQ) or FP16, via onnxruntime.quantization.
-
-Every output must load in ONNX Runtime and run a batch of the eval data with finite
-results before the step returns it; quantizer errors become UnsupportedModel or StepFailed
-naming the mode and, where the message allows, the node and op that failed.
+"""Pieces every quantization mode shares: refusing double quantization, validating the
+output, calibration streaming, the Gemm->MatMul rewrite, pre-processing, error wrapping.
 """
 
 from __future__ import annotations
@@ -11,7 +8,6 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -19,51 +15,26 @@ import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
-    CalibrationMethod,
-    QuantFormat,
-    QuantType,
-    quantize_dynamic,
-    quantize_static,
 )
-from onnxruntime.quantization.registry import IntegerOpsRegistry
 from onnxruntime.quantization.shape_inference import quant_pre_process
-from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-from core.context import RunContext
-from core.data import pinned_batch_size, take_rows
+from core.data import take_rows
 from core.errors import EngineError, StepFailed, UnsupportedModel, short_reason
 from core.formats import (
     TensorInfo,
-    ensure_opset,
     iter_nodes,
     load_model,
-    model_opset,
-    save_model,
-    sort_topologically,
 )
 from core.measure import eval_batch_size, providers_for, session_inputs
-from core.registry import StepData, StepOutput, register_step
-from core.spec import QuantizeStep, TaskSpec
+from core.registry import StepData
+from core.spec import TaskSpec
 
-# Dynamic mode quantizes everything ONNX Runtime's integer-op quantizer supports except
-# Conv: ConvInteger is slow on the CPU provider (3-15x slower on real CNNs, field notes).
-DYNAMIC_DEFAULT_OP_TYPES = sorted(set(IntegerOpsRegistry) - {"Conv"})
-DYNAMIC_CONV_NOTE = (
-    "Conv left out: dynamic ConvInteger is slow on ONNX Runtime's CPU provider; "
-    "use static mode for convolutions"
-)
 # DequantizeLinear gained the `axis` attribute per-channel weights need in opset 13;
 # below it the QDQ model is invalid ("Unrecognized attribute: axis").
 PER_CHANNEL_MIN_OPSET = 13
 # QuantizeLinear/DequantizeLinear exist from opset 10; the quantizer wants 11 or newer.
 QDQ_MIN_OPSET = 11
-# U8S8: unsigned activations, signed symmetric weights. It is MLAS's native x86 INT8 path
-# (VPMADDUBSW / VNNI take u8 x s8) and asymmetric u8 spends all 256 levels on post-ReLU
-# activations. S8S8 measured the same accuracy and speed on the digits CNN here; on x86
-# without VNNI, set reduce_range if U8S8 saturation costs accuracy.
-STATIC_ACTIVATION_TYPE = QuantType.QUInt8
-STATIC_WEIGHT_TYPE = QuantType.QInt8
-_QUANTIZED_OPS = frozenset(
+QUANTIZED_OPS = frozenset(
     {
         "QuantizeLinear",
         "DequantizeLinear",
@@ -89,31 +60,6 @@ _UNSUPPORTED_HINTS = (
 CancelCheck = Callable[[], None]
 
 
-@register_step("quantize")
-def quantize(model_path: Path, config: QuantizeStep, data: StepData, ctx: RunContext) -> StepOutput:
-    """Quantize the model as `config.mode` says and return the validated result."""
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    output_path = ctx.work_dir / "model.onnx"
-    refuse_requantization(load_model(model_path), config.mode)
-    try:
-        if config.mode == "dynamic":
-            details = _quantize_dynamic(model_path, output_path, config, ctx)
-        elif config.mode == "static":
-            details = _quantize_static(model_path, output_path, config, data, ctx)
-        else:
-            details = _convert_fp16(model_path, output_path)
-    except EngineError:  # ours (incl. JobCancelled) already say what happened
-        raise
-    except Exception as exc:
-        raise _wrap_failure(exc, config.mode, model_path) from exc
-
-    validate_runs(output_path, data, ctx.device, what=f"the {config.mode}-quantized model")
-    details["quantized_node_counts"] = _count_quantized_nodes(load_model(output_path))
-    if config.mode != "fp16" and not details["quantized_node_counts"]:
-        details["warning"] = "no node was quantized: the model has none of the op types listed"
-    return StepOutput(model_path=output_path, details=details)
-
-
 def refuse_requantization(model: onnx.ModelProto, mode: str) -> None:
     """Raise UnsupportedModel (code "already_quantized") for a model that a previous
     quantize step (or the user) already quantized or converted to FP16.
@@ -121,7 +67,7 @@ def refuse_requantization(model: onnx.ModelProto, mode: str) -> None:
     The quantizers assume float32 weights and activations; on an INT8 or FP16 graph they
     fail obscurely (a KeyError on a scale name) or write graphs that do not load.
     """
-    quantized = _count_quantized_nodes(model)
+    quantized = count_quantized_nodes(model)
     if quantized:
         raise UnsupportedModel(
             f"{mode} quantization needs a float32 model, but this one is already quantized "
@@ -156,111 +102,6 @@ def validate_runs(path: Path, data: StepData, device: str, *, what: str) -> None
         array = np.asarray(value)
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             raise StepFailed(f"{what} produced non-finite values in output {meta.name!r}")
-
-
-def _quantize_dynamic(
-    model_path: Path, output_path: Path, config: QuantizeStep, ctx: RunContext
-) -> dict[str, Any]:
-    op_types = config.op_types or DYNAMIC_DEFAULT_OP_TYPES
-    model = load_model(model_path)
-    rewritten = 0
-    if "MatMul" in op_types:
-        # Exporters write nn.Linear on 2-D inputs as Gemm, which the integer-op quantizer
-        # does not handle: rewritten as MatMul + Add, those weights get quantized too.
-        model, rewritten = gemm_to_matmul(model)
-    prepared = save_model(model, ctx.work_dir / "prepared.onnx")
-    ctx.check_cancelled()
-    quantize_dynamic(
-        prepared,
-        output_path,
-        op_types_to_quantize=list(op_types),
-        per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
-        weight_type=QuantType.QInt8,
-    )
-    details: dict[str, Any] = {
-        "mode": "dynamic",
-        "weight_type": "QInt8",
-        "activation_type": "QUInt8 (computed at run time)",
-        "per_channel": config.per_channel,
-        "reduce_range": config.reduce_range,
-        "op_types": list(op_types),
-        "gemm_rewritten_to_matmul": rewritten,
-    }
-    if config.op_types is None:
-        details["op_types_note"] = DYNAMIC_CONV_NOTE
-    return details
-
-
-def _quantize_static(
-    model_path: Path,
-    output_path: Path,
-    config: QuantizeStep,
-    data: StepData,
-    ctx: RunContext,
-) -> dict[str, Any]:
-    model = load_model(model_path)
-    min_opset = PER_CHANNEL_MIN_OPSET if config.per_channel else QDQ_MIN_OPSET
-    model, upgraded_from = ensure_opset(model, min_opset)
-    source = save_model(model, ctx.work_dir / "source.onnx")
-    prepared, pre_process = _pre_process(source, ctx.work_dir / "preprocessed.onnx")
-    ctx.check_cancelled()
-
-    batch_size = pinned_batch_size(data.inputs) or config.calibration_batch_size
-    available = len(next(iter(data.calibration_arrays.values())))
-    samples = min(config.calibration_samples, available)
-    # A seeded random subset: calibration files are often sorted by class, and the first
-    # N rows would then miss whole classes' activation ranges.
-    rows = np.sort(np.random.default_rng(ctx.seed).permutation(available)[:samples])
-    reader = StreamingCalibrationReader(
-        data.calibration_arrays, data.inputs, data.task, rows, batch_size, ctx.check_cancelled
-    )
-    quantize_static(
-        prepared,
-        output_path,
-        reader,
-        quant_format=QuantFormat.QDQ,
-        op_types_to_quantize=config.op_types,
-        per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
-        activation_type=STATIC_ACTIVATION_TYPE,
-        weight_type=STATIC_WEIGHT_TYPE,
-        calibrate_method=CalibrationMethod.MinMax,
-        calibration_providers=providers_for(ctx.device),
-        # CalibMaxIntermediateOutputs is left unset on purpose: in onnxruntime 1.32 it
-        # discards collected ranges instead of merging them. MinMax keeps only per-batch
-        # minima and maxima, so memory stays small without it.
-    )
-    return {
-        "mode": "static",
-        "format": "QDQ",
-        "activation_type": STATIC_ACTIVATION_TYPE.name,
-        "weight_type": STATIC_WEIGHT_TYPE.name,
-        "per_channel": config.per_channel,
-        "reduce_range": config.reduce_range,
-        "op_types": config.op_types or "all the quantizer supports",
-        "calibration_method": config.calibration_method,
-        "calibration_samples": reader.samples_served,
-        "calibration_batch_size": batch_size,
-        "opset": model_opset(model),
-        "opset_upgraded_from": upgraded_from,
-        "pre_process": pre_process,
-    }
-
-
-def _convert_fp16(model_path: Path, output_path: Path) -> dict[str, Any]:
-    model = load_model(model_path)
-    # keep_io_types: callers keep feeding float32 and reading float32. The default block
-    # list keeps ops without (safe) fp16 kernels in fp32, with casts around them.
-    converted = convert_float_to_float16(model, keep_io_types=True)
-    sort_topologically(converted.graph)  # the converter appends its input casts last
-    save_model(converted, output_path)
-    return {
-        "mode": "fp16",
-        "keep_io_types": True,
-        "op_block_list": list(DEFAULT_OP_BLOCK_LIST),
-        "note": "FP16 on the CPU saves size, not time",
-    }
 
 
 class StreamingCalibrationReader(CalibrationDataReader):
@@ -394,7 +235,7 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
     graph.initializer.extend(kept)
 
 
-def _pre_process(source: Path, target: Path) -> tuple[Path, str]:
+def pre_process(source: Path, target: Path) -> tuple[Path, str]:
     """Run quant_pre_process; symbolic shape inference fails on many exported models, so
     retry without it, and quantize the unprocessed model if that fails too."""
     try:
@@ -408,12 +249,12 @@ def _pre_process(source: Path, target: Path) -> tuple[Path, str]:
             return source, f"skipped: pre-processing failed ({short_reason(second, 200)})"
 
 
-def _count_quantized_nodes(model: onnx.ModelProto) -> dict[str, int]:
-    counts = Counter(n.op_type for n in iter_nodes(model.graph) if n.op_type in _QUANTIZED_OPS)
+def count_quantized_nodes(model: onnx.ModelProto) -> dict[str, int]:
+    counts = Counter(n.op_type for n in iter_nodes(model.graph) if n.op_type in QUANTIZED_OPS)
     return dict(sorted(counts.items()))
 
 
-def _wrap_failure(exc: Exception, mode: str, model_path: Path) -> EngineError:
+def wrap_failure(exc: Exception, mode: str, model_path: Path) -> EngineError:
     reason = short_reason(exc)
     blamed = _blame_nodes(str(exc), model_path)
     where = f" at {blamed}" if blamed else ""
