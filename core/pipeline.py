@@ -95,9 +95,9 @@ def run(
         if spec.calibration_dataset_id
         else eval_path
     )
-    _check_dataset(model_info, eval_path, spec, max_dataset_bytes)
-    if calibration_path != eval_path:
-        _check_dataset(model_info, calibration_path, spec, max_dataset_bytes)
+    train_path = _dataset_path(datasets, spec.train_dataset_id) if spec.train_dataset_id else None
+    for path in dict.fromkeys(p for p in (eval_path, calibration_path, train_path) if p):
+        _check_dataset(model_info, path, spec, max_dataset_bytes)
     _check_batch_size(model_info, spec.batch_size)
 
     manifest_inputs = {"model": model_path} | {
@@ -108,6 +108,7 @@ def run(
     calibration_arrays = (
         eval_arrays if calibration_path == eval_path else load_arrays(calibration_path)
     )
+    train_arrays = load_arrays(train_path) if train_path is not None else None
 
     ctx.report(_MEASURE_ORIGINAL[0], "measuring the original model")
     # The original's outputs are computed once and are the reference for every later model.
@@ -122,7 +123,17 @@ def run(
     )
     ctx.report(_MEASURE_ORIGINAL[1], "measured the original model", metrics=original.model_dump())
 
-    data = StepData(eval_arrays, calibration_arrays, model_info.inputs, spec.task)
+    data = StepData(
+        eval_arrays,
+        calibration_arrays,
+        model_info.inputs,
+        spec.task,
+        train_arrays=train_arrays,
+        targets=spec.targets,
+        batch_size=spec.batch_size,
+        reference_outputs=reference_outputs,
+        original_metrics=original,
+    )
     span = (_STEPS_END - _MEASURE_ORIGINAL[1]) / len(spec.steps)
     current_path = model_path
     step_results: list[StepResult] = []

@@ -17,9 +17,10 @@ import numpy as np
 
 from core.context import RunContext
 from core.data import Feeds, model_feeds
-from core.errors import EngineError
+from core.errors import EngineError, IncompatibleData
 from core.formats import TensorInfo
-from core.spec import TaskSpec
+from core.results import ModelMetrics
+from core.spec import Targets, TaskSpec
 
 # Modules that register built-in steps; imported on first lookup so that importing the
 # registry alone (as the steps themselves do) creates no import cycle.
@@ -34,6 +35,16 @@ class StepData:
     calibration_arrays: Mapping[str, np.ndarray]
     inputs: list[TensorInfo]  # the model's graph inputs (names, dtypes, shapes)
     task: TaskSpec
+    # Training data for steps that train (None when the job has none).
+    train_arrays: Mapping[str, np.ndarray] | None = None
+    # What the job asks of its final model, and the batch size latency is judged at.
+    targets: Targets = field(default_factory=Targets)
+    batch_size: int = 1
+    # The job's original model on the eval data: its outputs (the reference for agreement
+    # and similarity metrics) and its measured metrics. Tuning steps judge candidates
+    # against the original, not against the step's input.
+    reference_outputs: np.ndarray | None = None
+    original_metrics: ModelMetrics | None = None
 
     def eval_feeds(self, rows: int | None = None) -> Feeds:
         """The eval data keyed by model input and cast to its dtype (the first `rows`)."""
@@ -41,6 +52,11 @@ class StepData:
 
     def calibration_feeds(self, rows: int | None = None) -> Feeds:
         return model_feeds(_head(self.calibration_arrays, rows), self.inputs, self.task)
+
+    def require_train_arrays(self, method: str) -> Mapping[str, np.ndarray]:
+        if self.train_arrays is None:
+            raise IncompatibleData(f"{method} trains the model: the job needs train_dataset_id")
+        return self.train_arrays
 
 
 @dataclass(frozen=True)
