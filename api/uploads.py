@@ -5,6 +5,11 @@ BlobStore staging file (hashed on the way, capped at the configured size): no te
 copy elsewhere, nothing held in memory. The engine validates the staged file; only then
 is the row inserted and the blob published under its sha256. Any failure on the way
 removes the staged file and writes no row.
+
+A model is either one self-contained .onnx file or one archive (.zip, .tar, .tar.gz,
+told apart by magic bytes) holding the .onnx and its external data files. The archive is
+the blob; core.archive checks it and extracts it into a temporary folder under the work
+dir for validation, which is removed whatever the outcome.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import InvalidUpload, UnsupportedMediaType
+from core.archive import ArchiveLimits, inspect_upload
 from core.data import inspect_dataset
-from core.formats import inspect_model
 from squeeze.settings import Settings
 from store import catalog
 from store.blobs import BlobStore, StagedBlob
@@ -52,14 +57,24 @@ class UploadKind(Generic[RowT]):
 async def upload_model(
     request: Request, session: Session, blobs: BlobStore, settings: Settings
 ) -> ModelRow:
-    """Store the ONNX model in the request's `file` part (InvalidModel when it is none)."""
+    """Store the ONNX model, or the archive of a model and its external data, in the
+    request's `file` part (InvalidModel when it is neither)."""
+    limits = archive_limits(settings)
     kind = UploadKind(
         max_bytes=settings.max_model_bytes,
         default_filename="model.onnx",
-        inspect=inspect_model,
+        inspect=lambda path: inspect_upload(path, settings.work_dir, limits),
         add_row=catalog.add_model,
     )
     return await _upload(request, session, blobs, kind)
+
+
+def archive_limits(settings: Settings) -> ArchiveLimits:
+    return ArchiveLimits(
+        max_members=settings.max_model_archive_members,
+        max_uncompressed_bytes=settings.max_model_uncompressed_bytes,
+        max_compression_ratio=settings.max_model_archive_compression_ratio,
+    )
 
 
 async def upload_dataset(

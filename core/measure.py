@@ -25,7 +25,7 @@ from core.data import (
     take_rows,
 )
 from core.errors import IncompatibleData, StepFailed, short_reason
-from core.formats import TensorInfo, load_model
+from core.formats import TensorInfo, load_model, model_size_bytes
 from core.formats import count_parameters as _count_model_parameters
 from core.results import Latency, ModelMetrics
 from core.spec import TaskSpec
@@ -80,7 +80,8 @@ def eval_batch_size(inputs: list[TensorInfo]) -> int:
 
 
 def file_size(path: Path) -> int:
-    return path.stat().st_size
+    """Bytes on disk of the model, its external data files included."""
+    return model_size_bytes(path)
 
 
 def count_parameters(path: Path) -> int:

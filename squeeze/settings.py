@@ -24,10 +24,17 @@ class Settings(BaseSettings):
     broker_url: str = ""
 
     # Upload limits (bytes). The cap is enforced on the streamed body, not on Content-Length.
-    max_model_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # Models over 2 GB come as archives with external data: the cap must admit them.
+    max_model_bytes: int = Field(default=8 * 1024**3, gt=0)
     max_dataset_bytes: int = Field(default=1024 * 1024 * 1024, gt=0)
     # Sum of the uncompressed member sizes an .npz may declare (zip-bomb guard).
     max_dataset_uncompressed_bytes: int = Field(default=4 * 1024 * 1024 * 1024, gt=0)
+    # A model with external data is uploaded as one .zip/.tar/.tar.gz archive (the archive
+    # itself is capped by max_model_bytes). Checked before anything is extracted: the sum
+    # of its members' declared sizes, their number, and how far they expand the archive.
+    max_model_uncompressed_bytes: int = Field(default=16 * 1024 * 1024 * 1024, gt=0)
+    max_model_archive_members: int = Field(default=4096, gt=0)
+    max_model_archive_compression_ratio: float = Field(default=100.0, gt=1)
 
     # Celery queues; tests give each run its own names so runs cannot steal each other's work.
     queue_cpu: str = "cpu"

@@ -2,6 +2,12 @@
 
 This is the service function behind the Celery task; it holds the job's rules so the task
 stays thin and tests can call it directly.
+
+The model blob (a plain .onnx or an archive of a model and its external data) is first
+materialised in a folder of its own in the attempt's work dir, so the engine reads
+external data from nowhere else. The final model is published as `model.onnx` when it
+fits in one protobuf file, else as `model.zip` (the .onnx and its external data, in the
+layout uploads take); report.json says which.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ import logging
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +26,10 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from core import pipeline
+from core.archive import ArchiveLimits, materialise_model, pack_model
 from core.context import MeasureSettings, RunContext
 from core.errors import EngineError, JobCancelled
+from core.formats import SINGLE_FILE_LIMIT_BYTES, load_model, model_files, save_model
 from core.spec import JobSpec
 from squeeze.settings import Settings
 from store import catalog, jobs
@@ -30,6 +38,9 @@ from store.db import transaction
 from worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
+
+ONNX_MEDIA_TYPE = "application/octet-stream"
+ZIP_MEDIA_TYPE = "application/zip"
 
 
 class LeaseLost(Exception):
@@ -41,6 +52,67 @@ class JobInputs:
     spec: JobSpec
     model_path: Path
     dataset_paths: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """The final model as the one file a client downloads."""
+
+    name: str  # "model.onnx" or "model.zip"
+    path: Path
+    media_type: str
+    # The model's files: "model.onnx", then its external data files inside the zip.
+    files: list[str] = field(default_factory=lambda: ["model.onnx"])
+
+    def describe(self) -> dict[str, Any]:
+        external = self.name == "model.zip"
+        return {
+            "name": self.name,
+            "media_type": self.media_type,
+            "external_data": external,
+            "files": self.files,
+            "note": (
+                "the model is too big for one .onnx file (2 GB protobuf limit): model.zip "
+                "holds model.onnx and its external data files; unpack it and load "
+                "model.onnx from that folder (it can be uploaded again as it is)"
+                if external
+                else "one self-contained .onnx file"
+            ),
+        }
+
+
+def package_model(
+    final_model: Path,
+    out_dir: Path,
+    *,
+    single_file_limit_bytes: int = SINGLE_FILE_LIMIT_BYTES,
+) -> ModelArtifact:
+    """The final model as one file: itself when self-contained; rewritten as one file
+    when its external data fits under `single_file_limit_bytes`; else a zip of the .onnx
+    and its external data files, written under `out_dir`."""
+    files = model_files(final_model)
+    if len(files) == 1:
+        return ModelArtifact("model.onnx", final_model, ONNX_MEDIA_TYPE)
+    if sum(file.stat().st_size for file in files) < single_file_limit_bytes:
+        final_model = save_model(
+            load_model(final_model),
+            out_dir / "single" / "model.onnx",
+            single_file_limit_bytes=single_file_limit_bytes,
+        )
+        files = model_files(final_model)
+        if len(files) == 1:
+            return ModelArtifact("model.onnx", final_model, ONNX_MEDIA_TYPE)
+    archive = pack_model(final_model, out_dir / "model.zip")
+    names = [file.relative_to(final_model.parent).as_posix() for file in files]
+    return ModelArtifact("model.zip", archive, ZIP_MEDIA_TYPE, names)
+
+
+def archive_limits(settings: Settings) -> ArchiveLimits:
+    return ArchiveLimits(
+        max_members=settings.max_model_archive_members,
+        max_uncompressed_bytes=settings.max_model_uncompressed_bytes,
+        max_compression_ratio=settings.max_model_archive_compression_ratio,
+    )
 
 
 def worker_name() -> str:
@@ -83,6 +155,10 @@ class JobRunner:
             inputs = self._load_inputs(job_id)
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
+            # A folder of its own: the engine follows external data only beside the .onnx.
+            model_path = materialise_model(
+                inputs.model_path, work_dir / "input", archive_limits(self.settings)
+            )
             ctx = RunContext(
                 work_dir=work_dir,
                 device=pipeline.resolve_device(inputs.spec.device),
@@ -95,9 +171,7 @@ class JobRunner:
                 on_progress=self._progress_writer(job_id, attempt),
                 is_cancelled=keeper.should_stop,
             )
-            result, final_model = pipeline.run(
-                inputs.model_path, inputs.dataset_paths, inputs.spec, ctx
-            )
+            result, final_model = pipeline.run(model_path, inputs.dataset_paths, inputs.spec, ctx)
             if keeper.lost:
                 raise LeaseLost(job_id)
             artifacts = self._publish_artifacts(final_model, result.model_dump(mode="json"))
@@ -181,13 +255,15 @@ class JobRunner:
     def _publish_artifacts(
         self, final_model: Path, report: dict[str, Any]
     ) -> list[jobs.ArtifactRecord]:
+        model = package_model(final_model, final_model.parent / "publish")
+        report = {**report, "model_artifact": model.describe()}
         report_path = final_model.parent / "report.json"
         report_path.write_text(json.dumps(report, indent=2, sort_keys=True))
         manifest_path = final_model.parent / "manifest.json"
         manifest_path.write_text(json.dumps(report["manifest"], indent=2, sort_keys=True))
         records = []
         for name, path, media_type in (
-            ("model.onnx", final_model, "application/octet-stream"),
+            (model.name, model.path, model.media_type),
             ("report.json", report_path, "application/json"),
             ("manifest.json", manifest_path, "application/json"),
         ):

@@ -20,7 +20,11 @@ ModelId = Annotated[str, Path(min_length=1, max_length=64)]
 @router.post(
     "",
     status_code=201,
-    openapi_extra=file_upload_body("an ONNX model (self-contained, no external data)"),
+    openapi_extra=file_upload_body(
+        "an ONNX model: one self-contained .onnx file, or, for a model with external data "
+        "(over 2 GB), one .zip, .tar or .tar.gz archive holding exactly one .onnx file and "
+        "the external data files it references, at their relative paths"
+    ),
     responses=problems(413, 415, 422),
 )
 async def upload_model(
@@ -30,7 +34,11 @@ async def upload_model(
     blobs: BlobsDep,
     settings: SettingsDep,
 ) -> ModelOut:
-    """Upload a model as multipart field `file`; it is validated before it is stored."""
+    """Upload a model as multipart field `file`; it is validated before it is stored.
+
+    An archive is stored as it came; `info.external_data` says whether the model keeps
+    weights outside the .onnx, and `info.external_data_files` which files hold them.
+    """
     row = await uploads.upload_model(request, session, blobs, settings)
     response.headers["Location"] = model_url(row.id)
     return ModelOut.from_row(row)

@@ -105,8 +105,9 @@ def test_refuses_external_data_without_reading_it(tmp_path: Path, cnn_onnx: Path
         model, path, save_as_external_data=True, location="weights.bin", size_threshold=0
     )
     (tmp_path / "weights.bin").unlink()  # proves the engine never goes looking for it
+    # A plain .onnx upload: its folder is not the user's (archives: tests/core/test_archive.py)
     with pytest.raises(InvalidModel, match="external data is not supported") as raised:
-        inspect_model(path)
+        inspect_model(path, allow_external_data=False)
     assert raised.value.code == "external_data_unsupported"
 
 
