@@ -28,9 +28,16 @@ from core.measure import providers_for
 from core.quantize.common import (
     PER_CHANNEL_MIN_OPSET,
     QDQ_MIN_OPSET,
+    STREAMING_OPTIONS,
     StreamingCalibrationReader,
+    exclusion_names,
     gemm_to_matmul,
+    has_external_data,
+    missing_node_names,
+    modernize_ir,
     pre_process,
+    restore_topological_order,
+    size_report,
 )
 from core.quantize.modes import register_mode
 from core.registry import StepData
@@ -43,12 +50,19 @@ DYNAMIC_CONV_NOTE = (
     "Conv left out: dynamic ConvInteger is slow on ONNX Runtime's CPU provider; "
     "use static mode for convolutions"
 )
-# U8S8: unsigned activations, signed symmetric weights. It is MLAS's native x86 INT8 path
-# (VPMADDUBSW / VNNI take u8 x s8) and asymmetric u8 spends all 256 levels on post-ReLU
-# activations. S8S8 measured the same accuracy and speed on the digits CNN here; on x86
-# without VNNI, set reduce_range if U8S8 saturation costs accuracy.
-STATIC_ACTIVATION_TYPE = QuantType.QUInt8
+# Weights are always signed: MLAS's x86 INT8 kernels take u8 activations x s8 weights
+# (VPMADDUBSW / VNNI) or s8 x s8; unsigned weights have no fast path there.
 STATIC_WEIGHT_TYPE = QuantType.QInt8
+# uint8 (the default): asymmetric u8 spends all 256 levels on post-ReLU activations and
+# U8S8 is MLAS's native path. int8: S8S8, which some accelerators want; it measured the
+# same accuracy and speed on the digits CNN here.
+STATIC_ACTIVATION_TYPES = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+STATIC_FORMATS = {"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
 
 
 @register_mode("dynamic")
@@ -56,7 +70,7 @@ def quantize_dynamic_mode(
     model_path: Path, output_path: Path, config: DynamicQuantize, data: StepData, ctx: RunContext
 ) -> dict[str, Any]:
     op_types = config.op_types or DYNAMIC_DEFAULT_OP_TYPES
-    model = load_model(model_path)
+    model, ir_upgraded_from = modernize_ir(load_model(model_path))
     rewritten = 0
     if "MatMul" in op_types:
         # Exporters write nn.Linear on 2-D inputs as Gemm, which the integer-op quantizer
@@ -71,7 +85,10 @@ def quantize_dynamic_mode(
         per_channel=config.per_channel,
         reduce_range=config.reduce_range,
         weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclusion_names(config.nodes_to_exclude),
+        use_external_data_format=has_external_data(prepared),
     )
+    reordered = restore_topological_order(output_path)
     details: dict[str, Any] = {
         "mode": "dynamic",
         "weight_type": "QInt8",
@@ -79,10 +96,15 @@ def quantize_dynamic_mode(
         "per_channel": config.per_channel,
         "reduce_range": config.reduce_range,
         "op_types": list(op_types),
+        "nodes_to_exclude": list(config.nodes_to_exclude),
+        "nodes_to_exclude_not_found": missing_node_names(model_path, config.nodes_to_exclude),
         "gemm_rewritten_to_matmul": rewritten,
+        "ir_version_upgraded_from": ir_upgraded_from,
+        "nodes_reordered_after_quantization": reordered,
     }
     if config.op_types is None:
         details["op_types_note"] = DYNAMIC_CONV_NOTE
+    details.update(size_report(model_path, output_path))
     return details
 
 
@@ -97,6 +119,7 @@ def quantize_static_mode(
     model = load_model(model_path)
     min_opset = PER_CHANNEL_MIN_OPSET if config.per_channel else QDQ_MIN_OPSET
     model, upgraded_from = ensure_opset(model, min_opset)
+    model, ir_upgraded_from = modernize_ir(model)
     source = save_model(model, ctx.work_dir / "source.onnx")
     prepared, pre_process_note = pre_process(source, ctx.work_dir / "preprocessed.onnx")
     ctx.check_cancelled()
@@ -110,34 +133,73 @@ def quantize_static_mode(
     reader = StreamingCalibrationReader(
         data.calibration_arrays, data.inputs, data.task, rows, batch_size, ctx.check_cancelled
     )
+    activation_type = STATIC_ACTIVATION_TYPES[config.activation_type]
+    quant_format = STATIC_FORMATS[config.format]
+    extra_options: dict[str, Any] = {
+        **STREAMING_OPTIONS,
+        "ActivationSymmetric": config.activation_symmetric,
+        "WeightSymmetric": config.weight_symmetric,
+        # CalibMaxIntermediateOutputs is left unset on purpose: in onnxruntime 1.32 it
+        # discards collected ranges instead of merging them; streaming one batch per
+        # collect_data call bounds memory instead.
+    }
+    if config.calibration_method == "percentile":
+        # onnxruntime's percentile calibrator works on |activation| (symmetric histogram)
+        # and clips the range to the observed min and max.
+        extra_options["CalibPercentile"] = config.calibration_percentile
     quantize_static(
         prepared,
         output_path,
         reader,
-        quant_format=QuantFormat.QDQ,
+        quant_format=quant_format,
         op_types_to_quantize=config.op_types,
         per_channel=config.per_channel,
         reduce_range=config.reduce_range,
-        activation_type=STATIC_ACTIVATION_TYPE,
+        activation_type=activation_type,
         weight_type=STATIC_WEIGHT_TYPE,
-        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=exclusion_names(config.nodes_to_exclude),
+        calibrate_method=CALIBRATION_METHODS[config.calibration_method],
         calibration_providers=providers_for(ctx.device),
-        # CalibMaxIntermediateOutputs is left unset on purpose: in onnxruntime 1.32 it
-        # discards collected ranges instead of merging them. MinMax keeps only per-batch
-        # minima and maxima, so memory stays small without it.
+        extra_options=extra_options,
+        # also needed for the augmented FP32 copy the calibrator saves of a >2 GB model
+        use_external_data_format=has_external_data(prepared),
     )
-    return {
+    reordered = restore_topological_order(output_path)
+    # onnxruntime's QDQ quantizer makes per-channel weights symmetric whatever it is told
+    # (QLinear kernels need one zero point for all channels).
+    weights_symmetric = config.weight_symmetric or (config.per_channel and config.format == "qdq")
+    # checked against the graph the quantizer saw: pre-processing fuses some nodes away
+    # (BatchNormalization into Conv), and excluding those has no effect
+    not_found = missing_node_names(prepared, config.nodes_to_exclude)
+    details: dict[str, Any] = {
         "mode": "static",
-        "format": "QDQ",
-        "activation_type": STATIC_ACTIVATION_TYPE.name,
+        "format": quant_format.name,
+        "activation_type": activation_type.name,
+        "activation_symmetric": config.activation_symmetric,
         "weight_type": STATIC_WEIGHT_TYPE.name,
+        "weight_symmetric": weights_symmetric,
         "per_channel": config.per_channel,
         "reduce_range": config.reduce_range,
         "op_types": config.op_types or "all the quantizer supports",
+        "nodes_to_exclude": list(config.nodes_to_exclude),
+        "nodes_to_exclude_not_found": not_found,
         "calibration_method": config.calibration_method,
         "calibration_samples": reader.samples_served,
         "calibration_batch_size": batch_size,
+        "calibration_batches": len(reader),
+        "calibration_streaming": "one batch per calibrator pass, ranges/histograms merged",
         "opset": model_opset(model),
         "opset_upgraded_from": upgraded_from,
+        "ir_version_upgraded_from": ir_upgraded_from,
         "pre_process": pre_process_note,
+        "nodes_reordered_after_quantization": reordered,
     }
+    if weights_symmetric != config.weight_symmetric:
+        details["weight_symmetric_note"] = (
+            "per-channel QDQ weights are always symmetric in onnxruntime; "
+            "set per_channel=false for asymmetric weights"
+        )
+    if config.calibration_method == "percentile":
+        details["calibration_percentile"] = config.calibration_percentile
+    details.update(size_report(model_path, output_path))
+    return details
