@@ -1,0 +1,421 @@
+"""ONNX <-> PyTorch for the steps that train (QAT; pruning and distillation later).
+
+`onnx_to_torch` rebuilds an uploaded ONNX graph as a `torch.fx.GraphModule` with
+onnx2torch: Conv, Gemm (and, after our rewrite, MatMul by a constant matrix) become
+`nn.Conv*`/`nn.Linear` with trainable parameters, so any task's model can be fine-tuned,
+pruned or distilled. `torch_to_onnx` exports a module back under the original model's
+input and output names, keeping its batch axis dynamic when the original's was.
+
+Uploads are data, never code: the bridge parses ONNX protobufs only and never calls
+`torch.load` or `torch.export.load` (both can fall back to pickle).
+
+Export uses torch.onnx's dynamo exporter (`torch.export` + onnxscript's torchlib). It is
+the maintained exporter (the TorchScript one is deprecated), it captures onnx2torch's
+GraphModules as they are, and it is the only one that translates the quantize/dequantize
+ops of PT2E quantization (`quantized_decomposed.*`) into QuantizeLinear/DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper, version_converter
+from onnx2torch import convert
+from onnx2torch.node_converters import get_converter
+from onnx2torch.node_converters.matmul import OnnxMatMul
+from onnx2torch.node_converters.reshape import OnnxReshape
+from onnx2torch.onnx_graph import OnnxGraph
+from torch import fx, nn
+
+from core.errors import StepFailed, UnsupportedModel, short_reason
+from core.formats import TensorInfo, load_model, model_opset, save_model
+
+# onnx2torch (last release 2024) has converters for opsets up to 17; newer exports
+# (torch 2.14 writes opset 20) are converted down to it first.
+ONNX2TORCH_MAX_OPSET = 17
+# The name of a dynamic batch dim when the original's is unnamed or not an identifier.
+DEFAULT_BATCH_DIM = "batch"
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+def onnx_to_torch(model_path: Path, work_dir: Path) -> fx.GraphModule:
+    """The ONNX model at `model_path` as a torch GraphModule in eval mode, on the CPU.
+
+    The module takes the graph's inputs positionally, in the order of the ONNX graph
+    inputs, and returns its single output or a tuple of outputs in the graph's order.
+    Constant nodes are turned into initializers and the opset is converted to one
+    onnx2torch supports before conversion; MatMuls by a constant 2-D matrix become
+    `nn.Linear` (their weights become trainable). Files are written under `work_dir`.
+
+    Raises UnsupportedModel with code "unsupported_op", naming the op types (or the
+    node) onnx2torch cannot convert, or code "conversion_failed" for other failures.
+    """
+    model = _constants_as_initializers(load_model(model_path))
+    _drop_needless_allowzero(model)
+    model = _convertible_opset(model)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # onnx2torch runs shape inference on a path next to the file (no 2 GB protobuf limit)
+    source = save_model(model, work_dir / "onnx2torch_source.onnx")
+    try:
+        module = convert(source)
+    except Exception as exc:
+        raise _conversion_error(model, exc) from exc
+    _matmul_by_constant_as_linear(module)
+    _constant_reshapes_as_python(module)
+    return module.eval()
+
+
+def torch_to_onnx(
+    module: nn.Module,
+    example_inputs: Mapping[str, np.ndarray],
+    path: Path,
+    *,
+    inputs: Sequence[TensorInfo],
+    outputs: Sequence[TensorInfo],
+    opset: int,
+) -> Path:
+    """Export `module` as it computes now (train/eval mode is the caller's) to `path`.
+
+    `inputs`/`outputs` describe the original model (ModelInfo.inputs/.outputs): the
+    export takes their names, and dim 0 stays dynamic when the original's inputs left it
+    free (see `capture`). `example_inputs` are keyed by input name. The module is moved
+    to the CPU first. Writes one self-contained file (no external data) at `opset` and
+    checks it with the ONNX checker. Raises UnsupportedModel when torch.export cannot
+    capture the module, StepFailed when the capture cannot be written as ONNX.
+    """
+    module.to("cpu")
+    program = capture(module, example_inputs, inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.onnx.export(
+            program,
+            (),
+            str(path),
+            input_names=[tensor.name for tensor in inputs],
+            output_names=[tensor.name for tensor in outputs],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+        _name_batch_dim(path, _dynamic_batch_dim(inputs))
+        onnx.checker.check_model(str(path))
+    except Exception as exc:
+        raise StepFailed(f"could not export the model to ONNX: {short_reason(exc)}") from exc
+    return path
+
+
+def capture(
+    module: nn.Module,
+    example_inputs: Mapping[str, np.ndarray],
+    inputs: Sequence[TensorInfo],
+    device: str = "cpu",
+) -> torch.export.ExportedProgram:
+    """`torch.export` of `module`, fed `example_inputs` (keyed by input name) in the
+    order of `inputs`, as tensors on `device`.
+
+    Dim 0 of the inputs is one shared dynamic "batch" dim when every input with a known
+    rank leaves it free (a symbolic or unknown dim in the original), and fixed when
+    any input pins it. Raises UnsupportedModel (code "conversion_failed") naming the
+    node where torch.export stopped, e.g. an op that reads tensor values as shapes.
+    """
+    batch_dim = _dynamic_batch_dim(inputs)
+    rows = 2 if batch_dim is not None else None  # torch.export specializes a batch of 1
+    args = tuple(_example_tensor(example_inputs[tensor.name], rows).to(device) for tensor in inputs)
+    dynamic_shapes = (
+        tuple({0: batch_dim} if tensor.shape else None for tensor in inputs)
+        if batch_dim is not None
+        else None
+    )
+    try:
+        return torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+    except Exception as exc:
+        raise UnsupportedModel(
+            f"torch.export cannot capture the model{_blamed_node(module, str(exc))}: "
+            f"{short_reason(exc)}",
+            code="conversion_failed",
+        ) from exc
+
+
+def missing_converters(model: onnx.ModelProto) -> dict[str, int]:
+    """Op types of the main graph that onnx2torch has no converter for at the model's
+    opset, with how many nodes use each (empty when every node can be converted)."""
+    versions = {entry.domain or "": entry.version for entry in model.opset_import}
+    missing: Counter[str] = Counter()
+    for node in model.graph.node:
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        try:
+            get_converter(
+                operation_type=node.op_type, version=versions.get(domain, 0), domain=domain
+            )
+        except NotImplementedError:
+            missing[node.op_type if not domain else f"{domain}.{node.op_type}"] += 1
+    return dict(sorted(missing.items()))
+
+
+def _convertible_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model, or the model converted to ONNX2TORCH_MAX_OPSET, whichever onnx2torch
+    has a converter for every node of; UnsupportedModel naming the ops when neither.
+
+    onnx2torch picks converters by each op's version at the model's opset, so a newer
+    opset converts as it is unless one of its ops changed after 17 (Reshape in 19,
+    ReduceMean in 18, ...); only then is the model converted down (or an old one up).
+    """
+    missing = missing_converters(model)
+    if not missing:
+        return model
+    opset = model_opset(model)
+    tried = ""
+    if opset != ONNX2TORCH_MAX_OPSET:
+        try:
+            converted = version_converter.convert_version(model, ONNX2TORCH_MAX_OPSET)
+        except Exception as exc:
+            tried = (
+                f"; converting the model to opset {ONNX2TORCH_MAX_OPSET} failed: "
+                f"{short_reason(exc, 200)}"
+            )
+        else:
+            if not missing_converters(converted):
+                return converted
+            tried = f", nor at opset {ONNX2TORCH_MAX_OPSET}"
+    listed = ", ".join(f"{op} ({count} nodes)" for op, count in missing.items())
+    raise UnsupportedModel(
+        f"onnx2torch {_onnx2torch_version()} has no converter for op type(s) {listed} at "
+        f"opset {opset}{tried}: this model cannot be trained in PyTorch",
+        code="unsupported_op",
+    )
+
+
+def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Constant nodes of the main graph as initializers.
+
+    onnx2torch reads a Conv's weights (and a Gemm's, to build nn.Linear) from the
+    graph's initializers only; exporters sometimes write them as Constant nodes instead.
+    """
+    constants = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Constant"
+        and node.domain in _DEFAULT_DOMAINS
+        and len(node.attribute) == 1
+        and node.attribute[0].name == "value"
+    ]
+    graph_outputs = {output.name for output in model.graph.output}
+    constants = [node for node in constants if node.output[0] not in graph_outputs]
+    if not constants:
+        return model
+    hoisted = onnx.ModelProto()
+    hoisted.CopyFrom(model)
+    names = {id(node) for node in constants}
+    kept = [node for node in model.graph.node if id(node) not in names]
+    for node in constants:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(node.attribute[0].t)
+        tensor.name = node.output[0]
+        hoisted.graph.initializer.append(tensor)
+    del hoisted.graph.node[:]
+    hoisted.graph.node.extend(kept)
+    return hoisted
+
+
+def _drop_needless_allowzero(model: onnx.ModelProto) -> None:
+    """Clear Reshape's allowzero=1 where the shape is a constant without zeros.
+
+    torch 2.14's exporter writes allowzero=1 on every Reshape and onnx2torch refuses
+    it; with no 0 in the target shape the attribute changes nothing.
+    """
+    initializers = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type != "Reshape" or node.domain not in _DEFAULT_DOMAINS:
+            continue
+        shape = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        if shape is None or np.any(numpy_helper.to_array(shape) == 0):
+            continue
+        kept = [a for a in node.attribute if not (a.name == "allowzero" and a.i == 1)]
+        if len(kept) != len(node.attribute):
+            del node.attribute[:]
+            node.attribute.extend(kept)
+
+
+def _conversion_error(model: onnx.ModelProto, exc: Exception) -> UnsupportedModel:
+    """Name the first node onnx2torch fails on (converting node by node, on failure only)."""
+    versions = {entry.domain or "": entry.version for entry in model.opset_import}
+    graph = OnnxGraph(model.graph)
+    for node in graph.nodes.values():
+        try:
+            converter = get_converter(
+                operation_type=node.operation_type,
+                version=versions.get(node.domain, 0),
+                domain=node.domain,
+            )
+            converter(node, graph)
+        except Exception as node_exc:
+            code = "unsupported_op" if isinstance(node_exc, NotImplementedError) else None
+            return UnsupportedModel(
+                f"onnx2torch cannot convert node {node.name or node.unique_name!r} "
+                f"({node.operation_type}): {short_reason(node_exc)}",
+                code=code or "conversion_failed",
+            )
+    return UnsupportedModel(
+        f"onnx2torch could not convert the model: {short_reason(exc)}", code="conversion_failed"
+    )
+
+
+def _matmul_by_constant_as_linear(module: fx.GraphModule) -> None:
+    """Replace `MatMul(x, W)` with a constant 2-D float W (used by nothing else) by
+    `nn.Linear` holding W.T as its weight.
+
+    onnx2torch keeps such weights as buffers of a plain matmul module: they would not
+    train, and PT2E quantizers treat them as activations (per-tensor uint8) instead of
+    weights (per-channel int8). Exporters write Linear layers on 3-D inputs this way.
+    """
+    changed = False
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or not isinstance(
+            module.get_submodule(node.target), OnnxMatMul
+        ):
+            continue
+        if len(node.args) != 2 or node.kwargs:
+            continue
+        weight_node = node.args[1]
+        if not isinstance(weight_node, fx.Node) or weight_node.op != "get_attr":
+            continue
+        if len(weight_node.users) != 1:
+            continue
+        weight = _attribute(module, weight_node.target)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            continue
+        if not weight.is_floating_point():
+            continue
+        linear = nn.Linear(weight.shape[0], weight.shape[1], bias=False)
+        with torch.no_grad():
+            linear.weight.copy_(weight.T)
+        module.add_submodule(node.target, linear)
+        node.args = (node.args[0],)
+        module.graph.erase_node(weight_node)
+        _delete_attribute(module, weight_node.target)
+        changed = True
+    if changed:
+        module.graph.lint()
+        module.recompile()
+
+
+def _constant_reshapes_as_python(module: fx.GraphModule) -> None:
+    """Replace onnx2torch's Reshape by a constant shape tensor with `reshape_to` given
+    the shape as Python ints.
+
+    onnx2torch reads the shape tensor's values at run time, which torch.export (the
+    capture behind PT2E quantization and the ONNX export) cannot trace: it stops at a
+    "data-dependent" branch. Every exported Flatten/view ends up as such a Reshape.
+    """
+    changed = False
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or not isinstance(
+            module.get_submodule(node.target), OnnxReshape
+        ):
+            continue
+        shape_node = node.args[1] if len(node.args) == 2 and not node.kwargs else None
+        if not isinstance(shape_node, fx.Node) or shape_node.op != "get_attr":
+            continue
+        shape = _attribute(module, shape_node.target)
+        if not isinstance(shape, torch.Tensor) or shape.dim() != 1:
+            continue
+        with module.graph.inserting_after(node):
+            replacement = module.graph.call_function(
+                reshape_to, (node.args[0], tuple(int(size) for size in shape.tolist()))
+            )
+        node.replace_all_uses_with(replacement)
+        module.graph.erase_node(node)
+        module.delete_submodule(node.target)
+        if not shape_node.users:
+            module.graph.erase_node(shape_node)
+            _delete_attribute(module, shape_node.target)
+        changed = True
+    if changed:
+        module.graph.lint()
+        module.recompile()
+
+
+def reshape_to(tensor: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """ONNX Reshape (allowzero=0) to a constant shape: 0 keeps the input's size there."""
+    return tensor.reshape([tensor.shape[i] if size == 0 else size for i, size in enumerate(shape)])
+
+
+def _name_batch_dim(path: Path, batch_dim: Any) -> None:
+    """Give the exported dynamic batch dim the original's name (torch.export calls it
+    "s0", "s6", ...), in the graph's inputs, outputs and value infos."""
+    if batch_dim is None:
+        return
+    model = load_model(path)
+    symbols = {
+        value.type.tensor_type.shape.dim[0].dim_param
+        for value in model.graph.input
+        if value.type.tensor_type.shape.dim
+    } - {""}
+    if not symbols:
+        return
+    for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in symbols:
+                dim.dim_param = batch_dim.__name__
+    save_model(model, path)
+
+
+def _blamed_node(module: nn.Module, message: str) -> str:
+    """The node a torch.export error names, as " at node 'X' (ModuleType)", else ""."""
+    found = re.search(r"While executing %\S+ : .*?call_module\[target=([^\]]+)\]", message)
+    if found is None:
+        return ""
+    target = found.group(1)
+    try:
+        kind = type(module.get_submodule(target)).__name__
+    except AttributeError:
+        return f" at node {target!r}"
+    return f" at node {target!r} ({kind})"
+
+
+def _attribute(module: nn.Module, target: Any) -> Any:
+    owner_path, _, name = str(target).rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    return getattr(owner, name, None)
+
+
+def _delete_attribute(module: nn.Module, target: Any) -> None:
+    owner_path, _, name = str(target).rpartition(".")
+    owner = module.get_submodule(owner_path) if owner_path else module
+    if hasattr(owner, name):
+        delattr(owner, name)
+
+
+def _dynamic_batch_dim(inputs: Sequence[TensorInfo]) -> Any:
+    """One shared dynamic batch dim when the inputs' dim 0 is free, None when pinned."""
+    free = [
+        tensor.shape[0]
+        for tensor in inputs
+        if tensor.shape and not (isinstance(tensor.shape[0], int) and tensor.shape[0] > 0)
+    ]
+    if not free or len(free) != len([tensor for tensor in inputs if tensor.shape]):
+        return None
+    named = [dim for dim in free if isinstance(dim, str) and dim.isidentifier()]
+    return torch.export.Dim(named[0] if named else DEFAULT_BATCH_DIM)
+
+
+def _example_tensor(array: np.ndarray, rows: int | None) -> torch.Tensor:
+    if rows is not None and array.ndim and len(array) < rows:
+        array = array[np.arange(rows) % len(array)]
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _onnx2torch_version() -> str:
+    try:
+        return importlib.metadata.version("onnx2torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "(unknown version)"
