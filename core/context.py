@@ -36,11 +36,21 @@ class RunContext:
     measure: MeasureSettings = field(default_factory=MeasureSettings)
     on_progress: ProgressCallback = _no_progress
     is_cancelled: Callable[[], bool] = _never_cancelled
+    # The share of the job's progress (0..1) that the current step owns, set by the
+    # pipeline; steps report their own 0..1 through `report_step` and the job's bar stays
+    # monotonic.
+    progress_span: tuple[float, float] | None = None
 
     def report(self, progress: float, message: str, **data: Any) -> None:
         """Report progress; raises JobCancelled when the job was cancelled meanwhile."""
         self.check_cancelled()
         self.on_progress(min(max(progress, 0.0), 1.0), message, data)
+
+    def report_step(self, fraction: float, message: str, **data: Any) -> None:
+        """Report progress within the current step, mapped into its share of the job
+        (outside a pipeline the step is the whole job: 0..1)."""
+        start, end = self.progress_span or (0.0, 1.0)
+        self.report(start + (end - start) * min(max(fraction, 0.0), 1.0), message, **data)
 
     def check_cancelled(self) -> None:
         if self.is_cancelled():

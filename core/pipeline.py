@@ -7,7 +7,6 @@ by how much. Errors are raised only when something cannot be run or measured.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,7 @@ from core.data import (
     take_rows,
 )
 from core.errors import EngineError, IncompatibleData, InvalidDataset, StepFailed, short_reason
-from core.formats import ModelInfo, TensorInfo, inspect_model
+from core.formats import ModelInfo, TensorInfo, copy_model, inspect_model, model_files
 from core.manifest import build_manifest
 from core.measure import (
     compare_latency,
@@ -41,11 +40,14 @@ from core.spec import JobSpec, Step, Targets
 # Datasets were capped at upload; this cap only guards a caller that skipped that check.
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
 FINAL_MODEL_NAME = "model.onnx"
-TargetName = Literal["max_metric_drop", "max_latency_ms", "max_size_bytes"]
+TargetName = Literal["max_metric_drop", "max_latency_ms", "max_size_bytes", "not_slower"]
 
 # Progress milestones over the whole job (0..1).
 _MEASURE_ORIGINAL = (0.05, 0.15)
 _STEPS_END = 0.95
+# "not slower": the final/original latency ratio at the job's batch size may not exceed
+# this (timing noise of two interleaved measurements on a busy CPU stays within it).
+NOT_SLOWER_TOLERANCE = 1.05
 _TINY = 1e-12
 
 
@@ -100,9 +102,13 @@ def run(
         _check_dataset(model_info, path, spec, max_dataset_bytes)
     _check_batch_size(model_info, spec.batch_size)
 
-    manifest_inputs = {"model": model_path} | {
-        dataset_id: _dataset_path(datasets, dataset_id) for dataset_id in spec.dataset_ids()
-    }
+    # External data files are part of the model's bytes: each one is hashed too.
+    model_file_paths = model_files(model_path)
+    manifest_inputs = (
+        {"model": model_path}
+        | {f"model:{path.relative_to(model_path.parent)}": path for path in model_file_paths[1:]}
+        | {dataset_id: _dataset_path(datasets, dataset_id) for dataset_id in spec.dataset_ids()}
+    )
     manifest = build_manifest(manifest_inputs, spec, device)
     eval_arrays = load_arrays(eval_path)
     calibration_arrays = (
@@ -142,7 +148,9 @@ def run(
         label = f"step {index + 1}/{len(spec.steps)} ({step.method})"
         ctx.report(progress, f"{label}: running", step=index, method=step.method)
         step_ctx = dataclasses.replace(
-            ctx, work_dir=ctx.work_dir / "steps" / f"{index:02d}-{step.method}"
+            ctx,
+            work_dir=ctx.work_dir / "steps" / f"{index:02d}-{step.method}",
+            progress_span=(progress, progress + 0.6 * span),
         )
         started = time.perf_counter()
         output = _run_step(index, step, current_path, data, step_ctx)
@@ -180,7 +188,7 @@ def run(
         current_path = output.model_path
 
     final_path = ctx.work_dir / FINAL_MODEL_NAME
-    shutil.copyfile(current_path, final_path)
+    copy_model(current_path, final_path)
 
     ctx.report(_STEPS_END, "comparing the original and final latency")
     original, final = _compare_latency(
@@ -217,11 +225,16 @@ def compute_verdict(
         checks.append(_check("max_latency_ms", targets.max_latency_ms, final_latency))
     if targets.max_size_bytes is not None:
         checks.append(_check("max_size_bytes", targets.max_size_bytes, final.size_bytes))
+    latency_ratio = _relative(final_latency, latency_at(original, batch_size).median_ms)
+    if not targets.allow_slower:
+        # Compression that makes the model slower is no success unless the user said so;
+        # the tolerance absorbs timing noise of the interleaved comparison.
+        checks.append(_check("not_slower", NOT_SLOWER_TOLERANCE, latency_ratio))
     return Verdict(
         targets_met=all(check.met for check in checks),
         checks=checks,
         size_ratio=final.size_bytes / original.size_bytes,
-        latency_ratio=_relative(final_latency, latency_at(original, batch_size).median_ms),
+        latency_ratio=latency_ratio,
         metric_change=metric_change,
     )
 

@@ -38,7 +38,7 @@ class StepResult(BaseModel):
 
 
 class TargetCheck(BaseModel):
-    target: Literal["max_metric_drop", "max_latency_ms", "max_size_bytes"]
+    target: Literal["max_metric_drop", "max_latency_ms", "max_size_bytes", "not_slower"]
     limit: float
     measured: float
     met: bool

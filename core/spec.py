@@ -40,6 +40,9 @@ class Targets(StrictModel):
     metric_drop_mode: Literal["absolute", "relative"] = "absolute"
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_size_bytes: int | None = Field(default=None, gt=0)
+    # A final model slower than the original at the job's batch size misses the implicit
+    # "not slower" target unless the user allows it (e.g. FP16 for size alone).
+    allow_slower: bool = False
 
 
 class _QuantizeBase(StrictModel):

@@ -77,7 +77,7 @@ def test_static_job_reports_measured_metrics_and_an_honest_verdict(
     )
 
     checks = {check.target: check for check in result.verdict.checks}
-    assert set(checks) == set(targets)
+    assert set(checks) == set(targets) | {"not_slower"}
     size = checks["max_size_bytes"]
     assert (size.measured, size.met) == (final_path.stat().st_size, False)  # impossible target
     drop = checks["max_metric_drop"]
@@ -114,7 +114,8 @@ def test_a_reachable_target_set_is_met(
 ) -> None:
     spec = job(
         steps=[{"method": "quantize", "mode": "fp16"}],
-        targets={"max_size_bytes": cnn_onnx.stat().st_size // 2 + 10_000},
+        # FP16 on a CPU buys size, not speed: the user allows a slower model
+        targets={"max_size_bytes": cnn_onnx.stat().st_size // 2 + 10_000, "allow_slower": True},
         batch_size=1,
     )
     result, _ = run(cnn_onnx, datasets, spec, context(tmp_path, fast_measure, []))
@@ -160,7 +161,7 @@ def test_an_embedding_job_scores_cosine_similarity(
     assert result.original.metric_name == "cosine_similarity"
     assert result.original.metric_value == pytest.approx(1.0)
     assert 0.9 < result.final.metric_value < 1.0
-    (drop,) = result.verdict.checks
+    [drop] = [c for c in result.verdict.checks if c.target == "max_metric_drop"]
     assert drop.measured == pytest.approx(1.0 - result.final.metric_value, abs=1e-6)
 
 
@@ -208,21 +209,32 @@ def test_verdict_relative_metric_drop_is_a_fraction_of_the_original() -> None:
         Targets(max_metric_drop=0.04, metric_drop_mode="relative", max_latency_ms=0.5),
         batch_size=4,
     )
-    drop, latency = verdict.checks
+    drop, latency, not_slower = verdict.checks
     assert drop.measured == pytest.approx(0.05)  # 0.04 points of 0.80
     assert drop.met is False
     assert (latency.measured, latency.met) == (1.0, False)
+    assert (not_slower.target, not_slower.measured, not_slower.met) == ("not_slower", 0.5, True)
     assert verdict.size_ratio == 0.25
     assert verdict.latency_ratio == 0.5
     assert verdict.metric_change == pytest.approx(-0.04)
     assert verdict.targets_met is False
 
 
-def test_verdict_with_no_targets_is_met() -> None:
+def test_verdict_with_no_targets_only_requires_not_slower() -> None:
     same = metrics(size_bytes=10, metric_value=0.5, latency_ms=1.0)
     verdict = compute_verdict(same, same, Targets(), batch_size=4)
     assert verdict.targets_met is True
-    assert verdict.checks == []
+    assert [(c.target, c.measured, c.met) for c in verdict.checks] == [("not_slower", 1.0, True)]
+
+
+def test_a_slower_model_misses_the_verdict_unless_the_user_allows_it() -> None:
+    original = metrics(size_bytes=1000, metric_value=0.8, latency_ms=1.0)
+    slower = metrics(size_bytes=500, metric_value=0.8, latency_ms=1.3)
+    verdict = compute_verdict(original, slower, Targets(), batch_size=4)
+    assert verdict.targets_met is False
+    assert [(c.target, c.met) for c in verdict.checks] == [("not_slower", False)]
+    allowed = compute_verdict(original, slower, Targets(allow_slower=True), batch_size=4)
+    assert allowed.targets_met is True and allowed.checks == []
 
 
 def test_auto_device_follows_onnx_runtime() -> None:

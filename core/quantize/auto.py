@@ -1,0 +1,1084 @@
+"""The "auto" quantization mode: try configurations, measure each here, keep the best.
+
+The promise: the quantized model is never slower than its input, nor collapsed in
+accuracy, without the report saying so. Every candidate is produced by a registered mode
+and measured on this worker: its metric against the job's original model (on the eval
+data, scored as `core.measure.score` scores the job), its size, and its latency at batch 1
+and at the job's batch size, timed interleaved against the step's input in one process
+so the ratio is fair.
+
+Decision rules, in order:
+
+1. Candidates come from the model's op histogram unless `candidate_modes` names the
+   modes. Convolution models (Conv nodes at least as many as MatMul/Gemm): static QDQ
+   per-channel and its QOperator twin, plus dynamic with Conv left out when the model has
+   MatMul/Gemm (dynamic ConvInteger is slow on the CPU provider). MatMul models
+   (transformers, MLPs): dynamic per-channel (and per-tensor, ONNX Runtime's default,
+   which can be faster but less accurate), static QDQ per-channel, and INT4 when that
+   mode is registered. Recurrent models: dynamic per-channel and per-tensor
+   (DynamicQuantizeLSTM), static QDQ. FP16 brings no speed on the CPU: it is tried only
+   when asked for, or when size is the only target.
+2. A candidate is "slower" when its latency at the job's batch size exceeds the input's
+   by more than the measurement noise (`LATENCY_TOLERANCE`, widened to what timing the
+   input against itself showed, at most `MAX_LATENCY_TOLERANCE`). Ratios compare lower
+   quartiles of runs interleaved A B, B A ... (see `LatencyComparison`); the table also
+   shows the medians. Slower candidates are never chosen unless `allow_slower` is set.
+   Only the job's batch size decides (INT8 that loses at batch 1 can win at 32: field
+   notes); the chosen model's other batch sizes where it is slower are listed in
+   "slower_than_input_at_batch_sizes".
+3. Among the rest, those meeting every target win; of them the fastest (the lowest
+   latency ratio to the input; candidates within the noise tolerance of the fastest
+   count as equally fast, and then the smaller metric drop, to `METRIC_RESOLUTION`, then
+   the smaller file wins).
+   The reason names faster candidates that were passed over and the targets they miss.
+4. The metric target is `targets.max_metric_drop` (absolute or relative to the original's
+   metric). Without one, auto still refuses to call a collapse a success: a default
+   guard of `DEFAULT_RELATIVE_METRIC_GUARD` relative drop (Intel Neural Compressor's
+   default tolerance) applies, reported as "default_metric_guard".
+5. When no fast candidate meets the metric target, the nodes of the fastest INT8
+   candidate (QDQ or dynamic before QOperator) are ranked once by the error each adds
+   (`core.quantize.sensitivity`, on a few calibration batches) and the most sensitive
+   are kept in float32 (`nodes_to_exclude`): 1, 2, 4 ... up to `max_fallback_nodes`
+   until the target holds, then bisected down to the fewest nodes that hold it. Every
+   variant is measured and competes like any other candidate; a variant in which the
+   mode did not honour the exclusions stops the loop and says so.
+6. When no candidate meets every target, the closest wins: meeting the metric target
+   first (else the smallest excess drop), then the latency target, then speed, then the
+   size target, then size; details say which targets were missed and by what.
+7. When every candidate is slower than the input and `allow_slower` is false, the input
+   is returned unchanged (details: "returned_input_unchanged", and the table shows the
+   fastest candidate and its ratio). `AutoQuantize.allow_slower` promises "a model slower
+   than the step's input only when the user says so", and a latency regression is the
+   one failure the verdict does not flag unless the job set `max_latency_ms`; a user who
+   wants the smaller file anyway sets `allow_slower: true`, and then the chosen model is
+   marked `slower_than_input: true`.
+
+Measurement, candidate production and the sensitivity ranking are parameters of `tune`,
+so the decisions can be tested with controlled measurements. Progress is reported per
+candidate inside the step's share of the job's progress (`RunContext.report_step`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from core.context import MeasureSettings, RunContext
+from core.data import Feeds, model_feeds, pinned_batch_size, take_rows
+from core.errors import EngineError, JobCancelled, StepFailed, UnsupportedModel
+from core.formats import iter_nodes, load_model
+from core.measure import (
+    compute_outputs,
+    eval_batch_size,
+    file_size,
+    latency_batch_sizes,
+    open_session,
+    score,
+    session_inputs,
+)
+from core.quantize.common import (
+    PER_CHANNEL_MIN_OPSET,
+    QDQ_MIN_OPSET,
+    validate_runs,
+    wrap_failure,
+)
+from core.quantize.modes import get_mode, register_mode, registered_modes
+from core.quantize.sensitivity import (
+    NodeSensitivity,
+    quantized_nodes,
+    quantizer_input,
+    rank_quantized_nodes,
+)
+from core.registry import StepData
+from core.spec import (
+    AutoQuantize,
+    DynamicQuantize,
+    Fp16Quantize,
+    Int4Quantize,
+    StaticQuantize,
+    Targets,
+)
+
+# A ratio up to 1.03 counts as "as fast as the input": interleaved medians of the same
+# model on a shared 2-core machine differ by about that much.
+LATENCY_TOLERANCE = 0.03
+# The noise allowance never grows past this, however noisy the self-comparison was.
+MAX_LATENCY_TOLERANCE = 0.10
+# Without a metric target: at most a 1% relative drop (Intel Neural Compressor's default).
+DEFAULT_RELATIVE_METRIC_GUARD = 0.01
+# Metric drops that differ by less than this count as equal when breaking speed ties.
+METRIC_RESOLUTION = 1e-4
+# Sensitivity runs on a few calibration batches: enough to rank nodes, cheap to run.
+SENSITIVITY_SAMPLES = 64
+SENSITIVITY_BATCH_SIZE = 16
+RANKING_REPORTED = 10
+
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+MATMUL_OPS = frozenset({"MatMul", "Gemm"})
+RECURRENT_OPS = frozenset({"LSTM", "GRU", "RNN"})
+EXCLUDABLE_MODES = frozenset({"dynamic", "static"})
+
+ModelKind = Literal["conv", "matmul", "recurrent", "other"]
+CandidateConfig = DynamicQuantize | StaticQuantize | Fp16Quantize | Int4Quantize
+Status = Literal["measured", "failed", "duplicate", "skipped"]
+_TINY = 1e-12
+
+
+# --- what the model is -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    kind: ModelKind
+    op_histogram: dict[str, int]
+    conv_nodes: int
+    matmul_nodes: int
+    recurrent_nodes: int
+
+
+def profile_model(model: onnx.ModelProto) -> ModelProfile:
+    """Classify the model by its op histogram (subgraphs included)."""
+    histogram: dict[str, int] = {}
+    for node in iter_nodes(model.graph):
+        histogram[node.op_type] = histogram.get(node.op_type, 0) + 1
+    conv = sum(histogram.get(op, 0) for op in CONV_OPS)
+    matmul = sum(histogram.get(op, 0) for op in MATMUL_OPS)
+    recurrent = sum(histogram.get(op, 0) for op in RECURRENT_OPS)
+    kind: ModelKind
+    if recurrent:
+        kind = "recurrent"
+    elif conv and conv >= matmul:
+        kind = "conv"
+    elif matmul:
+        kind = "matmul"
+    else:
+        kind = "other"
+    return ModelProfile(kind, dict(sorted(histogram.items())), conv, matmul, recurrent)
+
+
+# --- what to try ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One configuration to produce with a registered mode and measure."""
+
+    name: str
+    config: CandidateConfig | None  # None: the step's input, unchanged
+    base: str | None = None  # the candidate a fallback variant re-quantizes
+
+    @property
+    def mode(self) -> str:
+        return "none" if self.config is None else self.config.mode
+
+    @property
+    def nodes_to_exclude(self) -> list[str]:
+        return list(getattr(self.config, "nodes_to_exclude", []))
+
+    def options(self) -> dict[str, Any]:
+        """The options that tell this candidate apart, for the table."""
+        config = self.config
+        if isinstance(config, StaticQuantize):
+            return {
+                "format": config.format,
+                "per_channel": config.per_channel,
+                "activation_type": config.activation_type,
+                "calibration_method": config.calibration_method,
+                "calibration_samples": config.calibration_samples,
+                "op_types": config.op_types,
+                "nodes_to_exclude": list(config.nodes_to_exclude),
+            }
+        if isinstance(config, DynamicQuantize):
+            return {
+                "per_channel": config.per_channel,
+                "op_types": config.op_types,
+                "nodes_to_exclude": list(config.nodes_to_exclude),
+            }
+        if isinstance(config, Int4Quantize):
+            return {"block_size": config.block_size, "symmetric": config.symmetric}
+        if isinstance(config, Fp16Quantize):
+            return {"keep_fp32_op_types": list(config.keep_fp32_op_types)}
+        return {}
+
+    def excluding(self, nodes: Sequence[str]) -> Candidate:
+        """This INT8 candidate with `nodes` kept in float32."""
+        if not isinstance(self.config, DynamicQuantize | StaticQuantize):
+            raise ValueError(f"{self.mode} mode cannot keep nodes in float32")
+        config = self.config.model_copy(update={"nodes_to_exclude": list(nodes)})
+        return Candidate(f"{self.name}-fp32x{len(nodes)}", config, base=self.name)
+
+
+def default_modes(profile: ModelProfile, targets: Targets, available: Sequence[str]) -> list[str]:
+    """The modes worth trying for this kind of model (rule 1 of the module docstring)."""
+    if profile.kind == "conv":
+        modes = ["static", *(["dynamic"] if profile.matmul_nodes else [])]
+    elif profile.kind == "matmul":
+        modes = ["dynamic", "static", *(["int4"] if "int4" in available else [])]
+    else:
+        modes = ["dynamic", "static"]
+    size_only = (
+        targets.max_size_bytes is not None
+        and targets.max_latency_ms is None
+        and targets.max_metric_drop is None
+    )
+    if size_only:
+        modes.append("fp16")
+    return modes
+
+
+def plan_candidates(
+    profile: ModelProfile, config: AutoQuantize, targets: Targets, available: Sequence[str]
+) -> tuple[list[Candidate], list[str]]:
+    """The candidates to try, and notes on modes asked for that cannot be tried."""
+    modes = (
+        list(dict.fromkeys(config.candidate_modes))
+        if config.candidate_modes is not None
+        else default_modes(profile, targets, available)
+    )
+    candidates: list[Candidate] = []
+    notes: list[str] = []
+    for mode in modes:
+        if mode not in available:
+            notes.append(f"{mode} mode is not available on this worker: not tried")
+            continue
+        candidates.extend(_variants(mode, profile, config))
+    return candidates, notes
+
+
+def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Candidate]:
+    if mode == "static":
+        calibration = {
+            "calibration_method": config.calibration_method,
+            "calibration_percentile": config.calibration_percentile,
+            "calibration_samples": config.calibration_samples,
+            "calibration_batch_size": config.calibration_batch_size,
+        }
+        formats: list[Literal["qdq", "qoperator"]] = ["qdq"]
+        if profile.kind == "conv":
+            # QLinearConv directly: sometimes faster than ORT's QDQ fusion, never slower
+            # to try on a convolution model
+            formats.append("qoperator")
+        return [
+            Candidate(
+                f"static-{fmt}-per-channel",
+                StaticQuantize(
+                    method="quantize", mode="static", format=fmt, per_channel=True, **calibration
+                ),
+            )
+            for fmt in formats
+        ]
+    if mode == "dynamic":
+        # op_types None: every op the integer quantizer supports but Conv (ConvInteger is
+        # slow); per-channel weights keep transformer embeddings close to FP32
+        variants = [
+            Candidate(
+                "dynamic-per-channel",
+                DynamicQuantize(method="quantize", mode="dynamic", per_channel=True),
+            )
+        ]
+        if profile.kind in ("matmul", "recurrent"):
+            # per-tensor: ONNX Runtime's default, at times measurably faster (one scale per
+            # weight); the metric target or guard decides whether its accuracy is enough
+            variants.append(
+                Candidate(
+                    "dynamic-per-tensor",
+                    DynamicQuantize(method="quantize", mode="dynamic", per_channel=False),
+                )
+            )
+        return variants
+    if mode == "int4":
+        return [Candidate("int4-block32", Int4Quantize(method="quantize", mode="int4"))]
+    if mode == "fp16":
+        return [Candidate("fp16", Fp16Quantize(method="quantize", mode="fp16"))]
+    return []
+
+
+# --- what was measured, and how it is judged -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """One model's median latency next to the input's, timed interleaved.
+
+    `ratio` is what decisions use: the ratio of the two lower quartiles when the
+    measurer gives it (`quartile_ratio`), else of the medians. A busy worker preempts
+    short runs at random, and preemption only ever adds time: on a 2-core machine at
+    load 4, medians of the same model timed against itself came out 0.2x-1.8x apart,
+    lower quartiles within about 10%.
+    """
+
+    batch_size: int
+    median_ms: float
+    input_median_ms: float
+    quartile_ratio: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        if self.quartile_ratio is not None:
+            return self.quartile_ratio
+        return self.median_ms / max(self.input_median_ms, _TINY)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    size_bytes: int
+    metric_name: str
+    metric_value: float
+    latency: tuple[LatencyComparison, ...]
+
+    def at(self, batch_size: int) -> LatencyComparison:
+        for latency in self.latency:
+            if latency.batch_size == batch_size:
+                return latency
+        raise StepFailed(f"no latency was measured at batch size {batch_size}")
+
+
+@dataclass(frozen=True)
+class MetricCriterion:
+    key: Literal["max_metric_drop", "default_metric_guard"]
+    limit: float
+    mode: Literal["absolute", "relative"]
+
+
+@dataclass(frozen=True)
+class Criteria:
+    """What every candidate is judged against."""
+
+    targets: Targets
+    baseline_metric: float  # the job's original model's metric
+    input_size_bytes: int
+    decision_batch: int  # the batch size latency is judged at
+    allow_slower: bool = False
+    tolerance: float = LATENCY_TOLERANCE
+
+    @property
+    def metric_criterion(self) -> MetricCriterion | None:
+        if self.targets.max_metric_drop is not None:
+            return MetricCriterion(
+                "max_metric_drop", self.targets.max_metric_drop, self.targets.metric_drop_mode
+            )
+        if abs(self.baseline_metric) > _TINY:
+            return MetricCriterion(
+                "default_metric_guard", DEFAULT_RELATIVE_METRIC_GUARD, "relative"
+            )
+        return None  # e.g. neg_mse against the reference: 0 for the original, no scale
+
+
+@dataclass(frozen=True)
+class Judgement:
+    metric_change: float  # value - original's value (higher-is-better metrics)
+    metric_drop: float | None  # in the metric criterion's units; None without one
+    metric_excess: float  # how far the drop is over its limit (0 when within)
+    latency_ms: float  # at the decision batch size
+    latency_ratio: float  # vs the input, interleaved
+    slower: bool
+    met: dict[str, bool]  # per target set, the metric guard, and not_slower_than_input
+
+    @property
+    def metric_ok(self) -> bool:
+        return self.metric_excess <= 0.0
+
+    @property
+    def latency_ok(self) -> bool:
+        return self.met.get("max_latency_ms", True)
+
+    @property
+    def size_ok(self) -> bool:
+        return self.met.get("max_size_bytes", True)
+
+    @property
+    def targets_ok(self) -> bool:
+        return self.metric_ok and self.latency_ok and self.size_ok
+
+
+def judge(measurement: Measurement, criteria: Criteria) -> Judgement:
+    """Check one measured candidate against the targets (pure)."""
+    latency = measurement.at(criteria.decision_batch)
+    change = measurement.metric_value - criteria.baseline_metric
+    met: dict[str, bool] = {}
+    drop: float | None = None
+    excess = 0.0
+    criterion = criteria.metric_criterion
+    if criterion is not None:
+        drop = 0.0 - change  # (not -change: no "-0.0" in reports)
+        if criterion.mode == "relative":
+            drop = drop / max(abs(criteria.baseline_metric), _TINY)
+        excess = max(drop - criterion.limit, 0.0)
+        met[criterion.key] = drop <= criterion.limit
+    targets = criteria.targets
+    if targets.max_latency_ms is not None:
+        met["max_latency_ms"] = latency.median_ms <= targets.max_latency_ms
+    if targets.max_size_bytes is not None:
+        met["max_size_bytes"] = measurement.size_bytes <= targets.max_size_bytes
+    slower = latency.ratio > 1.0 + criteria.tolerance
+    met["not_slower_than_input"] = not slower
+    return Judgement(
+        metric_change=change,
+        metric_drop=drop,
+        metric_excess=excess,
+        latency_ms=latency.median_ms,
+        latency_ratio=latency.ratio,
+        slower=slower,
+        met=met,
+    )
+
+
+@dataclass
+class Outcome:
+    """A candidate and what became of it: one row of the candidates table."""
+
+    candidate: Candidate
+    status: Status
+    path: Path | None = None
+    measurement: Measurement | None = None
+    judgement: Judgement | None = None
+    mode_details: dict[str, Any] = field(default_factory=dict)
+    note: str | None = None
+    chosen: bool = False
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "measured" and self.judgement is not None
+
+    def row(self, input_size_bytes: int) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "name": self.candidate.name,
+            "mode": self.candidate.mode,
+            "options": self.candidate.options(),
+            "base": self.candidate.base,
+            "status": self.status,
+        }
+        if self.note:
+            row["note"] = self.note
+        if self.measurement is not None and self.judgement is not None:
+            m, j = self.measurement, self.judgement
+            row |= {
+                "size_bytes": m.size_bytes,
+                "size_ratio": m.size_bytes / max(input_size_bytes, 1),
+                "latency": [
+                    {
+                        "batch_size": lat.batch_size,
+                        "median_ms": lat.median_ms,
+                        "input_median_ms": lat.input_median_ms,
+                        "ratio": lat.ratio,
+                    }
+                    for lat in m.latency
+                ],
+                "latency_ratio": j.latency_ratio,
+                "metric_name": m.metric_name,
+                "metric_value": m.metric_value,
+                "metric_change": j.metric_change,
+                "metric_drop": j.metric_drop,
+                "met": dict(j.met),
+            }
+        row["chosen"] = self.chosen
+        return row
+
+
+@dataclass(frozen=True)
+class Decision:
+    chosen: int | None  # index into the outcomes; None: return the input unchanged
+    reason: str
+
+
+def choose(outcomes: Sequence[Outcome], criteria: Criteria) -> Decision:
+    """Pick the winner among measured outcomes (rules 2, 3, 6 and 7; pure)."""
+    measured = [(i, o, o.judgement) for i, o in enumerate(outcomes) if o.judgement and o.usable]
+    if not measured:
+        return Decision(None, "no candidate could be produced and measured")
+    batch = criteria.decision_batch
+    eligible = [(i, o, j) for i, o, j in measured if criteria.allow_slower or not j.slower]
+    if not eligible:
+        _, fastest, j = min(measured, key=lambda item: item[2].latency_ratio)
+        return Decision(
+            None,
+            f"every candidate was slower than the input at batch {batch} (the fastest, "
+            f"{fastest.candidate.name}, took {j.latency_ratio:.2f}x the input's time) and "
+            "allow_slower is false: the input is returned unchanged",
+        )
+    meeting = [(i, o, j) for i, o, j in eligible if j.targets_ok]
+    if meeting:
+        # speed is compared as ratios: each was timed interleaved with the input
+        best = min(j.latency_ratio for _, _, j in meeting)
+        as_fast = [
+            item for item in meeting if item[2].latency_ratio <= best * (1 + criteria.tolerance)
+        ]
+        index, outcome, j = min(
+            as_fast,
+            key=lambda item: (
+                # drops closer than METRIC_RESOLUTION are the same drop (cosine 0.99999 vs
+                # 0.99998 says nothing): then the smaller file decides
+                round((item[2].metric_drop or 0.0) / METRIC_RESOLUTION),
+                _size(item[1]),
+                item[2].latency_ratio,
+            ),
+        )
+        reason = (
+            f"{outcome.candidate.name} meets every target and is the fastest at batch {batch} "
+            f"({j.latency_ratio:.2f}x the input's latency)"
+        )
+        faster = [
+            f"{o.candidate.name} (misses {', '.join(k for k, ok in j2.met.items() if not ok)})"
+            for _, o, j2 in eligible
+            if not j2.targets_ok and j2.latency_ratio < j.latency_ratio
+        ]
+        if faster:
+            reason += f"; faster but missing targets: {', '.join(faster)}"
+        if len(as_fast) > 1:
+            reason += (
+                f"; {len(as_fast)} candidates were equally fast within the "
+                f"{criteria.tolerance:.0%} noise tolerance: the smallest metric drop, then the "
+                "smallest file, decided"
+            )
+        if j.slower:
+            reason += "; it is slower than the input, which allow_slower permits"
+        return Decision(index, reason)
+
+    index, outcome, j = min(
+        eligible,
+        key=lambda item: (
+            not item[2].metric_ok,
+            item[2].metric_excess,
+            not item[2].latency_ok,
+            item[2].latency_ratio,
+            not item[2].size_ok,
+            _size(item[1]),
+        ),
+    )
+    missed = [name for name, ok in j.met.items() if not ok and name != "not_slower_than_input"]
+    reason = (
+        f"no candidate meets every target; {outcome.candidate.name} comes closest "
+        f"(missed: {', '.join(missed)}; preferring the metric target, then latency, then "
+        f"size) at {j.latency_ratio:.2f}x the input's latency at batch {batch}"
+    )
+    if j.slower:
+        reason += "; it is slower than the input, which allow_slower permits"
+    return Decision(index, reason)
+
+
+def _size(outcome: Outcome) -> int:
+    return outcome.measurement.size_bytes if outcome.measurement else 0
+
+
+def fallback_sizes(ranked: int, max_nodes: int) -> list[int]:
+    """How many of the most sensitive nodes to keep in float32, tried in order:
+    1, 2, 4 ... and finally the cap (min of the ranked nodes and max_fallback_nodes)."""
+    cap = min(ranked, max_nodes)
+    sizes: list[int] = []
+    size = 1
+    while size < cap:
+        sizes.append(size)
+        size *= 2
+    if cap > 0:
+        sizes.append(cap)
+    return sizes
+
+
+# --- measuring on the worker -----------------------------------------------------------------
+
+MeasureFn = Callable[[Path], Measurement]
+ProduceFn = Callable[[Candidate, Path, Path, RunContext], dict[str, Any]]
+# (the float32 model the quantizer saw, the quantized model) -> nodes, most sensitive first
+RankFn = Callable[[Path, Path], list[NodeSensitivity]]
+ProgressFn = Callable[[float, str, dict[str, Any]], None]
+
+
+class WorkerMeasure:
+    """Measures a model file against the step's input on this worker: its metric vs the
+    job's original (reference outputs and scoring as the pipeline does), its size, and
+    its latency at batch 1 and the job's batch size, interleaved with the input."""
+
+    def __init__(self, input_path: Path, data: StepData, ctx: RunContext) -> None:
+        self._input_path = input_path
+        self._data = data
+        self._ctx = ctx
+        self._feeds: Feeds = model_feeds(data.eval_arrays, data.inputs, data.task)
+        self._batch_sizes = latency_batch_sizes(data.inputs, data.batch_size)
+        self._reference = data.reference_outputs
+
+    def __call__(self, path: Path) -> Measurement:
+        metric_name, metric_value = self.metric(path)
+        return Measurement(file_size(path), metric_name, metric_value, self.latency(path))
+
+    def latency(self, path: Path) -> tuple[LatencyComparison, ...]:
+        """Latency at each batch size, timed interleaved with the input's."""
+        settings, device = self._ctx.measure, self._ctx.device
+        sessions = [open_session(p, settings, device) for p in (self._input_path, path)]
+        latency = []
+        for rows in self._batch_sizes:
+            self._ctx.check_cancelled()
+            before, after = time_interleaved(sessions, take_rows(self._feeds, rows), settings)
+            latency.append(
+                LatencyComparison(
+                    rows,
+                    float(np.median(after)),
+                    float(np.median(before)),
+                    quartile_ratio=float(
+                        np.percentile(after, 25) / max(np.percentile(before, 25), _TINY)
+                    ),
+                )
+            )
+        return tuple(latency)
+
+    def metric(self, path: Path) -> tuple[str, float]:
+        """The task metric on the eval data, against the original's outputs."""
+        outputs = self._outputs(path)
+        if self._reference is None:  # called outside a pipeline: the input is the reference
+            self._reference = (
+                outputs if path == self._input_path else self._outputs(self._input_path)
+            )
+        if outputs.shape != self._reference.shape:
+            raise StepFailed(
+                f"{path.name} has an output of shape {outputs.shape}, the original's is "
+                f"{self._reference.shape}"
+            )
+        task = self._data.task
+        labels = self._data.eval_arrays.get(task.labels) if task.kind != "embedding" else None
+        return score(task, outputs, labels, self._reference)
+
+    def _outputs(self, path: Path) -> np.ndarray:
+        session = open_session(path, self._ctx.measure, self._ctx.device)
+        output_name = self._data.task.output or session.get_outputs()[0].name
+        outputs = compute_outputs(
+            session,
+            self._feeds,
+            output_name,
+            eval_batch_size(session_inputs(session)),
+            self._ctx.check_cancelled,
+        )
+        if outputs.dtype.kind == "f" and not np.all(np.isfinite(outputs)):
+            raise StepFailed(f"{path.name} produced non-finite values on the eval data")
+        return outputs
+
+
+def time_interleaved(
+    sessions: Sequence[ort.InferenceSession], feeds: Feeds, settings: MeasureSettings
+) -> list[list[float]]:
+    """Run times in ms per session, interleaved, alternating which runs first (A B, B A,
+    ...) so that neither model always follows the other (caches, frequency steps)."""
+    for session in sessions:
+        for _ in range(settings.warmup_runs):
+            session.run(None, feeds)
+    times_ms: list[list[float]] = [[] for _ in sessions]
+    for round_index in range(settings.runs):
+        order = range(len(sessions)) if round_index % 2 == 0 else reversed(range(len(sessions)))
+        for index in order:
+            start = time.perf_counter()
+            sessions[index].run(None, feeds)
+            times_ms[index].append((time.perf_counter() - start) * 1000.0)
+    return times_ms
+
+
+def produce_with_mode(data: StepData) -> ProduceFn:
+    """Produce a candidate by calling its registered mode."""
+
+    def produce(
+        candidate: Candidate, source: Path, target: Path, ctx: RunContext
+    ) -> dict[str, Any]:
+        return get_mode(candidate.mode)(source, target, candidate.config, data, ctx)
+
+    return produce
+
+
+def rank_with_calibration(data: StepData, ctx: RunContext) -> RankFn:
+    """Rank a candidate's quantized nodes on the first calibration samples."""
+
+    def rank(reference_path: Path, quantized_path: Path) -> list[NodeSensitivity]:
+        feeds = data.calibration_feeds(rows=SENSITIVITY_SAMPLES)
+        batch = pinned_batch_size(data.inputs) or SENSITIVITY_BATCH_SIZE
+        total = len(next(iter(feeds.values())))
+        batches = [
+            take_rows({n: a[start : start + batch] for n, a in feeds.items()}, batch)
+            for start in range(0, total, batch)
+        ]
+        return rank_quantized_nodes(
+            reference_path,
+            quantized_path,
+            batches,
+            settings=ctx.measure,
+            device=ctx.device,
+            check_cancelled=ctx.check_cancelled,
+        )
+
+    return rank
+
+
+def step_progress(ctx: RunContext) -> ProgressFn:
+    """Progress within the step, mapped into the step's share of the job's progress."""
+
+    def report(fraction: float, message: str, data: dict[str, Any]) -> None:
+        ctx.report_step(fraction, message, **data)
+
+    return report
+
+
+# --- the tuner -------------------------------------------------------------------------------
+
+
+@register_mode("auto")
+def quantize_auto_mode(
+    model_path: Path, output_path: Path, config: AutoQuantize, data: StepData, ctx: RunContext
+) -> dict[str, Any]:
+    return tune(model_path, output_path, config, data, ctx)
+
+
+def tune(
+    model_path: Path,
+    output_path: Path,
+    config: AutoQuantize,
+    data: StepData,
+    ctx: RunContext,
+    *,
+    measure: MeasureFn | None = None,
+    produce: ProduceFn | None = None,
+    rank: RankFn | None = None,
+    progress: ProgressFn | None = None,
+    available_modes: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Try candidates, measure each, write the best to `output_path`; return the evidence.
+
+    Raises StepFailed (UnsupportedModel when every failure was one) when no candidate could
+    be produced and measured; JobCancelled as soon as the job is cancelled.
+    """
+    tuner = _Tuner(
+        model_path=model_path,
+        config=config,
+        data=data,
+        ctx=ctx,
+        measure=measure or WorkerMeasure(model_path, data, ctx),
+        produce=produce or produce_with_mode(data),
+        rank=rank or rank_with_calibration(data, ctx),
+        progress=progress or step_progress(ctx),
+    )
+    return tuner.run(
+        output_path, registered_modes() if available_modes is None else available_modes
+    )
+
+
+@dataclass
+class _Tuner:
+    model_path: Path
+    config: AutoQuantize
+    data: StepData
+    ctx: RunContext
+    measure: MeasureFn
+    produce: ProduceFn
+    rank: RankFn
+    progress: ProgressFn
+    outcomes: list[Outcome] = field(default_factory=list)
+    criteria: Criteria = field(init=False)
+    _digests: dict[str, str] = field(default_factory=dict)
+    _references: dict[str, Path] = field(default_factory=dict)
+
+    def run(self, output_path: Path, available: Sequence[str]) -> dict[str, Any]:
+        profile = profile_model(load_model(self.model_path))
+        candidates, notes = plan_candidates(profile, self.config, self.data.targets, available)
+        if not candidates:
+            raise UnsupportedModel(
+                "auto quantization has no candidate to try: " + "; ".join(notes or ["none"]),
+                code="no_candidates",
+            )
+        self.progress(0.0, "auto: measuring the input", {"candidates": len(candidates)})
+        input_measurement = self.measure(self.model_path)
+        self.criteria = self._criteria(input_measurement)
+        input_outcome = Outcome(
+            Candidate("input", None),
+            "measured",
+            path=self.model_path,
+            measurement=input_measurement,
+            judgement=judge(input_measurement, dataclasses.replace(self.criteria, tolerance=1e9)),
+        )
+
+        steps = len(candidates) + 1
+        for index, candidate in enumerate(candidates):
+            self.progress((index + 1) / steps * 0.7, f"auto: trying {candidate.name}", {})
+            outcome = self._try(candidate)
+            self.progress(
+                (index + 2) / steps * 0.7,
+                f"auto: {candidate.name} {outcome.status}",
+                {"candidate": outcome.row(self.criteria.input_size_bytes)},
+            )
+
+        sensitivity, fallback = self._fallback_if_needed()
+        decision = choose(self.outcomes, self.criteria)
+        if decision.chosen is None and not any(o.usable for o in self.outcomes):
+            raise self._nothing_worked()
+
+        if decision.chosen is None:
+            chosen_outcome = input_outcome
+            shutil.copyfile(self.model_path, output_path)
+        else:
+            chosen_outcome = self.outcomes[decision.chosen]
+            assert chosen_outcome.path is not None
+            shutil.copyfile(chosen_outcome.path, output_path)
+        chosen_outcome.chosen = True
+        self.progress(1.0, f"auto: chose {chosen_outcome.candidate.name}", {})
+        return self._details(
+            profile, notes, input_outcome, chosen_outcome, decision, sensitivity, fallback
+        )
+
+    def _criteria(self, input_measurement: Measurement) -> Criteria:
+        original = self.data.original_metrics
+        baseline = original.metric_value if original is not None else input_measurement.metric_value
+        decision_batch = pinned_batch_size(self.data.inputs) or self.data.batch_size
+        # The input timed against itself shows this machine's noise right now.
+        self_ratio = input_measurement.at(decision_batch).ratio
+        tolerance = min(max(LATENCY_TOLERANCE, abs(self_ratio - 1.0)), MAX_LATENCY_TOLERANCE)
+        return Criteria(
+            targets=self.data.targets,
+            baseline_metric=baseline,
+            input_size_bytes=file_size(self.model_path),
+            decision_batch=decision_batch,
+            # the job-level permission covers every step
+            allow_slower=self.config.allow_slower or self.data.targets.allow_slower,
+            tolerance=tolerance,
+        )
+
+    def _try(self, candidate: Candidate) -> Outcome:
+        folder = self.ctx.work_dir / "candidates" / f"{len(self.outcomes):02d}-{candidate.name}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.onnx"
+        outcome = Outcome(candidate, "failed", path=path)
+        self.outcomes.append(outcome)
+        try:
+            outcome.mode_details = self.produce(
+                candidate, self.model_path, path, dataclasses.replace(self.ctx, work_dir=folder)
+            )
+            validate_runs(path, self.data, self.ctx.device, what=f"candidate {candidate.name}")
+            missing = outcome.mode_details.get("nodes_to_exclude_not_found") or []
+            if missing:
+                outcome.note = (
+                    f"{candidate.mode} mode found no node named {', '.join(missing)} "
+                    "(nodes_to_exclude)"
+                )
+                return outcome
+            still = self._still_quantized(candidate, path)
+            if still:
+                outcome.note = (
+                    f"{candidate.mode} mode did not keep {', '.join(still)} in float32 "
+                    "(nodes_to_exclude)"
+                )
+                return outcome
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            if digest in self._digests:
+                outcome.status = "duplicate"
+                outcome.note = f"the same file as {self._digests[digest]}: not measured again"
+                return outcome
+            self._digests[digest] = candidate.name
+            outcome.measurement = self.measure(path)
+            outcome.judgement = judge(outcome.measurement, self.criteria)
+            outcome.status = "measured"
+        except JobCancelled:
+            raise
+        except EngineError as exc:
+            outcome.note = f"{exc.code}: {exc.message}"
+        except Exception as exc:
+            error = wrap_failure(exc, candidate.mode, self.model_path)
+            outcome.note = f"{error.code}: {error.message}"
+        return outcome
+
+    def _still_quantized(self, candidate: Candidate, path: Path) -> list[str]:
+        excluded = candidate.nodes_to_exclude
+        if not excluded:
+            return []
+        reference = load_model(self._reference_for(candidate))
+        quantized = set(quantized_nodes(reference, load_model(path)))
+        return [name for name in excluded if name in quantized]
+
+    def _reference_for(self, candidate: Candidate) -> Path:
+        """The float32 graph the candidate's quantizer works on (cached per preparation)."""
+        config = candidate.config
+        key = (
+            f"static-opset{PER_CHANNEL_MIN_OPSET if config.per_channel else QDQ_MIN_OPSET}"
+            if isinstance(config, StaticQuantize)
+            else "input"
+        )
+        if key not in self._references:
+            self._references[key] = quantizer_input(
+                self.model_path, config, self.ctx.work_dir / "reference" / key
+            )
+        return self._references[key]
+
+    # rule 5: keep the most sensitive nodes in float32 until the metric target holds
+    def _fallback_if_needed(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        criteria = self.criteria
+        criterion = criteria.metric_criterion
+        if criterion is None:
+            return None, None
+        eligible = [
+            o
+            for o in self.outcomes
+            if o.usable and o.judgement and (criteria.allow_slower or not o.judgement.slower)
+        ]
+        if any(o.judgement and o.judgement.metric_ok for o in eligible):
+            return None, None
+        if not eligible and any(o.judgement and o.judgement.metric_ok for o in self.outcomes):
+            return None, None  # speed is the problem, not the metric
+        if self.config.max_fallback_nodes == 0:
+            return None, {"ran": False, "reason": "max_fallback_nodes is 0"}
+        bases = [o for o in eligible if o.candidate.mode in EXCLUDABLE_MODES]
+        if not bases:
+            reason = (
+                "no INT8 candidate is as fast as the input: keeping nodes in float32 would "
+                "not make one faster"
+                if not criteria.allow_slower
+                else "no INT8 candidate was measured"
+            )
+            return None, {"ran": False, "reason": reason}
+        # the fastest; QDQ or dynamic before QOperator, whose integer tensors hide the float
+        # values the ranking compares
+        base = min(
+            bases,
+            key=lambda o: (
+                o.candidate.options().get("format") == "qoperator",
+                o.judgement.latency_ratio if o.judgement else 0.0,
+            ),
+        )
+        assert base.path is not None
+        self.progress(0.75, f"auto: ranking the nodes of {base.candidate.name}", {})
+        ranking = self.rank(self._reference_for(base.candidate), base.path)
+        sensitivity = {
+            "base": base.candidate.name,
+            "node_names": "as in the float32 graph the base's quantizer sees",
+            "error": "relative L2 added by the node (output error - worst input error)",
+            "samples": SENSITIVITY_SAMPLES,
+            "nodes_ranked": len(ranking),
+            "top": [item.as_dict() for item in ranking[:RANKING_REPORTED]],
+        }
+        order = [item.node for item in ranking]
+        tried: list[dict[str, Any]] = []
+        passing: Outcome | None = None
+        failing_size, passing_size = 0, 0
+        stopped = ""
+
+        def attempt(size: int) -> Outcome:
+            outcome = self._try(base.candidate.excluding(order[:size]))
+            ok = bool(outcome.judgement and outcome.judgement.metric_ok)
+            tried.append({"nodes": size, "candidate": outcome.candidate.name, "metric_ok": ok})
+            self.progress(
+                0.8 + 0.15 * min(len(tried) / 8, 1.0),
+                f"auto: {outcome.candidate.name} {outcome.status}",
+                {"candidate": outcome.row(criteria.input_size_bytes)},
+            )
+            return outcome
+
+        if not order:
+            stopped = "no quantized node of the base could be matched to the float32 graph"
+        for size in fallback_sizes(len(order), self.config.max_fallback_nodes):
+            outcome = attempt(size)
+            if not outcome.usable:
+                stopped = f"{outcome.candidate.name} failed: {outcome.note}"
+                break
+            if outcome.judgement and outcome.judgement.metric_ok:
+                passing, passing_size = outcome, size
+                break
+            failing_size = size
+        else:
+            stopped = stopped or (
+                f"the metric target still fails with the {failing_size} most sensitive "
+                f"nodes in float32 (max_fallback_nodes {self.config.max_fallback_nodes}, "
+                f"{len(order)} nodes ranked)"
+            )
+        # fewer float32 nodes keep more speed: bisect down to the fewest that pass
+        while passing is not None and passing_size - failing_size > 1:
+            middle = (failing_size + passing_size) // 2
+            outcome = attempt(middle)
+            if outcome.judgement and outcome.judgement.metric_ok:
+                passing, passing_size = outcome, middle
+            else:
+                failing_size = middle
+        fallback: dict[str, Any] = {
+            "ran": True,
+            "base": base.candidate.name,
+            "tried": tried,
+            "met_metric_target": passing is not None,
+            "nodes_to_exclude": order[:passing_size] if passing else order[:failing_size],
+        }
+        if stopped:
+            fallback["stopped"] = stopped
+        return sensitivity, fallback
+
+    def _nothing_worked(self) -> EngineError:
+        reasons = "; ".join(f"{o.candidate.name}: {o.note}" for o in self.outcomes)
+        notes = [o.note or "" for o in self.outcomes]
+        if notes and all(note.startswith(UnsupportedModel.code) for note in notes):
+            return UnsupportedModel(f"auto quantization: no candidate works: {reasons}")
+        return StepFailed(f"auto quantization: no candidate could be measured: {reasons}")
+
+    def _details(
+        self,
+        profile: ModelProfile,
+        notes: list[str],
+        input_outcome: Outcome,
+        chosen: Outcome,
+        decision: Decision,
+        sensitivity: dict[str, Any] | None,
+        fallback: dict[str, Any] | None,
+    ) -> dict[str, Any]:
+        criteria = self.criteria
+        size = criteria.input_size_bytes
+        input_row = input_outcome.row(size)
+        judgement = chosen.judgement
+        assert judgement is not None
+        met = dict(judgement.met)
+        required = [k for k in met if k != "not_slower_than_input" or not criteria.allow_slower]
+        criterion = criteria.metric_criterion
+        details: dict[str, Any] = {
+            "mode": "auto",
+            "model_kind": profile.kind,
+            "op_histogram": profile.op_histogram,
+            "decision_batch_size": criteria.decision_batch,
+            "latency_tolerance": criteria.tolerance,
+            "metric_baseline": criteria.baseline_metric,
+            "metric_criterion": dataclasses.asdict(criterion) if criterion else None,
+            "candidates": [input_row] + [o.row(size) for o in self.outcomes],
+            "chosen": chosen.candidate.name,
+            "chosen_reason": decision.reason,
+            "met": met,
+            "targets_met": all(met[k] for k in required),
+            "slower_than_input": judgement.slower,
+            # measured, not decided on: e.g. static INT8 can lose at batch 1 and win at 32
+            "slower_than_input_at_batch_sizes": [
+                lat.batch_size
+                for lat in (chosen.measurement.latency if chosen.measurement else ())
+                if chosen is not input_outcome and lat.ratio > 1.0 + criteria.tolerance
+            ],
+            "returned_input_unchanged": chosen is input_outcome,
+            "nodes_to_exclude": chosen.candidate.nodes_to_exclude,
+            "chosen_details": chosen.mode_details,
+        }
+        if notes:
+            details["notes"] = notes
+        if sensitivity is not None:
+            details["sensitivity"] = sensitivity
+        if fallback is not None:
+            details["fallback"] = fallback
+        return details
+
+
+__all__ = [
+    "Candidate",
+    "Criteria",
+    "Decision",
+    "Judgement",
+    "LatencyComparison",
+    "Measurement",
+    "ModelProfile",
+    "Outcome",
+    "choose",
+    "fallback_sizes",
+    "judge",
+    "plan_candidates",
+    "profile_model",
+    "tune",
+]

@@ -1,0 +1,606 @@
+"""The auto quantization mode: which candidates it tries, which it keeps and why, the
+accuracy fallback, and what it reports. Decisions are tested with scripted latencies
+(the tuner's measuring function is a parameter): speed itself is the benchmark's job."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+
+from core.context import MeasureSettings, RunContext
+from core.data import load_arrays
+from core.errors import JobCancelled
+from core.formats import inspect_model, load_model
+from core.measure import file_size, measure_model_with_outputs
+from core.pipeline import run
+from core.quantize.auto import (
+    DEFAULT_RELATIVE_METRIC_GUARD,
+    Candidate,
+    Criteria,
+    LatencyComparison,
+    Measurement,
+    ModelProfile,
+    Outcome,
+    WorkerMeasure,
+    choose,
+    fallback_sizes,
+    judge,
+    plan_candidates,
+    profile_model,
+    tune,
+)
+from core.registry import StepData
+from core.spec import AutoQuantize, DynamicQuantize, JobSpec, Targets, TaskSpec
+
+TASK = TaskSpec()
+BATCH = 32
+ALL_MODES = ["auto", "dynamic", "fp16", "int4", "static"]
+# name of a candidate -> (latency ratio vs the input at every batch size, metric drop)
+Script = dict[str, tuple[float, float]]
+
+
+@pytest.fixture(scope="module")
+def digits_data(cnn_onnx: Path, digits_test_npz: Path, digits_train_npz: Path) -> StepData:
+    """What the pipeline hands the step: eval and calibration data, the original's
+    outputs and measured metrics, the job's batch size."""
+    eval_arrays = load_arrays(digits_test_npz)
+    original, outputs = measure_model_with_outputs(
+        cnn_onnx, eval_arrays, TASK, BATCH, MeasureSettings(1, 0, 1), "cpu"
+    )
+    return StepData(
+        eval_arrays=eval_arrays,
+        calibration_arrays=load_arrays(digits_train_npz),
+        inputs=inspect_model(cnn_onnx).inputs,
+        task=TASK,
+        batch_size=BATCH,
+        reference_outputs=outputs,
+        original_metrics=original,
+    )
+
+
+def auto(**options: Any) -> AutoQuantize:
+    return AutoQuantize.model_validate({"method": "quantize", "calibration_samples": 64, **options})
+
+
+def with_targets(data: StepData, **targets: Any) -> StepData:
+    return dataclasses.replace(data, targets=Targets(**targets))
+
+
+def candidate_name(path: Path) -> str:
+    # candidates are written to <work>/candidates/<NN>-<name>/model.onnx
+    return path.parent.name.split("-", 1)[1] if path.parent.parent.name == "candidates" else ""
+
+
+def scripted_latency(path: Path, script: Script) -> tuple[LatencyComparison, ...]:
+    ratio = script.get(candidate_name(path), (1.0, 0.0))[0]
+    return tuple(LatencyComparison(b, 10.0 * ratio, 10.0) for b in (1, BATCH))
+
+
+def scripted_measure(data: StepData, script: Script) -> Callable[[Path], Measurement]:
+    """Latency and metric drop from the script; the input is the original."""
+    assert data.original_metrics is not None
+    baseline = data.original_metrics.metric_value
+
+    def measure(path: Path) -> Measurement:
+        drop = script.get(candidate_name(path), (1.0, 0.0))[1]
+        return Measurement(
+            file_size(path), "accuracy", baseline - drop, scripted_latency(path, script)
+        )
+
+    return measure
+
+
+def real_metric_scripted_latency(
+    model: Path, data: StepData, ctx: RunContext, script: Script, metric_offset: float = 0.0
+) -> Callable[[Path], Measurement]:
+    """The real metric (minus `metric_offset` for candidates) and size; scripted latency."""
+    worker = WorkerMeasure(model, data, ctx)
+
+    def measure(path: Path) -> Measurement:
+        name, value = worker.metric(path)
+        if candidate_name(path):
+            value -= metric_offset
+        return Measurement(file_size(path), name, value, scripted_latency(path, script))
+
+    return measure
+
+
+def copy_as_candidate(candidate: Candidate, source: Path, target: Path, ctx: RunContext) -> dict:
+    """Stands in for a quantizer: the input, marked so every candidate's file differs."""
+    model = load_model(source)
+    model.doc_string = candidate.name
+    onnx.save(model, target)
+    return {"mode": candidate.mode, "stand_in": True}
+
+
+def context(tmp_path: Path, **kw: Any) -> RunContext:
+    return RunContext(work_dir=tmp_path / "step", measure=MeasureSettings(1, 1, 3), **kw)
+
+
+def rows_by_name(details: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {row["name"]: row for row in details["candidates"]}
+
+
+# --- which candidates ------------------------------------------------------------------------
+
+
+def profile(kind: str, conv: int = 0, matmul: int = 0, recurrent: int = 0) -> ModelProfile:
+    return ModelProfile(kind, {}, conv, matmul, recurrent)  # type: ignore[arg-type]
+
+
+def names(profile: ModelProfile, targets: Targets | None = None, **options: Any) -> list[str]:
+    candidates, _ = plan_candidates(profile, auto(**options), targets or Targets(), ALL_MODES)
+    return [c.name for c in candidates]
+
+
+def test_the_digits_cnn_is_profiled_as_a_convolution_model(cnn_onnx: Path) -> None:
+    digits = profile_model(load_model(cnn_onnx))
+    assert (digits.kind, digits.conv_nodes, digits.matmul_nodes) == ("conv", 2, 2)
+
+
+def test_convolution_models_try_static_first_and_dynamic_only_without_conv() -> None:
+    assert names(profile("conv", conv=4, matmul=1)) == [
+        "static-qdq-per-channel",
+        "static-qoperator-per-channel",
+        "dynamic-per-channel",
+    ]
+    # dynamic would quantize nothing (Conv is left out of it): not tried
+    assert names(profile("conv", conv=4)) == [
+        "static-qdq-per-channel",
+        "static-qoperator-per-channel",
+    ]
+    candidates, _ = plan_candidates(profile("conv", 4, 1), auto(), Targets(), ALL_MODES)
+    dynamic = next(c.config for c in candidates if c.mode == "dynamic")
+    assert isinstance(dynamic, DynamicQuantize) and dynamic.op_types is None  # no Conv
+
+
+def test_matmul_models_try_dynamic_per_channel_first_and_int4_when_registered() -> None:
+    assert names(profile("matmul", matmul=12)) == [
+        "dynamic-per-channel",
+        "dynamic-per-tensor",
+        "static-qdq-per-channel",
+        "int4-block32",
+    ]
+    without_int4, notes = plan_candidates(
+        profile("matmul", matmul=12), auto(), Targets(), ["dynamic", "static", "fp16"]
+    )
+    assert [c.mode for c in without_int4] == ["dynamic", "dynamic", "static"]
+    assert notes == []
+
+
+def test_fp16_is_tried_only_when_size_is_the_only_target_or_when_asked() -> None:
+    conv = profile("conv", conv=2)
+    assert "fp16" not in names(conv)
+    assert "fp16" not in names(conv, Targets(max_size_bytes=1000, max_metric_drop=0.01))
+    assert names(conv, Targets(max_size_bytes=1000))[-1] == "fp16"
+    assert names(conv, candidate_modes=["fp16"]) == ["fp16"]
+
+
+def test_a_requested_mode_this_worker_lacks_is_reported_not_tried() -> None:
+    candidates, notes = plan_candidates(
+        profile("matmul", matmul=3),
+        auto(candidate_modes=["int4", "dynamic"]),
+        Targets(),
+        ["dynamic"],
+    )
+    assert {c.mode for c in candidates} == {"dynamic"}
+    assert notes == ["int4 mode is not available on this worker: not tried"]
+
+
+def test_calibration_options_reach_the_static_candidates() -> None:
+    options = {"calibration_method": "percentile", "calibration_samples": 99}
+    candidates, _ = plan_candidates(profile("conv", conv=2), auto(**options), Targets(), ALL_MODES)
+    assert {c.options()["calibration_method"] for c in candidates} == {"percentile"}
+    assert {c.options()["calibration_samples"] for c in candidates} == {99}
+
+
+def test_fallback_sizes_double_up_to_the_cap() -> None:
+    assert fallback_sizes(ranked=4, max_nodes=16) == [1, 2, 4]
+    assert fallback_sizes(ranked=100, max_nodes=16) == [1, 2, 4, 8, 16]
+    assert fallback_sizes(ranked=100, max_nodes=5) == [1, 2, 4, 5]
+    assert fallback_sizes(ranked=0, max_nodes=16) == []
+
+
+# --- which one is kept (pure decisions) ----------------------------------------------------
+
+
+def outcome(name: str, ratio: float, drop: float, size: int, criteria: Criteria) -> Outcome:
+    measurement = Measurement(
+        size, "accuracy", 0.9 - drop, (LatencyComparison(criteria.decision_batch, 10 * ratio, 10),)
+    )
+    return Outcome(
+        Candidate(name, None),
+        "measured",
+        measurement=measurement,
+        judgement=judge(measurement, criteria),
+    )
+
+
+def criteria(**targets: Any) -> Criteria:
+    return Criteria(
+        Targets(**targets), baseline_metric=0.9, input_size_bytes=1000, decision_batch=8
+    )
+
+
+def chosen(outcomes: list[Outcome], decision_criteria: Criteria) -> str | None:
+    decision = choose(outcomes, decision_criteria)
+    return None if decision.chosen is None else outcomes[decision.chosen].candidate.name
+
+
+def test_the_fastest_candidate_meeting_every_target_wins() -> None:
+    c = criteria(max_metric_drop=0.01, max_size_bytes=500)
+    outcomes = [
+        outcome("accurate-but-big", 0.5, 0.0, 900, c),
+        outcome("fast", 0.6, 0.005, 300, c),
+        outcome("faster-but-inaccurate", 0.4, 0.05, 300, c),
+    ]
+    assert chosen(outcomes, c) == "fast"
+    reason = choose(outcomes, c).reason
+    assert "faster but missing targets: accurate-but-big (misses max_size_bytes), " in reason
+    assert "faster-but-inaccurate (misses max_metric_drop)" in reason
+
+
+def test_equally_fast_candidates_are_separated_by_metric_drop() -> None:
+    c = criteria(max_metric_drop=0.02)
+    outcomes = [outcome("a", 0.60, 0.015, 300, c), outcome("b", 0.61, 0.002, 300, c)]
+    assert chosen(outcomes, c) == "b"
+    assert "noise tolerance" in choose(outcomes, c).reason
+
+
+def test_without_a_metric_target_a_default_guard_refuses_a_collapse() -> None:
+    c = criteria()
+    outcomes = [outcome("collapsed", 0.4, 0.3, 300, c), outcome("sane", 0.7, 0.001, 300, c)]
+    assert chosen(outcomes, c) == "sane"
+    collapsed = outcomes[0].judgement
+    assert collapsed is not None and collapsed.met == {
+        "default_metric_guard": False,
+        "not_slower_than_input": True,
+    }
+    assert c.metric_criterion is not None
+    assert c.metric_criterion.limit == DEFAULT_RELATIVE_METRIC_GUARD
+
+
+def test_when_no_candidate_meets_every_target_the_metric_comes_first_then_speed() -> None:
+    c = criteria(max_metric_drop=0.01, max_latency_ms=1.0)  # 1 ms: nothing is that fast
+    outcomes = [
+        outcome("fast-inaccurate", 0.3, 0.05, 300, c),
+        outcome("accurate-slow", 0.9, 0.0, 300, c),
+        outcome("accurate-fast", 0.7, 0.005, 300, c),
+    ]
+    decision = choose(outcomes, c)
+    assert chosen(outcomes, c) == "accurate-fast"
+    assert decision.reason.startswith("no candidate meets every target")
+    assert "max_latency_ms" in decision.reason
+
+
+def test_relative_metric_drop_is_judged_against_the_original() -> None:
+    c = Criteria(
+        Targets(max_metric_drop=0.1, metric_drop_mode="relative"),
+        baseline_metric=0.5,
+        input_size_bytes=1000,
+        decision_batch=1,
+    )
+    ok = outcome("ok", 0.5, 0.04, 300, c)  # 0.9-0.04 vs baseline 0.5: a gain
+    judgement = ok.judgement
+    assert judgement is not None and judgement.met["max_metric_drop"]
+
+
+# --- the tuner, with real candidates and controlled measurements ---------------------------
+
+
+def test_auto_on_the_digits_cnn_picks_a_static_candidate_and_reports_every_one(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    ctx = context(tmp_path)
+    events: list[tuple[float, str, dict[str, Any]]] = []
+    # static INT8 pays at batch 32 on convolutions; dynamic leaves the convs in FP32
+    script = {
+        "static-qdq-per-channel": (0.60, 0.0),
+        "static-qoperator-per-channel": (0.70, 0.0),
+        "dynamic-per-channel": (0.85, 0.0),
+    }
+    output = tmp_path / "model.onnx"
+
+    details = tune(
+        cnn_onnx,
+        output,
+        auto(),
+        digits_data,
+        ctx,
+        measure=real_metric_scripted_latency(cnn_onnx, digits_data, ctx, script),
+        progress=lambda p, m, d: events.append((p, m, d)),
+    )
+
+    assert details["model_kind"] == "conv"
+    assert details["chosen"] == "static-qdq-per-channel"
+    assert details["chosen_reason"].startswith("static-qdq-per-channel meets every target")
+    assert details["targets_met"] is True and details["slower_than_input"] is False
+    rows = rows_by_name(details)
+    assert list(rows) == ["input", *script]
+    assert [row["name"] for row in details["candidates"] if row["chosen"]] == [details["chosen"]]
+    for name in script:
+        row = rows[name]
+        assert row["status"] == "measured"
+        assert row["size_ratio"] < 0.5  # INT8 weights: real files, measured
+        assert [lat["batch_size"] for lat in row["latency"]] == [1, BATCH]
+        assert row["latency_ratio"] == pytest.approx(script[name][0])
+        assert row["metric_name"] == "accuracy"
+        assert abs(row["metric_change"]) <= 0.02  # real accuracy vs the original
+        assert set(row["met"]) == {"default_metric_guard", "not_slower_than_input"}
+    assert (
+        output.read_bytes()
+        == (ctx.work_dir / "candidates" / "00-static-qdq-per-channel" / "model.onnx").read_bytes()
+    )
+    # progress for every candidate, in order
+    reported = [d["candidate"]["name"] for _, _, d in events if "candidate" in d]
+    assert reported == list(script)
+    assert [p for p, _, _ in events] == sorted(p for p, _, _ in events)
+
+
+def test_an_impossible_metric_target_runs_the_fallback_and_says_it_is_not_met(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    ctx = context(tmp_path)
+    data = with_targets(digits_data, max_metric_drop=0.01)
+    script = {"static-qdq-per-channel": (0.6, 0.0)}
+    # every quantized model scores 0.5 below its real accuracy: no exclusion list can help
+    measure = real_metric_scripted_latency(cnn_onnx, data, ctx, script, metric_offset=0.5)
+
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(candidate_modes=["static"], max_fallback_nodes=3),
+        data,
+        ctx,
+        measure=measure,
+    )
+
+    sensitivity = details["sensitivity"]
+    assert sensitivity["base"] == "static-qdq-per-channel"
+    ranked = [item["node"] for item in sensitivity["top"]]
+    assert len(ranked) == 4  # two Convs and two Gemms
+    assert all(item["score"] >= 0 for item in sensitivity["top"])
+    fallback = details["fallback"]
+    assert fallback["ran"] and not fallback["met_metric_target"]
+    assert [t["nodes"] for t in fallback["tried"]] == [1, 2, 3]
+    assert fallback["nodes_to_exclude"] == ranked[:3]
+    assert "still fails" in fallback["stopped"]
+    rows = rows_by_name(details)
+    widest = rows["static-qdq-per-channel-fp32x3"]
+    assert widest["status"] == "measured"
+    assert widest["options"]["nodes_to_exclude"] == ranked[:3]
+    assert widest["base"] == "static-qdq-per-channel"
+    assert details["targets_met"] is False
+    assert details["met"]["max_metric_drop"] is False
+    assert details["chosen_reason"].startswith("no candidate meets every target")
+
+
+def test_the_fallback_stops_at_the_fewest_float32_nodes_that_meet_the_target(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    ctx = context(tmp_path)
+    data = with_targets(digits_data, max_metric_drop=0.01)
+    script: Script = {
+        "static-qdq-per-channel": (0.6, 0.2),
+        "static-qoperator-per-channel": (0.7, 0.2),
+    }
+    for kept in (1, 2):
+        script[f"static-qdq-per-channel-fp32x{kept}"] = (0.7, 0.2)  # still too inaccurate
+    for kept in (3, 4):
+        script[f"static-qdq-per-channel-fp32x{kept}"] = (0.8, 0.005)
+
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(candidate_modes=["static"]),
+        data,
+        ctx,
+        measure=scripted_measure(data, script),
+    )
+
+    fallback = details["fallback"]
+    assert [t["nodes"] for t in fallback["tried"]] == [1, 2, 4, 3]  # doubled, then bisected
+    assert fallback["met_metric_target"] is True
+    assert details["chosen"] == "static-qdq-per-channel-fp32x3"
+    assert details["nodes_to_exclude"] == fallback["nodes_to_exclude"]
+    assert len(details["nodes_to_exclude"]) == 3
+    assert details["targets_met"] is True
+
+
+# --- speed rules, with stand-in candidates --------------------------------------------------
+
+
+def test_a_slower_candidate_is_not_chosen_without_allow_slower(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    script = {
+        "static-qdq-per-channel": (1.40, 0.0),  # most accurate, but slower than the input
+        "static-qoperator-per-channel": (1.20, 0.0),
+        "dynamic-per-channel": (0.90, 0.004),
+    }
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(),
+        digits_data,
+        context(tmp_path),
+        measure=scripted_measure(digits_data, script),
+        produce=copy_as_candidate,
+    )
+
+    assert details["chosen"] == "dynamic-per-channel"
+    rows = rows_by_name(details)
+    assert rows["static-qdq-per-channel"]["met"]["not_slower_than_input"] is False
+    assert details["slower_than_input"] is False
+
+
+def test_when_every_candidate_is_slower_the_input_is_returned_unchanged(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    script = {
+        "static-qdq-per-channel": (1.30, 0.0),
+        "static-qoperator-per-channel": (1.20, 0.0),
+        "dynamic-per-channel": (1.10, 0.0),
+    }
+    output = tmp_path / "model.onnx"
+    details = tune(
+        cnn_onnx,
+        output,
+        auto(),
+        with_targets(digits_data, max_metric_drop=0.01),
+        context(tmp_path),
+        measure=scripted_measure(digits_data, script),
+        produce=copy_as_candidate,
+    )
+
+    assert details["returned_input_unchanged"] is True
+    assert details["chosen"] == "input"
+    assert rows_by_name(details)["input"]["chosen"] is True
+    assert output.read_bytes() == cnn_onnx.read_bytes()
+    assert "allow_slower is false" in details["chosen_reason"]
+    assert "dynamic-per-channel" in details["chosen_reason"]  # the fastest, named
+    assert details["slower_than_input"] is False
+    assert "fallback" not in details  # the metric was never the problem
+
+
+def test_allow_slower_returns_the_fastest_and_marks_it_slower(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    script = {
+        "static-qdq-per-channel": (1.30, 0.0),
+        "static-qoperator-per-channel": (1.20, 0.0),
+        "dynamic-per-channel": (1.10, 0.0),
+    }
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(allow_slower=True),
+        digits_data,
+        context(tmp_path),
+        measure=scripted_measure(digits_data, script),
+        produce=copy_as_candidate,
+    )
+
+    assert details["chosen"] == "dynamic-per-channel"
+    assert details["slower_than_input"] is True
+    assert details["met"]["not_slower_than_input"] is False
+    assert details["targets_met"] is True  # allow_slower: speed is not required
+    assert "allow_slower permits" in details["chosen_reason"]
+
+
+def test_a_candidate_that_fails_is_reported_and_the_others_still_compete(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    def produce(candidate: Candidate, source: Path, target: Path, ctx: RunContext) -> dict:
+        if candidate.mode == "dynamic":
+            raise RuntimeError("NOT_IMPLEMENTED: no kernel for this op")
+        return copy_as_candidate(candidate, source, target, ctx)
+
+    script = {"static-qdq-per-channel": (0.8, 0.0), "dynamic-per-channel": (0.5, 0.0)}
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(),
+        digits_data,
+        context(tmp_path),
+        measure=scripted_measure(digits_data, script),
+        produce=produce,
+    )
+
+    dynamic = rows_by_name(details)["dynamic-per-channel"]
+    assert dynamic["status"] == "failed"
+    assert dynamic["note"].startswith("unsupported_model")
+    assert details["chosen"] == "static-qdq-per-channel"
+
+
+def test_identical_candidates_are_measured_once(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    def same_file(candidate: Candidate, source: Path, target: Path, ctx: RunContext) -> dict:
+        onnx.save(load_model(source), target)
+        return {}
+
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(),
+        digits_data,
+        context(tmp_path),
+        measure=scripted_measure(digits_data, {}),
+        produce=same_file,
+    )
+    statuses = [row["status"] for row in details["candidates"][1:]]
+    assert statuses == ["measured", "duplicate", "duplicate"]
+
+
+def test_cancelling_stops_the_tuner_between_candidates(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    produced: list[str] = []
+
+    def produce(candidate: Candidate, source: Path, target: Path, ctx: RunContext) -> dict:
+        produced.append(candidate.name)
+        return copy_as_candidate(candidate, source, target, ctx)
+
+    ctx = context(tmp_path, is_cancelled=lambda: len(produced) >= 1)
+    with pytest.raises(JobCancelled):
+        tune(
+            cnn_onnx,
+            tmp_path / "model.onnx",
+            auto(),
+            digits_data,
+            ctx,
+            measure=scripted_measure(digits_data, {}),
+            produce=produce,
+        )
+    assert produced == ["static-qdq-per-channel"]
+
+
+# --- through the pipeline -------------------------------------------------------------------
+
+
+def test_a_job_with_the_default_mode_runs_auto_and_returns_the_chosen_model(
+    cnn_onnx: Path,
+    digits_test_npz: Path,
+    digits_train_npz: Path,
+    tmp_path: Path,
+    fast_measure: MeasureSettings,
+) -> None:
+    spec = JobSpec.model_validate(
+        {
+            "model_id": "m",
+            "eval_dataset_id": "eval",
+            "calibration_dataset_id": "calib",
+            "steps": [{"method": "quantize", "calibration_samples": 64}],
+            "batch_size": BATCH,
+            "targets": {"max_metric_drop": 0.02},
+        }
+    )
+    result, final_path = run(
+        cnn_onnx,
+        {"eval": digits_test_npz, "calib": digits_train_npz},
+        spec,
+        RunContext(work_dir=tmp_path / "job", measure=fast_measure),
+    )
+
+    details = result.steps[0].details
+    assert details["mode"] == "auto"
+    assert [row["chosen"] for row in details["candidates"]].count(True) == 1
+    if details["returned_input_unchanged"]:  # every candidate timed slower on this machine
+        assert final_path.read_bytes() == cnn_onnx.read_bytes()
+    else:
+        chosen = rows_by_name(details)[details["chosen"]]
+        assert chosen["met"]["not_slower_than_input"] is True
+        assert result.final.size_bytes == chosen["size_bytes"]
+        assert details["quantized_node_counts"]  # the step counted the chosen model's nodes
+    # the step's measured metric and the tuner's agree: the same data, reference and score
+    assert result.steps[0].metrics.metric_value == pytest.approx(
+        rows_by_name(details)[details["chosen"]]["metric_value"]
+    )
+    assert np.isfinite(result.verdict.latency_ratio)
