@@ -8,9 +8,13 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 COPY requirements.lock .
-# The CPU build of torch first (PyPI's default wheel is the multi-GB CUDA build).
-RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.13.0 \
-    && pip install --no-cache-dir -r requirements.lock
+# The CPU builds of torch and torchvision first (PyPI's default torch is the multi-GB CUDA
+# build), then the lock without the CUDA runtime wheels that build pulls in. A GPU image
+# installs requirements.lock as it is.
+RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
+        torch==2.14.1 torchvision==0.29.1 \
+    && grep -vE '^(nvidia-|cuda-|triton==)' requirements.lock > /tmp/requirements-cpu.txt \
+    && pip install --no-cache-dir -r /tmp/requirements-cpu.txt
 COPY pyproject.toml alembic.ini ./
 COPY api ./api
 COPY worker ./worker

@@ -81,3 +81,15 @@ def test_dockerfile_data_dir_matches_the_compose_volume() -> None:
     assert "SQUEEZE_DATA_DIR=/data" in dockerfile()
     for name in ("api", "worker"):
         assert "squeeze-data:/data" in compose()["services"][name]["volumes"]
+
+
+def locked_version(package: str) -> str:
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.lower().startswith(f"{package}=="):
+            return line.split("==", 1)[1]
+    raise AssertionError(f"{package} is not in requirements.lock")
+
+
+def test_dockerfile_installs_the_locked_torch_and_torchvision() -> None:
+    for package in ("torch", "torchvision"):
+        assert f"{package}=={locked_version(package)}" in dockerfile()
