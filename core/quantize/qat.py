@@ -31,39 +31,35 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import time
-from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.context import RunContext
-from core.data import Feeds, model_feeds, pinned_batch_size, sample_count
-from core.errors import IncompatibleData, StepFailed
+from core.data import pinned_batch_size, sample_count
+from core.errors import StepFailed
 from core.formats import TensorInfo, inspect_model
-from core.measure import compute_outputs, eval_batch_size, open_session, score
 from core.quantize.common import PER_CHANNEL_MIN_OPSET
 from core.quantize.modes import register_mode
 from core.registry import StepData
-from core.spec import QatQuantize, TaskSpec
+from core.spec import QatQuantize
+from core.training import (
+    Evaluation,
+    TrainingData,
+    batches,
+    loss_of,
+    predict,
+    select_output,
+    tensors,
+    training_data,
+)
 
 if TYPE_CHECKING:
-    import torch
     from torch import fx
-
-LossName = Literal["cross_entropy", "kl_divergence", "mse"]
 
 # Check for cancellation every this many training batches (and at every epoch's end).
 _CANCEL_CHECK_BATCHES = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-    """What the model is fine-tuned on: its input feeds and the targets of its loss."""
-
-    feeds: Feeds
-    targets: np.ndarray  # class indices (cross_entropy) or the original's outputs
-    loss: LossName
 
 
 @register_mode("qat")
@@ -76,7 +72,7 @@ def quantize_qat_mode(
     output_index = [tensor.name for tensor in info.outputs].index(output_name)
     training = training_data(model_path, train_arrays, info.inputs, data.task, output_name, ctx)
     batch_size = pinned_batch_size(info.inputs) or config.batch_size
-    evaluation = _Evaluation.of(model_path, data, output_name, ctx)
+    evaluation = Evaluation.of(model_path, data, output_name, ctx)
 
     started = time.perf_counter()
     converted, history = train_with_fake_quant(
@@ -117,64 +113,10 @@ def quantize_qat_mode(
     }
 
 
-def training_data(
-    model_path: Path,
-    train_arrays: Mapping[str, np.ndarray],
-    inputs: list[TensorInfo],
-    task: TaskSpec,
-    output_name: str,
-    ctx: RunContext,
-) -> TrainingData:
-    """The feeds and loss targets: labels for a classification task whose training data
-    has them, else the original model's outputs on the training data (ONNX Runtime)."""
-    feeds = model_feeds(train_arrays, inputs, task)
-    labels = train_arrays.get(task.labels)
-    if task.kind == "classification" and labels is not None:
-        if np.dtype(labels.dtype).kind not in "iu":
-            raise IncompatibleData(
-                f"classification labels {task.labels!r} must be integer class indices, "
-                f"got {labels.dtype}"
-            )
-        return TrainingData(feeds, labels.reshape(-1).astype(np.int64), "cross_entropy")
-    session = open_session(model_path, ctx.measure, ctx.device)
-    outputs = compute_outputs(
-        session, feeds, output_name, eval_batch_size(inputs), ctx.check_cancelled
-    )
-    loss: LossName = "kl_divergence" if task.kind == "classification" else "mse"
-    return TrainingData(feeds, outputs.astype(np.float32), loss)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Evaluation:
-    """The job's eval data and what the step's metric compares against, per epoch."""
-
-    feeds: Feeds
-    task: TaskSpec
-    labels: np.ndarray | None
-    reference: np.ndarray
-    metric_name: str
-
-    @classmethod
-    def of(cls, model_path: Path, data: StepData, output_name: str, ctx: RunContext) -> _Evaluation:
-        feeds = data.eval_feeds()
-        labels = data.eval_arrays.get(data.task.labels) if data.task.kind != "embedding" else None
-        reference = data.reference_outputs
-        if reference is None:  # a step called outside the pipeline: run the original once
-            session = open_session(model_path, ctx.measure, ctx.device)
-            reference = compute_outputs(
-                session, feeds, output_name, eval_batch_size(data.inputs), ctx.check_cancelled
-            )
-        metric_name, _ = score(data.task, reference, labels, reference)
-        return cls(feeds, data.task, labels, reference, metric_name)
-
-    def metric(self, outputs: np.ndarray) -> float:
-        return score(self.task, outputs, self.labels, self.reference)[1]
-
-
 def train_with_fake_quant(
     model_path: Path,
     training: TrainingData,
-    evaluation: _Evaluation,
+    evaluation: Evaluation,
     config: QatQuantize,
     batch_size: int,
     output_index: int,
@@ -207,14 +149,14 @@ def train_with_fake_quant(
         move_exported_model_to_train(prepared)
         prepared.apply(enable_observer)
         losses = []
-        for step, rows in enumerate(_batches(shuffle, sample_count(training.feeds), batch_size)):
+        for step, rows in enumerate(batches(shuffle, sample_count(training.feeds), batch_size)):
             if step % _CANCEL_CHECK_BATCHES == 0:
                 ctx.check_cancelled()
             optimizer.zero_grad()
-            outputs = _select(
-                prepared(*_tensors(training.feeds, rows, inputs, device)), output_index
+            outputs = select_output(
+                prepared(*tensors(training.feeds, rows, inputs, device)), output_index
             )
-            loss = _loss(
+            loss = loss_of(
                 training.loss, outputs, torch.from_numpy(training.targets[rows]).to(device)
             )
             loss.backward()
@@ -230,7 +172,7 @@ def train_with_fake_quant(
         move_exported_model_to_eval(prepared)
         prepared.apply(disable_observer)
         eval_metric = evaluation.metric(
-            _predict(prepared, evaluation.feeds, batch_size, output_index, inputs, device)
+            predict(prepared, evaluation.feeds, batch_size, output_index, inputs, device)
         )
         record = {"epoch": epoch, "train_loss": train_loss, "eval_metric": eval_metric}
         history.append(record)
@@ -270,60 +212,3 @@ def _quantizer(per_channel: bool) -> Any:
         )
         config = dataclasses.replace(config, weight=weight)
     return X86InductorQuantizer().set_global(config)
-
-
-def _batches(shuffle: np.random.Generator, samples: int, batch_size: int) -> Iterator[np.ndarray]:
-    """Shuffled row indices, `batch_size` per batch: the last batch is filled up from
-    the start of the order, so a model that pins its batch size gets exactly that many
-    rows (and BatchNorm in training never sees a batch of one)."""
-    order = shuffle.permutation(samples)
-    for start in range(0, samples, batch_size):
-        yield order[np.arange(start, start + batch_size) % samples]
-
-
-def _tensors(
-    feeds: Feeds, rows: np.ndarray | slice, inputs: list[TensorInfo], device: torch.device
-) -> list[torch.Tensor]:
-    import torch
-
-    return [
-        torch.from_numpy(np.ascontiguousarray(feeds[tensor.name][rows])).to(device)
-        for tensor in inputs
-    ]
-
-
-def _select(outputs: Any, index: int) -> torch.Tensor:
-    return outputs[index] if isinstance(outputs, tuple | list) else outputs
-
-
-def _loss(name: LossName, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    from torch.nn import functional
-
-    if name == "cross_entropy":
-        return functional.cross_entropy(outputs.reshape(len(outputs), -1), targets)
-    if name == "kl_divergence":
-        student = functional.log_softmax(outputs.reshape(len(outputs), -1), dim=1)
-        teacher = functional.softmax(targets.reshape(len(targets), -1), dim=1)
-        return functional.kl_div(student, teacher, reduction="batchmean")
-    return functional.mse_loss(outputs, targets.reshape(outputs.shape))
-
-
-def _predict(
-    module: fx.GraphModule,
-    feeds: Feeds,
-    batch_size: int,
-    output_index: int,
-    inputs: list[TensorInfo],
-    device: torch.device,
-) -> np.ndarray:
-    """The module's chosen output over all of `feeds`, in batches (the last padded)."""
-    import torch
-
-    samples = sample_count(feeds)
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, samples, batch_size):
-            rows = np.arange(start, start + batch_size) % samples
-            outputs = _select(module(*_tensors(feeds, rows, inputs, device)), output_index)
-            chunks.append(outputs.cpu().numpy()[: min(batch_size, samples - start)])
-    return np.concatenate(chunks, axis=0)
