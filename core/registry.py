@@ -24,7 +24,7 @@ from core.spec import Targets, TaskSpec
 
 # Modules that register built-in steps; imported on first lookup so that importing the
 # registry alone (as the steps themselves do) creates no import cycle.
-_STEP_MODULES = ("core.quantize",)
+_STEP_MODULES = ("core.quantize", "core.prune")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 
 class StrictModel(BaseModel):
@@ -143,12 +152,131 @@ QuantizeConfig = (
 QUANTIZE_MODES = ("auto", "dynamic", "static", "fp16", "int4", "qat")
 
 
+class FineTune(StrictModel):
+    """Training after pruning, on the job's train_dataset_id with the task's loss."""
+
+    epochs: int = Field(default=2, ge=0, le=1000)
+    learning_rate: float = Field(default=1e-3, gt=0, le=1.0)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    weight_decay: float = Field(default=0.0, ge=0, le=1.0)
+
+
+class PruneSensitivity(StrictModel):
+    """Prune each layer alone over a sparsity sweep and measure the metric (Distiller's
+    sensitivity analysis); optionally derive per-layer ratios from the curves."""
+
+    sparsities: list[float] = Field(default=[0.25, 0.5, 0.75, 0.9], min_length=1, max_length=20)
+    derive_layer_ratios: bool = False
+    # with derive_layer_ratios: the largest ratio per layer whose metric drop stays within
+    max_metric_drop: float = Field(default=0.01, ge=0)
+
+
+class _PruneBase(StrictModel):
+    method: Literal["prune"]
+    # Layers (module names) left alone; None: the first and the last prunable layer.
+    skip_layers: list[str] | None = None
+    # Per-layer sparsity overrides by module name.
+    layer_sparsity: dict[str, float] = Field(default_factory=dict)
+    fine_tune: FineTune = Field(default_factory=FineTune)
+    sensitivity: PruneSensitivity | None = None
+
+    @field_validator("layer_sparsity")
+    @classmethod
+    def _ratios_are_fractions(cls, ratios: dict[str, float]) -> dict[str, float]:
+        bad = {name: ratio for name, ratio in ratios.items() if not 0.0 <= ratio < 1.0}
+        if bad:
+            raise ValueError(f"layer sparsity must be in [0, 1): {bad}")
+        return ratios
+
+
+class UnstructuredPrune(_PruneBase):
+    """Magnitude pruning (I(w) = |w|) of individual weights; gains size after
+    compression, not speed in ONNX Runtime."""
+
+    kind: Literal["unstructured"] = "unstructured"
+    sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
+    scope: Literal["global", "local"] = "global"
+    # one_shot, or TF-MOT's PolynomialDecay from initial to final sparsity between
+    # begin_step and end_step (optimizer steps of fine-tuning), pruning every `frequency`.
+    schedule: Literal["one_shot", "polynomial"] = "one_shot"
+    initial_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
+    begin_step: int = Field(default=0, ge=0)
+    end_step: int | None = Field(default=None, ge=1)
+    frequency: int = Field(default=10, ge=1)
+    power: float = Field(default=3.0, gt=0)
+
+    @model_validator(mode="after")
+    def _schedule_is_consistent(self) -> UnstructuredPrune:
+        if self.schedule == "polynomial":
+            if self.fine_tune.epochs == 0:
+                raise ValueError("a polynomial schedule prunes during fine-tuning: epochs > 0")
+            if self.initial_sparsity > self.sparsity:
+                raise ValueError("initial_sparsity must not exceed sparsity")
+            if self.end_step is not None and self.end_step <= self.begin_step:
+                raise ValueError("end_step must come after begin_step")
+        return self
+
+
+class StructuredPrune(_PruneBase):
+    """Channel/filter (and attention head) pruning that makes the model physically
+    smaller and faster, dependency-aware through torch-pruning."""
+
+    kind: Literal["structured"]
+    # fraction of channels removed from each prunable layer (global scope: on average)
+    sparsity: float = Field(default=0.5, ge=0.0, lt=1.0)
+    importance: Literal["l1", "l2", "taylor"] = "l1"
+    scope: Literal["global", "local"] = "local"
+    # pruning in this many rounds (fine-tuning between rounds when epochs > 0)
+    iterations: int = Field(default=1, ge=1, le=100)
+
+
+class SemiStructuredPrune(_PruneBase):
+    """N:M masks (2:4 by default): N of every M consecutive weights kept. Their speedup
+    needs GPU sparse kernels; on CPU the result is reported as a masked dense model."""
+
+    kind: Literal["n_m"]
+    n: int = Field(default=2, ge=1)
+    m: int = Field(default=4, ge=2)
+
+    @model_validator(mode="after")
+    def _pattern_is_consistent(self) -> SemiStructuredPrune:
+        if self.n >= self.m:
+            raise ValueError(f"n:m needs n < m (got {self.n}:{self.m})")
+        if self.layer_sparsity:
+            raise ValueError("layer_sparsity does not apply to n:m masks (the pattern fixes it)")
+        return self
+
+
+def _prune_kind(value: Any) -> str:
+    kind = (
+        value.get("kind", "unstructured")
+        if isinstance(value, dict)
+        else getattr(value, "kind", None)
+    )
+    return kind if isinstance(kind, str) else "unstructured"
+
+
+PruneStep = Annotated[
+    Annotated[UnstructuredPrune, Tag("unstructured")]
+    | Annotated[StructuredPrune, Tag("structured")]
+    | Annotated[SemiStructuredPrune, Tag("n_m")],
+    Discriminator(_prune_kind),
+]
+PruneConfig = UnstructuredPrune | StructuredPrune | SemiStructuredPrune
+PRUNE_STEP_ADAPTER: TypeAdapter[PruneConfig] = TypeAdapter(PruneStep)
+
+
 def _step_method(value: Any) -> str | None:
     method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
     return method if isinstance(method, str) else None
 
 
-Step = Annotated[Annotated[QuantizeStep, Tag("quantize")], Discriminator(_step_method)]
+Step = Annotated[
+    Annotated[QuantizeStep, Tag("quantize")] | Annotated[PruneStep, Tag("prune")],
+    Discriminator(_step_method),
+]
+
 QUANTIZE_STEP_ADAPTER: TypeAdapter[QuantizeConfig] = TypeAdapter(QuantizeStep)
 
 
@@ -173,8 +301,14 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _training_steps_need_training_data(self) -> JobSpec:
         for index, step in enumerate(self.steps):
-            if getattr(step, "mode", None) == "qat" and self.train_dataset_id is None:
-                raise ValueError(f"steps[{index}]: qat trains the model: set train_dataset_id")
+            trains = getattr(step, "mode", None) == "qat" or (
+                isinstance(step, _PruneBase) and step.fine_tune.epochs > 0
+            )
+            if trains and self.train_dataset_id is None:
+                raise ValueError(
+                    f"steps[{index}]: {step.method} trains the model: set train_dataset_id "
+                    "(or fine_tune.epochs = 0 for pruning without fine-tuning)"
+                )
         return self
 
     def dataset_ids(self) -> list[str]:

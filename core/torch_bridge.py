@@ -58,7 +58,9 @@ def onnx_to_torch(model_path: Path, work_dir: Path) -> fx.GraphModule:
     Raises UnsupportedModel with code "unsupported_op", naming the op types (or the
     node) onnx2torch cannot convert, or code "conversion_failed" for other failures.
     """
-    model = _constants_as_initializers(load_model(model_path))
+    model = _initializer_identities_as_initializers(
+        _constants_as_initializers(load_model(model_path))
+    )
     _drop_needless_allowzero(model)
     model = _convertible_opset(model)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -192,6 +194,40 @@ def _convertible_opset(model: onnx.ModelProto) -> onnx.ModelProto:
         f"opset {opset}{tried}: this model cannot be trained in PyTorch",
         code="unsupported_op",
     )
+
+
+def _initializer_identities_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Identity nodes reading an initializer, written out as initializers of their own.
+
+    The TorchScript exporter deduplicates equal weights (e.g. zero Conv biases) through
+    Identity nodes; onnx2torch reads Conv/BatchNorm parameters from initializers only and
+    fails on a Conv whose bias comes from an Identity, or builds a functional BatchNorm
+    that torch-pruning cannot see.
+    """
+    initializers = {init.name: init for init in model.graph.initializer}
+    graph_outputs = {output.name for output in model.graph.output}
+    aliases = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Identity"
+        and node.domain in _DEFAULT_DOMAINS
+        and node.input[0] in initializers
+        and node.output[0] not in graph_outputs
+    ]
+    if not aliases:
+        return model
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    removed = {id(node) for node in aliases}
+    kept = [node for node in model.graph.node if id(node) not in removed]
+    for node in aliases:
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(initializers[node.input[0]])
+        tensor.name = node.output[0]
+        rewritten.graph.initializer.append(tensor)
+    del rewritten.graph.node[:]
+    rewritten.graph.node.extend(kept)
+    return rewritten
 
 
 def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:

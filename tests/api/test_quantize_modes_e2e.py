@@ -77,3 +77,46 @@ def test_each_quantize_mode_runs_through_the_api(
     ort.InferenceSession(download.content, providers=["CPUExecutionProvider"])
     assert job["result"]["final"]["size_bytes"] == len(download.content)
     assert len(download.content) < model_file.stat().st_size
+
+
+PRUNES: dict[str, list[dict[str, Any]]] = {
+    "unstructured": [{"method": "prune", "sparsity": 0.8, "fine_tune": {"epochs": 1}}],
+    "structured": [
+        {"method": "prune", "kind": "structured", "sparsity": 0.5, "fine_tune": {"epochs": 1}}
+    ],
+    "n_m": [{"method": "prune", "kind": "n_m", "fine_tune": {"epochs": 0}}],
+    "prune-then-quantize": [
+        {"method": "prune", "kind": "structured", "sparsity": 0.5, "fine_tune": {"epochs": 1}},
+        {"method": "quantize", "mode": "static"},
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRUNES))
+def test_each_prune_kind_runs_through_the_api(
+    name: str, api: Api, model_file: Path, tmp_path: Path
+) -> None:
+    evaluation = digits_npz(tmp_path / "eval.npz", split="test", n=128)
+    train = digits_npz(tmp_path / "train.npz", split="train", n=256)
+    spec = {
+        "model_id": api.model_id(model_file),
+        "eval_dataset_id": api.dataset_id(evaluation),
+        "train_dataset_id": api.dataset_id(train),
+        "steps": PRUNES[name],
+        "batch_size": 8,
+    }
+    job = run_job_through_api(api, spec)
+    assert job["state"] == "succeeded", job["error"]
+    assert [step["method"] for step in job["result"]["steps"]] == [
+        step["method"] for step in PRUNES[name]
+    ]
+    prune_details = job["result"]["steps"][0]["details"]
+    assert prune_details["kind"] == PRUNES[name][0].get("kind", "unstructured")
+    download = api.client.get(f"/v1/jobs/{job['id']}/artifacts/model.onnx")
+    assert download.status_code == 200
+    ort.InferenceSession(download.content, providers=["CPUExecutionProvider"])
+    final, original = job["result"]["final"], job["result"]["original"]
+    if name in ("structured", "prune-then-quantize"):
+        assert final["parameters"] < original["parameters"] * 0.6  # channels really removed
+    if name == "prune-then-quantize":
+        assert len(download.content) < model_file.stat().st_size / 4

@@ -1,0 +1,188 @@
+"""Fine-tuning after (or while) pruning, shared by every kind.
+
+The loss is QAT's (core.quantize.qat.training_data): cross-entropy against the labels
+when a classification job's training data has them, else the original model's outputs
+(KL divergence of the softmaxes for classification, MSE otherwise). The loop is seeded,
+reports every epoch through `ctx.report_step`, and calls `on_step(step)` after every
+optimizer step (step counts from 1) so that schedules can recompute masks and masks are
+re-applied before the next forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from core.context import RunContext
+from core.data import pinned_batch_size, sample_count
+from core.errors import StepFailed
+from core.formats import ModelInfo, TensorInfo
+from core.registry import StepData
+from core.spec import FineTune
+from core.training import (
+    Evaluation,
+    TrainingData,
+    batches,
+    loss_of,
+    predict,
+    select_output,
+    tensors,
+    training_data,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# Called after optimizer step `step` (1, 2, ...): schedules act here, masks are re-applied.
+StepHook = Callable[[int], None]
+
+_CANCEL_CHECK_BATCHES = 20
+# SGD's momentum: plain SGD without it fine-tunes far slower at the same learning rate.
+SGD_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class FineTuner:
+    """The fine-tuning of one prune step: its data, loss, evaluation and settings."""
+
+    config: FineTune
+    training: TrainingData | None  # None when config.epochs == 0
+    evaluation: Evaluation
+    batch_size: int
+    output_index: int
+    inputs: list[TensorInfo]
+    ctx: RunContext
+
+    @classmethod
+    def of(
+        cls, model_path: Path, info: ModelInfo, config: FineTune, data: StepData, ctx: RunContext
+    ) -> FineTuner:
+        """Load what fine-tuning needs; the training data only when epochs > 0."""
+        output_name = data.task.output or info.outputs[0].name
+        output_index = [tensor.name for tensor in info.outputs].index(output_name)
+        training = None
+        if config.epochs > 0:
+            train_arrays = data.require_train_arrays("prune fine-tuning")
+            training = training_data(
+                model_path, train_arrays, info.inputs, data.task, output_name, ctx
+            )
+        return cls(
+            config=config,
+            training=training,
+            evaluation=Evaluation.of(model_path, data, output_name, ctx),
+            batch_size=pinned_batch_size(info.inputs) or config.batch_size,
+            output_index=output_index,
+            inputs=info.inputs,
+            ctx=ctx,
+        )
+
+    @property
+    def steps_per_epoch(self) -> int:
+        if self.training is None:
+            return 0
+        return math.ceil(sample_count(self.training.feeds) / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of a full fine-tuning run (0 without fine-tuning)."""
+        return self.steps_per_epoch * self.config.epochs
+
+    def evaluate(self, module: nn.Module) -> float:
+        """The step's metric of `module` on the eval data (vs. labels or the original)."""
+        import torch
+
+        module.eval()
+        device = torch.device(self.ctx.device)
+        outputs = predict(
+            module,  # type: ignore[arg-type]  # any module taking the inputs positionally
+            self.evaluation.feeds,
+            self.batch_size,
+            self.output_index,
+            self.inputs,
+            device,
+        )
+        return self.evaluation.metric(outputs)
+
+    def run(
+        self,
+        module: nn.Module,
+        on_step: StepHook | None = None,
+        *,
+        label: str = "fine-tune",
+        progress: tuple[float, float] = (0.0, 1.0),
+    ) -> list[dict[str, Any]]:
+        """Fine-tune `module` in place for config.epochs; one record per epoch (epoch,
+        train_loss, eval_metric). Reports each epoch within `progress` of the step."""
+        import torch
+
+        if self.training is None or self.config.epochs == 0:
+            return []
+        training = self.training
+        torch.manual_seed(self.ctx.seed)
+        device = torch.device(self.ctx.device)
+        module.to(device)
+        optimizer = self._optimizer(module)
+        shuffle = np.random.default_rng(self.ctx.seed)
+        samples = sample_count(training.feeds)
+        epochs = self.config.epochs
+        history: list[dict[str, Any]] = []
+        step = 0
+        for epoch in range(1, epochs + 1):
+            module.train()
+            losses = []
+            for batch, rows in enumerate(batches(shuffle, samples, self.batch_size)):
+                if batch % _CANCEL_CHECK_BATCHES == 0:
+                    self.ctx.check_cancelled()
+                optimizer.zero_grad()
+                outputs = select_output(
+                    module(*tensors(training.feeds, rows, self.inputs, device)),
+                    self.output_index,
+                )
+                targets = torch.from_numpy(training.targets[rows]).to(device)
+                loss = loss_of(training.loss, outputs, targets)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if on_step is not None:
+                    on_step(step)
+                losses.append(float(loss.detach()))
+            train_loss = float(np.mean(losses))
+            if not np.isfinite(train_loss):
+                raise StepFailed(
+                    f"{label} diverged in epoch {epoch} (loss {train_loss}): lower "
+                    f"fine_tune.learning_rate (now {self.config.learning_rate})"
+                )
+            eval_metric = self.evaluate(module)
+            history.append({"epoch": epoch, "train_loss": train_loss, "eval_metric": eval_metric})
+            start, end = progress
+            self.ctx.report_step(
+                start + (end - start) * epoch / epochs,
+                f"{label} epoch {epoch}/{epochs}",
+                epoch=epoch,
+                loss=train_loss,
+                eval_metric=eval_metric,
+                metric_name=self.evaluation.metric_name,
+            )
+        module.eval()
+        return history
+
+    def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
+        import torch
+
+        config = self.config
+        if config.optimizer == "sgd":
+            return torch.optim.SGD(
+                module.parameters(),
+                lr=config.learning_rate,
+                momentum=SGD_MOMENTUM,
+                weight_decay=config.weight_decay,
+            )
+        return torch.optim.Adam(
+            module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
