@@ -214,20 +214,7 @@ def _initializer_identities_as_initializers(model: onnx.ModelProto) -> onnx.Mode
         and node.input[0] in initializers
         and node.output[0] not in graph_outputs
     ]
-    if not aliases:
-        return model
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
-    removed = {id(node) for node in aliases}
-    kept = [node for node in model.graph.node if id(node) not in removed]
-    for node in aliases:
-        tensor = onnx.TensorProto()
-        tensor.CopyFrom(initializers[node.input[0]])
-        tensor.name = node.output[0]
-        rewritten.graph.initializer.append(tensor)
-    del rewritten.graph.node[:]
-    rewritten.graph.node.extend(kept)
-    return rewritten
+    return _nodes_as_initializers(model, [(node, initializers[node.input[0]]) for node in aliases])
 
 
 def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -246,20 +233,28 @@ def _constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
     ]
     graph_outputs = {output.name for output in model.graph.output}
     constants = [node for node in constants if node.output[0] not in graph_outputs]
-    if not constants:
+    return _nodes_as_initializers(model, [(node, node.attribute[0].t) for node in constants])
+
+
+def _nodes_as_initializers(
+    model: onnx.ModelProto, replacements: list[tuple[onnx.NodeProto, onnx.TensorProto]]
+) -> onnx.ModelProto:
+    """A copy of the model without the given nodes, each node's output now an initializer
+    holding the paired tensor."""
+    if not replacements:
         return model
-    hoisted = onnx.ModelProto()
-    hoisted.CopyFrom(model)
-    names = {id(node) for node in constants}
-    kept = [node for node in model.graph.node if id(node) not in names]
-    for node in constants:
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    removed = {id(node) for node, _ in replacements}
+    kept = [node for node in model.graph.node if id(node) not in removed]
+    for node, source in replacements:
         tensor = onnx.TensorProto()
-        tensor.CopyFrom(node.attribute[0].t)
+        tensor.CopyFrom(source)
         tensor.name = node.output[0]
-        hoisted.graph.initializer.append(tensor)
-    del hoisted.graph.node[:]
-    hoisted.graph.node.extend(kept)
-    return hoisted
+        rewritten.graph.initializer.append(tensor)
+    del rewritten.graph.node[:]
+    rewritten.graph.node.extend(kept)
+    return rewritten
 
 
 def _drop_needless_allowzero(model: onnx.ModelProto) -> None:
