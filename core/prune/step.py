@@ -132,6 +132,14 @@ def prune(model_path: Path, config: PruneConfig, data: StepData, ctx: RunContext
         "epochs": result.fine_tune_history,
         "eval_metric_name": tuner.evaluation.metric_name,
         "eval_metric": eval_metric,
+        # before pruning, after pruning (before fine-tuning), after fine-tuning
+        "metric_original": (
+            data.original_metrics.metric_value if data.original_metrics is not None else None
+        ),
+        "metric_after_pruning": (
+            tuner.metric_before_fine_tuning[0] if tuner.metric_before_fine_tuning else eval_metric
+        ),
+        "metric_after_fine_tuning": eval_metric if tuner.metric_before_fine_tuning else None,
         "notes": result.notes,
     }
     if sensitivity is not None:

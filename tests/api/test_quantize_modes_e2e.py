@@ -120,3 +120,29 @@ def test_each_prune_kind_runs_through_the_api(
         assert final["parameters"] < original["parameters"] * 0.6  # channels really removed
     if name == "prune-then-quantize":
         assert len(download.content) < model_file.stat().st_size / 4
+
+
+def test_a_prune_job_reports_the_metric_before_and_after_pruning_and_fine_tuning(
+    api: Api, model_file: Path, tmp_path: Path
+) -> None:
+    evaluation = digits_npz(tmp_path / "eval.npz", split="test", n=128)
+    train = digits_npz(tmp_path / "train.npz", split="train", n=256)
+    spec = {
+        "model_id": api.model_id(model_file),
+        "eval_dataset_id": api.dataset_id(evaluation),
+        "train_dataset_id": api.dataset_id(train),
+        "steps": [
+            {"method": "prune", "sparsity": 0.9, "scope": "local", "fine_tune": {"epochs": 2}}
+        ],
+        "batch_size": 8,
+    }
+    job = run_job_through_api(api, spec)
+    assert job["state"] == "succeeded", job["error"]
+    details = job["result"]["steps"][0]["details"]
+    assert details["metric_original"] == job["result"]["original"]["metric_value"]
+    # 90% of the weights gone costs accuracy; fine-tuning wins some of it back
+    assert details["metric_after_pruning"] < details["metric_original"]
+    assert details["metric_after_fine_tuning"] > details["metric_after_pruning"]
+    assert details["metric_after_fine_tuning"] == pytest.approx(
+        job["result"]["steps"][0]["metrics"]["metric_value"], abs=0.02
+    )
