@@ -39,6 +39,7 @@ import onnx
 from core.errors import InvalidModel, short_reason
 from core.formats import (
     ModelInfo,
+    external_data_location,
     external_data_refs,
     inspect_model,
     model_files,
@@ -420,14 +421,7 @@ def _referenced_members(
     files = {member.name: member for member in members if not member.is_dir}
     wanted: set[PurePosixPath] = set()
     for ref in external_data_refs(model):
-        relative = safe_relative_path(ref.location)
-        if relative is None:
-            raise InvalidModel(
-                f"tensor {ref.tensor_name!r} keeps its data at {ref.location!r}, outside the "
-                "upload: external data must be a relative path to a file in the archive, "
-                "without '..'",
-                code="external_data_outside_upload",
-            )
+        relative = external_data_location(ref)
         name = model_member.name.parent / relative
         if name not in files:
             raise InvalidModel(

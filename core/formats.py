@@ -290,6 +290,20 @@ def copy_model(source: Path, destination: Path) -> Path:
     return destination
 
 
+def external_data_location(ref: ExternalDataRef) -> PurePosixPath:
+    """Where the tensor's data lies, relative to the model file; InvalidModel (code
+    "external_data_outside_upload") for an absolute path, ".." or a refused character."""
+    relative = safe_relative_path(ref.location)
+    if relative is None:
+        raise InvalidModel(
+            f"tensor {ref.tensor_name!r} keeps its data at {ref.location!r}, outside the "
+            "upload: external data must be a relative path to a file in the archive, "
+            "without '..'",
+            code="external_data_outside_upload",
+        )
+    return relative
+
+
 def safe_relative_path(text: str) -> PurePosixPath | None:
     """`text` as a relative POSIX path that stays below the directory it is relative to.
 
@@ -357,14 +371,7 @@ def verify_external_data(model: onnx.ModelProto, model_dir: Path) -> ExternalDat
     root = model_dir.resolve()
     sizes: dict[str, int] = {}
     for ref in external_data_refs(model):
-        relative = safe_relative_path(ref.location)
-        if relative is None:
-            raise InvalidModel(
-                f"tensor {ref.tensor_name!r} keeps its data at {ref.location!r}, outside the "
-                "upload: external data must be a relative path to a file in the archive, "
-                "without '..'",
-                code="external_data_outside_upload",
-            )
+        relative = external_data_location(ref)
         name = relative.as_posix()
         if name not in sizes:
             sizes[name] = _data_file_size(root, relative, ref.tensor_name)
