@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ratios", default="0.25,0.5,0.75")
     parser.add_argument("--sparsities", default="0.5,0.8,0.9,0.95")
     parser.add_argument("--batch-sizes", default="1,32")
+    parser.add_argument("--models", default="digits-cnn,residual-cnn,mlp")
+    parser.add_argument("--importance", choices=["l1", "l2", "taylor"], default="l1")
+    parser.add_argument("--scope", choices=["local", "global"], default="local")
     parser.add_argument("--out", type=Path, default=Path("bench/results/prune.md"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/squeeze-bench-prune"))
     return parser.parse_args(argv)
@@ -89,16 +92,27 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     configs: list[tuple[str, dict[str, Any]]] = [
-        (f"structured {r:.0%}", {"kind": "structured", "sparsity": float(r)})
+        (
+            f"structured {r:.0%}",
+            {
+                "kind": "structured",
+                "sparsity": float(r),
+                "importance": args.importance,
+                "scope": args.scope,
+            },
+        )
         for r in (float(v) for v in args.ratios.split(","))
     ] + [
         (f"unstructured {s:.0%}", {"kind": "unstructured", "sparsity": float(s)})
         for s in (float(v) for v in args.sparsities.split(","))
     ]
+    builders = {name: builders[name] for name in args.models.split(",")}
     rows: list[Row] = []
     started = time.perf_counter()
     for name, build in builders.items():
         work = args.work_dir / name
+        # seeded per model: its initial weights must not depend on which models ran before
+        torch.manual_seed(0)
         model = train_classifier(build(), x_train, y_train, epochs=15)
         original = export_onnx(model, x_test[:1], work / "original.onnx")
         info = inspect_model(original)
@@ -141,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     text = (
         "# Pruning benchmark\n\n"
         f"`PYTHONPATH=. python bench/prune.py --runs {args.runs} --threads {args.threads} "
-        f"--epochs {args.epochs}`; {os.cpu_count()} cores; latency medians of ONNX Runtime "
+        f"--epochs {args.epochs} --ratios {args.ratios} --sparsities {args.sparsities} "
+        f"--models {args.models} --importance {args.importance} --scope {args.scope}`; "
+        f"{os.cpu_count()} cores; latency medians of ONNX Runtime "
         "runs timed interleaved per model; accuracy on the digits test split (450 images); "
         "parameters: float initializer elements of the exported file (nonzero in brackets); "
         "MACs: Conv/Gemm/MatMul multiply-accumulates per image from the ONNX graph; zip: "
