@@ -192,6 +192,10 @@ class _Bench:
         folder = self.work / name
         folder.mkdir(parents=True, exist_ok=True)
         x_train, y_train, x_test, y_test = self.data(case)
+        import torch
+
+        # seeded per model: its initial weights must not depend on which models ran before
+        torch.manual_seed(0)
         model = train_classifier(case.build(), x_train, y_train, epochs=case.epochs, lr=case.lr)
         fp32 = export_onnx(model, x_test[:1], folder / "fp32.onnx")
         calibration = np.ascontiguousarray(x_train[:256])
