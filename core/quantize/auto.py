@@ -508,10 +508,19 @@ def choose(outcomes: Sequence[Outcome], criteria: Criteria) -> Decision:
         )
     meeting = [(i, o, j) for i, o, j in eligible if j.targets_ok]
     if meeting:
+        # A quantize job exists to compress: a candidate that barely shrinks the file (e.g.
+        # dynamic mode on a convolution model, which leaves every Conv in FP32) wins only
+        # when no candidate that compresses meets the targets without being slower.
+        compressing = [
+            item
+            for item in meeting
+            if _size(item[1]) <= criteria.input_size_bytes * COMPRESSED_SIZE_RATIO
+        ]
+        pool = compressing or meeting
         # speed is compared as ratios: each was timed interleaved with the input
-        best = min(j.latency_ratio for _, _, j in meeting)
+        best = min(j.latency_ratio for _, _, j in pool)
         as_fast = [
-            item for item in meeting if item[2].latency_ratio <= best * (1 + criteria.tolerance)
+            item for item in pool if item[2].latency_ratio <= best * (1 + criteria.tolerance)
         ]
         index, outcome, j = min(
             as_fast,
@@ -534,6 +543,17 @@ def choose(outcomes: Sequence[Outcome], criteria: Criteria) -> Decision:
         ]
         if faster:
             reason += f"; faster but missing targets: {', '.join(faster)}"
+        in_pool = {id(item[1]) for item in pool}
+        barely_compressing = [
+            f"{o.candidate.name} ({_size(o) / max(criteria.input_size_bytes, 1):.2f}x the size)"
+            for _, o, j2 in meeting
+            if id(o) not in in_pool and j2.latency_ratio < j.latency_ratio
+        ]
+        if barely_compressing:
+            reason += (
+                f"; faster but barely compressing: {', '.join(barely_compressing)}, so the "
+                "candidate that compresses was kept"
+            )
         if len(as_fast) > 1:
             reason += (
                 f"; {len(as_fast)} candidates were equally fast within the "
@@ -564,6 +584,10 @@ def choose(outcomes: Sequence[Outcome], criteria: Criteria) -> Decision:
     if j.slower:
         reason += "; it is slower than the input, which allow_slower permits"
     return Decision(index, reason)
+
+
+# A candidate at or above this share of the input's size counts as not compressing.
+COMPRESSED_SIZE_RATIO = 0.9
 
 
 def _size(outcome: Outcome) -> int:

@@ -246,6 +246,26 @@ def test_the_fastest_candidate_meeting_every_target_wins() -> None:
     assert "faster-but-inaccurate (misses max_metric_drop)" in reason
 
 
+def test_a_candidate_that_compresses_beats_a_faster_one_that_barely_does() -> None:
+    c = criteria()
+    outcomes = [
+        outcome("dynamic-without-conv", 0.95, 0.0, 990, c),  # Conv left in FP32
+        outcome("static", 1.0, 0.0, 350, c),  # not faster, but not slower than the input
+    ]
+    assert chosen(outcomes, c) == "static"
+    reason = choose(outcomes, c).reason
+    assert "barely compressing: dynamic-without-conv (0.99x the size)" in reason
+
+
+def test_a_candidate_that_barely_compresses_wins_when_nothing_else_qualifies() -> None:
+    c = criteria()
+    outcomes = [
+        outcome("dynamic-without-conv", 0.95, 0.0, 990, c),
+        outcome("static-but-slower", 1.3, 0.0, 350, c),
+    ]
+    assert chosen(outcomes, c) == "dynamic-without-conv"
+
+
 def test_equally_fast_candidates_are_separated_by_metric_drop() -> None:
     c = criteria(max_metric_drop=0.02)
     outcomes = [outcome("a", 0.60, 0.015, 300, c), outcome("b", 0.61, 0.002, 300, c)]
