@@ -509,7 +509,7 @@ def sort_topologically(graph: onnx.GraphProto) -> None:
 
 def _node_reads(node: onnx.NodeProto) -> set[str]:
     reads = set(node.input)
-    for subgraph in _subgraphs(node):
+    for subgraph in subgraphs(node):
         for inner in iter_nodes(subgraph):
             reads.update(inner.input)
     return reads
@@ -538,18 +538,19 @@ def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
     """Every node of a graph, descending into subgraph attributes (If/Loop/Scan)."""
     for node in graph.node:
         yield node
-        for subgraph in _subgraphs(node):
+        for subgraph in subgraphs(node):
             yield from iter_nodes(subgraph)
 
 
 def _iter_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
     for node in graph.node:
-        for subgraph in _subgraphs(node):
+        for subgraph in subgraphs(node):
             yield from _iter_initializers(subgraph)
 
 
-def _subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
+    """The graphs a node carries as attributes (If branches, Loop and Scan bodies)."""
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
             yield attr.g

@@ -32,6 +32,7 @@ from core.formats import (
     model_size_bytes,
     save_model,
     sort_topologically,
+    subgraphs,
 )
 from core.measure import eval_batch_size, providers_for, session_inputs
 from core.registry import StepData
@@ -345,7 +346,7 @@ def _all_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.TENSOR:
                 yield attr.t
-        for subgraph in _node_subgraphs(node):
+        for subgraph in subgraphs(node):
             yield from _all_tensors(subgraph)
 
 
@@ -457,7 +458,7 @@ def size_report(original: Path, quantized: Path) -> dict[str, Any]:
 def _float_subgraph_weights(graph: onnx.GraphProto) -> tuple[int, int]:
     count, total = 0, 0
     for node in graph.node:
-        for subgraph in _node_subgraphs(node):
+        for subgraph in subgraphs(node):
             for tensor in _float_weights_read_unquantized(subgraph):
                 count += 1
                 total += _tensor_bytes(tensor)
@@ -489,14 +490,6 @@ def _float_weights_read_unquantized(graph: onnx.GraphProto) -> Iterator[onnx.Ten
 def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     elements = int(np.prod(tensor.dims, dtype=np.int64))
     return elements * _FULL_PRECISION_BYTES[tensor.data_type]
-
-
-def _node_subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            yield from attr.graphs
 
 
 def count_quantized_nodes(model: onnx.ModelProto) -> dict[str, int]:
