@@ -39,6 +39,21 @@ MODES: dict[str, tuple[dict[str, Any], set[str]]] = {
 }
 
 
+def digits_job_spec(
+    api: Api, model_file: Path, tmp_path: Path, steps: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """A job on the uploaded digits model: 128 eval rows, 256 training rows, batch 8."""
+    evaluation = digits_npz(tmp_path / "eval.npz", split="test", n=128)
+    train = digits_npz(tmp_path / "train.npz", split="train", n=256)
+    return {
+        "model_id": api.model_id(model_file),
+        "eval_dataset_id": api.dataset_id(evaluation),
+        "train_dataset_id": api.dataset_id(train),
+        "steps": steps,
+        "batch_size": 8,
+    }
+
+
 def run_job_through_api(api: Api, spec: dict[str, Any]) -> dict[str, Any]:
     response = api.submit(spec)
     assert response.status_code == 202, response.text
@@ -54,16 +69,8 @@ def test_each_quantize_mode_runs_through_the_api(
     name: str, api: Api, model_file: Path, tmp_path: Path
 ) -> None:
     config, expected_ops = MODES[name]
-    evaluation = digits_npz(tmp_path / "eval.npz", split="test", n=128)
-    train = digits_npz(tmp_path / "train.npz", split="train", n=256)
-    spec = {
-        "model_id": api.model_id(model_file),
-        "eval_dataset_id": api.dataset_id(evaluation),
-        "calibration_dataset_id": api.dataset_id(train),
-        "train_dataset_id": api.dataset_id(train),
-        "steps": [{"method": "quantize", **config}],
-        "batch_size": 8,
-    }
+    spec = digits_job_spec(api, model_file, tmp_path, [{"method": "quantize", **config}])
+    spec["calibration_dataset_id"] = spec["train_dataset_id"]
     job = run_job_through_api(api, spec)
     assert job["state"] == "succeeded", job["error"]
     [step] = job["result"]["steps"]
@@ -96,15 +103,7 @@ PRUNES: dict[str, list[dict[str, Any]]] = {
 def test_each_prune_kind_runs_through_the_api(
     name: str, api: Api, model_file: Path, tmp_path: Path
 ) -> None:
-    evaluation = digits_npz(tmp_path / "eval.npz", split="test", n=128)
-    train = digits_npz(tmp_path / "train.npz", split="train", n=256)
-    spec = {
-        "model_id": api.model_id(model_file),
-        "eval_dataset_id": api.dataset_id(evaluation),
-        "train_dataset_id": api.dataset_id(train),
-        "steps": PRUNES[name],
-        "batch_size": 8,
-    }
+    spec = digits_job_spec(api, model_file, tmp_path, PRUNES[name])
     job = run_job_through_api(api, spec)
     assert job["state"] == "succeeded", job["error"]
     assert [step["method"] for step in job["result"]["steps"]] == [
@@ -125,17 +124,8 @@ def test_each_prune_kind_runs_through_the_api(
 def test_a_prune_job_reports_the_metric_before_and_after_pruning_and_fine_tuning(
     api: Api, model_file: Path, tmp_path: Path
 ) -> None:
-    evaluation = digits_npz(tmp_path / "eval.npz", split="test", n=128)
-    train = digits_npz(tmp_path / "train.npz", split="train", n=256)
-    spec = {
-        "model_id": api.model_id(model_file),
-        "eval_dataset_id": api.dataset_id(evaluation),
-        "train_dataset_id": api.dataset_id(train),
-        "steps": [
-            {"method": "prune", "sparsity": 0.9, "scope": "local", "fine_tune": {"epochs": 2}}
-        ],
-        "batch_size": 8,
-    }
+    steps = [{"method": "prune", "sparsity": 0.9, "scope": "local", "fine_tune": {"epochs": 2}}]
+    spec = digits_job_spec(api, model_file, tmp_path, steps)
     job = run_job_through_api(api, spec)
     assert job["state"] == "succeeded", job["error"]
     details = job["result"]["steps"][0]["details"]
