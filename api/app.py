@@ -10,10 +10,11 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from api.auth import bootstrap_admin_key
 from api.deps import Services
 from api.limits import BodyLimits, BodySizeLimitMiddleware
 from api.problems import install_problem_handlers
-from api.routes import datasets, health, jobs, models
+from api.routes import datasets, health, jobs, models, tenants
 from squeeze.settings import Settings, get_settings
 from store.blobs import BlobStore
 from store.db import make_engine, make_sessionmaker
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         blobs=BlobStore(settings.blob_dir),
         queue=queue or JobQueue(settings),
     )
+    bootstrap_admin_key(services.sessions, settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -68,6 +70,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     app.state.services = services
     install_problem_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits.from_settings(settings))
-    for router in (health.router, models.router, datasets.router, jobs.router):
+    routers = (health.router, tenants.router, models.router, datasets.router, jobs.router)
+    for router in routers:
         app.include_router(router)
     return app

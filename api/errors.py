@@ -64,3 +64,33 @@ class InvalidSpec(ApiError):
     """A job spec that passed its schema but cannot be stored (e.g. NaN or Infinity)."""
 
     code = "invalid_request"
+
+
+class Unauthenticated(ApiError):
+    """No API key, or one this service does not know (or revoked)."""
+
+    code = "unauthenticated"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ApiError):
+    code = "forbidden"
+
+
+class QuotaExceeded(ApiError):
+    """A tenant quota is reached; the client may retry after `retry_after_s`."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after_s: int, quota: str) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.quota = quota
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"quota": self.quota, "retry_after_s": self.retry_after_s}

@@ -17,10 +17,12 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import InvalidSpec, UnknownReference
+from api.quotas import check_job_slot
 from core.data import DatasetInfo, check_compatible
 from core.errors import IncompatibleData
 from core.formats import ModelInfo
 from core.spec import JobSpec
+from squeeze.settings import Settings
 from store import catalog, jobs
 from store.blobs import BlobStore
 from store.catalog import NotFound
@@ -56,18 +58,29 @@ def spec_sha256(spec: JobSpec) -> str:
 
 
 def submit_job(
-    session: Session, spec: JobSpec, *, idempotency_key: str | None, queue: JobQueue
+    session: Session,
+    spec: JobSpec,
+    *,
+    tenant_id: str,
+    idempotency_key: str | None,
+    queue: JobQueue,
+    settings: Settings,
 ) -> Submission:
-    """Check the spec against the uploads and insert the job (or find its replay).
+    """Check the spec against the tenant's uploads and insert the job (or find its replay).
 
-    Raises UnknownReference for a model or dataset never uploaded, IncompatibleData when
-    a dataset cannot feed the model, IdempotencyConflict when the key was used for a
-    different spec. The caller commits, then calls `enqueue` when `created`.
+    Raises UnknownReference for a model or dataset the tenant never uploaded,
+    IncompatibleData when a dataset cannot feed the model, IdempotencyConflict when the
+    key was used for a different spec, QuotaExceeded when the tenant has its quota of
+    active jobs (a replay is answered even then). The caller commits, then calls
+    `enqueue` when `created`.
     """
     request_sha256 = spec_sha256(spec)
-    check_references(session, spec)
+    check_references(session, spec, tenant_id)
+    if idempotency_key is None or not jobs.has_idempotency_key(session, tenant_id, idempotency_key):
+        check_job_slot(session, tenant_id, settings)
     job, created = jobs.create_job(
         session,
+        tenant_id=tenant_id,
         spec=spec.model_dump(mode="json"),
         queue=queue.queue_for(spec.device),
         request_sha256=request_sha256,
@@ -76,11 +89,16 @@ def submit_job(
     return Submission(job=job, created=created)
 
 
-def check_references(session: Session, spec: JobSpec) -> None:
+def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
     try:
-        model_row = catalog.get_model(session, spec.model_id)
+        model_row = catalog.get_model(session, spec.model_id, tenant_id=tenant_id)
     except NotFound:
         raise UnknownReference("model", spec.model_id) from None
+    for student_id in spec.student_model_ids():  # uploaded students of distill steps
+        try:
+            catalog.get_model(session, student_id, tenant_id=tenant_id)
+        except NotFound:
+            raise UnknownReference("model", student_id) from None
     model = ModelInfo.model_validate(model_row.info)
     roles: dict[str, str] = {}
     for role in ("eval_dataset_id", "calibration_dataset_id", "train_dataset_id"):
@@ -89,7 +107,7 @@ def check_references(session: Session, spec: JobSpec) -> None:
             roles.setdefault(dataset_ref, role)
     for dataset_id in spec.dataset_ids():
         try:
-            dataset_row = catalog.get_dataset(session, dataset_id)
+            dataset_row = catalog.get_dataset(session, dataset_id, tenant_id=tenant_id)
         except NotFound:
             raise UnknownReference("dataset", dataset_id) from None
         dataset = DatasetInfo.model_validate(dataset_row.info)
@@ -120,27 +138,30 @@ def enqueue(sessions: sessionmaker[Session], queue: JobQueue, job_id: str, queue
 
 
 def list_jobs(
-    session: Session, *, state: str | None, limit: int, cursor: str | None
+    session: Session, *, tenant_id: str, state: str | None, limit: int, cursor: str | None
 ) -> tuple[list[JobRow], str | None]:
     """Raises store.jobs.InvalidCursor for a cursor this service did not issue."""
-    return jobs.list_jobs(session, state=state, limit=limit, cursor=cursor)
+    return jobs.list_jobs(session, tenant_id=tenant_id, state=state, limit=limit, cursor=cursor)
 
 
-def list_events(session: Session, job_id: str, *, after: int, limit: int) -> list[JobEventRow]:
-    jobs.get_job(session, job_id)  # JobNotFound for an unknown job, not an empty list
+def list_events(
+    session: Session, job_id: str, *, tenant_id: str, after: int, limit: int
+) -> list[JobEventRow]:
+    # JobNotFound for an unknown (or another tenant's) job, not an empty list
+    jobs.get_job(session, job_id, tenant_id=tenant_id)
     return jobs.list_events(session, job_id, after_id=after, limit=limit)
 
 
-def list_artifacts(session: Session, job_id: str) -> list[ArtifactRow]:
-    jobs.get_job(session, job_id)
+def list_artifacts(session: Session, job_id: str, *, tenant_id: str) -> list[ArtifactRow]:
+    jobs.get_job(session, job_id, tenant_id=tenant_id)
     return jobs.list_artifacts(session, job_id)
 
 
 def artifact_file(
-    session: Session, blobs: BlobStore, job_id: str, name: str
+    session: Session, blobs: BlobStore, job_id: str, name: str, *, tenant_id: str
 ) -> tuple[ArtifactRow, Path]:
     """The artifact's row and the blob file that holds it; NotFound for unknown names."""
-    jobs.get_job(session, job_id)
+    jobs.get_job(session, job_id, tenant_id=tenant_id)
     artifact = jobs.get_artifact(session, job_id, name)
     if artifact is None:
         raise NotFound("artifact", name)

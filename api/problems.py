@@ -22,10 +22,13 @@ from starlette.requests import ClientDisconnect
 
 from api.errors import (
     ApiError,
+    Forbidden,
     InvalidSpec,
     InvalidUpload,
     NotReady,
     PayloadTooLarge,
+    QuotaExceeded,
+    Unauthenticated,
     UnknownReference,
     UnsupportedMediaType,
 )
@@ -107,6 +110,9 @@ RULES: dict[type[Exception], Rule] = {
     UnsupportedMediaType: Rule(415, "Unsupported media type"),
     InvalidCursor: Rule(400, "Invalid cursor", "invalid_cursor"),
     NotReady: Rule(503, "Not ready"),
+    Unauthenticated: Rule(401, "Unauthenticated"),
+    Forbidden: Rule(403, "Forbidden"),
+    QuotaExceeded: Rule(429, "Quota exceeded"),
     # Nobody reads this answer; mapping it keeps a dropped upload out of the error log.
     ClientDisconnect: Rule(400, "Client disconnected", "client_disconnected"),
 }
@@ -114,6 +120,8 @@ RULES: dict[type[Exception], Rule] = {
 # Codes for the framework's own HTTP errors (unknown route, wrong method, ...).
 HTTP_STATUS_CODES = {
     400: "bad_request",
+    401: "unauthenticated",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -136,7 +144,10 @@ def response_for(exc: Exception) -> JSONResponse:
         return internal_error_response()
     code = rule.code or str(getattr(exc, "code", "error"))
     extensions = getattr(exc, "extensions", {})
-    return problem_response(rule.status, code, rule.title, rule.detail(exc), **extensions)
+    headers = getattr(exc, "headers", None)
+    return problem_response(
+        rule.status, code, rule.title, rule.detail(exc), headers=headers, **extensions
+    )
 
 
 def internal_error_response() -> JSONResponse:

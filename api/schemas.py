@@ -12,7 +12,7 @@ from core.data import DatasetInfo
 from core.formats import ModelInfo
 from core.results import PipelineResult
 from core.spec import JobSpec
-from store.tables import ArtifactRow, DatasetRow, JobEventRow, JobRow, ModelRow
+from store.tables import ApiKeyRow, ArtifactRow, DatasetRow, JobEventRow, JobRow, ModelRow
 
 # Mirrors store.jobs.STATES (a test keeps the two equal); a Literal documents the values.
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -203,3 +203,73 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
+
+
+# --- tenants and API keys -------------------------------------------------------------
+
+
+class TenantIn(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    # None: the service's default quota.
+    quota_storage_bytes: int | None = Field(default=None, gt=0)
+    quota_concurrent_jobs: int | None = Field(default=None, gt=0, le=100_000)
+
+
+class Usage(BaseModel):
+    storage_bytes: int
+    active_jobs: int
+
+
+class QuotasOut(BaseModel):
+    storage_bytes: int
+    concurrent_jobs: int
+
+
+class TenantOut(BaseModel):
+    id: str
+    name: str
+    created_at: datetime
+    quotas: QuotasOut
+    usage: Usage
+
+
+class AccountOut(BaseModel):
+    """The caller: its key and its tenant's quotas and usage."""
+
+    key_id: str
+    is_admin: bool
+    tenant: TenantOut
+
+
+class ApiKeyIn(BaseModel):
+    name: str = Field(default="api key", min_length=1, max_length=200)
+
+
+class ApiKeyOut(BaseModel):
+    id: str
+    tenant_id: str
+    name: str
+    prefix: str = Field(description="the key's first characters, to recognise it")
+    is_admin: bool
+    created_at: datetime
+    revoked_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> ApiKeyOut:
+        return cls(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            name=row.name,
+            prefix=row.prefix,
+            is_admin=row.is_admin,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class ApiKeyCreated(ApiKeyOut):
+    token: str = Field(description="the key itself: shown this once, stored only hashed")
+
+
+class ApiKeyList(BaseModel):
+    items: list[ApiKeyOut]

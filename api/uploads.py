@@ -28,11 +28,12 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import InvalidUpload, UnsupportedMediaType
+from api.quotas import Quotas, storage_exceeded, storage_left
 from core.archive import ArchiveLimits, inspect_upload
 from core.data import inspect_dataset
 from squeeze.settings import Settings
 from store import catalog
-from store.blobs import BlobStore, StagedBlob
+from store.blobs import BlobStore, BlobTooLarge, StagedBlob
 from store.tables import DatasetRow, ModelRow
 
 if TYPE_CHECKING:
@@ -48,6 +49,8 @@ RowT = TypeVar("RowT", ModelRow, DatasetRow)
 class UploadKind(Generic[RowT]):
     """How one kind of upload is capped, validated and recorded."""
 
+    tenant_id: str
+    settings: Settings
     max_bytes: int
     default_filename: str
     inspect: Callable[[Path], BaseModel]
@@ -55,12 +58,14 @@ class UploadKind(Generic[RowT]):
 
 
 async def upload_model(
-    request: Request, session: Session, blobs: BlobStore, settings: Settings
+    request: Request, session: Session, blobs: BlobStore, settings: Settings, tenant_id: str
 ) -> ModelRow:
     """Store the ONNX model, or the archive of a model and its external data, in the
     request's `file` part (InvalidModel when it is neither)."""
     limits = archive_limits(settings)
     kind = UploadKind(
+        tenant_id=tenant_id,
+        settings=settings,
         max_bytes=settings.max_model_bytes,
         default_filename="model.onnx",
         inspect=lambda path: inspect_upload(path, settings.work_dir, limits),
@@ -78,10 +83,12 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
 
 
 async def upload_dataset(
-    request: Request, session: Session, blobs: BlobStore, settings: Settings
+    request: Request, session: Session, blobs: BlobStore, settings: Settings, tenant_id: str
 ) -> DatasetRow:
     """Store the `.npz` dataset in the request's `file` part (InvalidDataset when it is none)."""
     kind = UploadKind(
+        tenant_id=tenant_id,
+        settings=settings,
         max_bytes=settings.max_dataset_bytes,
         default_filename="dataset.npz",
         inspect=lambda path: inspect_dataset(path, settings.max_dataset_uncompressed_bytes),
@@ -108,7 +115,17 @@ def _receive_and_store(
     kind: UploadKind[RowT],
 ) -> RowT:
     reader = FilePartReader(boundary)
-    staged = blobs.stage_chunks(reader.file_chunks(body), kind.max_bytes)
+    # The tenant's storage quota caps the stream too: an upload that would exceed it is
+    # cut off as it arrives, not after it was written in full.
+    quota_left = storage_left(session, kind.tenant_id, kind.settings)
+    try:
+        staged = blobs.stage_chunks(reader.file_chunks(body), min(kind.max_bytes, quota_left))
+    except BlobTooLarge:
+        if quota_left < kind.max_bytes:
+            raise storage_exceeded(
+                Quotas.of(session, kind.tenant_id, kind.settings).storage_bytes, kind.settings
+            ) from None
+        raise
     try:
         return _store(staged, reader.filename or kind.default_filename, session, blobs, kind)
     except BaseException:
@@ -122,6 +139,7 @@ def _store(
     info = kind.inspect(staged.path)
     row = kind.add_row(
         session,
+        tenant_id=kind.tenant_id,
         filename=filename,
         sha256=staged.sha256,
         size_bytes=staged.size_bytes,

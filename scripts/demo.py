@@ -111,6 +111,15 @@ def service(data_dir: Path, port: int, log_dir: Path) -> Iterator[str]:
             stop(process)
 
 
+def admin_client(base_url: str, data_dir: Path) -> httpx.Client:
+    """A client with the admin key the embedded default made on its first start
+    (SQUEEZE_ADMIN_API_KEY would set one); the demo reads it as an operator would."""
+    admin_key = (data_dir / "admin-api-key").read_text().strip()
+    return httpx.Client(
+        base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {admin_key}"}
+    )
+
+
 def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -224,9 +233,10 @@ def main() -> None:
     print(f"2. starting the service (data dir {data_dir}; logs in {args.out})")
     with (
         service(data_dir, free_port(), args.out) as base_url,
-        httpx.Client(base_url=base_url, timeout=60) as client,
+        admin_client(base_url, data_dir) as client,
     ):
         print(f"   API at {base_url}, OpenAPI at {base_url}/docs, one Celery worker")
+        print(f"   admin API key in {data_dir / 'admin-api-key'}")
         print("3. uploading over HTTP")
         uploaded_model = upload(client, "/v1/models", model_path)
         calib = upload(client, "/v1/datasets", calib_path)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,23 @@ class Settings(BaseSettings):
     measure_warmup_runs: int = Field(default=5, ge=0)
     measure_runs: int = Field(default=30, ge=3)
 
+    # Auth. The admin key manages tenants and keys. When unset, the service makes one on
+    # first start and writes it to `admin_key_file` (mode 0600) so the embedded default
+    # works out of the box; a deployment sets it (or provisions keys) explicitly.
+    admin_api_key: SecretStr | None = None
+
+    # Per-tenant quotas, used when the tenant's own row sets none.
+    quota_storage_bytes: int = Field(default=50 * 1024**3, gt=0)
+    quota_concurrent_jobs: int = Field(default=8, gt=0)
+    # What a client is told to wait (Retry-After) when a quota is reached.
+    quota_retry_after_s: int = Field(default=30, gt=0)
+
+    # Retention: uploads of datasets and job artifacts older than this many days are
+    # deleted by the cleanup task (None keeps them forever). Models stay: jobs name them.
+    dataset_retention_days: float | None = Field(default=None, gt=0)
+    artifact_retention_days: float | None = Field(default=None, gt=0)
+    cleanup_interval_s: float = Field(default=3600.0, gt=0)
+
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Settings:
         if self.task_soft_time_limit_s >= self.task_hard_time_limit_s:
@@ -83,6 +100,10 @@ class Settings(BaseSettings):
     @property
     def broker_dir(self) -> Path:
         return (self.data_dir / "broker").resolve()
+
+    @property
+    def admin_key_file(self) -> Path:
+        return (self.data_dir / "admin-api-key").resolve()
 
     @property
     def blob_dir(self) -> Path:

@@ -1,8 +1,13 @@
-"""Uploaded models and datasets: their rows (the files are blobs named by sha256)."""
+"""Uploaded models and datasets: their rows (the files are blobs named by sha256).
+
+Reads take the caller's tenant: another tenant's row is reported exactly like a missing
+one, so ids reveal nothing across tenants. The worker reads unscoped (tenant None): it
+runs jobs that were checked when they were submitted.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -17,11 +22,25 @@ class NotFound(Exception):
         self.item_id = item_id
 
 
+RowT = TypeVar("RowT", ModelRow, DatasetRow)
+
+
 def add_model(
-    session: Session, *, filename: str, sha256: str, size_bytes: int, info: dict[str, Any]
+    session: Session,
+    *,
+    tenant_id: str,
+    filename: str,
+    sha256: str,
+    size_bytes: int,
+    info: dict[str, Any],
 ) -> ModelRow:
     row = ModelRow(
-        id=new_id("mdl"), filename=filename, sha256=sha256, size_bytes=size_bytes, info=info
+        id=new_id("mdl"),
+        tenant_id=tenant_id,
+        filename=filename,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        info=info,
     )
     session.add(row)
     session.flush()
@@ -29,25 +48,39 @@ def add_model(
 
 
 def add_dataset(
-    session: Session, *, filename: str, sha256: str, size_bytes: int, info: dict[str, Any]
+    session: Session,
+    *,
+    tenant_id: str,
+    filename: str,
+    sha256: str,
+    size_bytes: int,
+    info: dict[str, Any],
 ) -> DatasetRow:
     row = DatasetRow(
-        id=new_id("ds"), filename=filename, sha256=sha256, size_bytes=size_bytes, info=info
+        id=new_id("ds"),
+        tenant_id=tenant_id,
+        filename=filename,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        info=info,
     )
     session.add(row)
     session.flush()
     return row
 
 
-def get_model(session: Session, model_id: str) -> ModelRow:
-    row = session.get(ModelRow, model_id)
-    if row is None:
-        raise NotFound("model", model_id)
-    return row
+def get_model(session: Session, model_id: str, *, tenant_id: str | None) -> ModelRow:
+    return _owned(session, ModelRow, "model", model_id, tenant_id)
 
 
-def get_dataset(session: Session, dataset_id: str) -> DatasetRow:
-    row = session.get(DatasetRow, dataset_id)
-    if row is None:
-        raise NotFound("dataset", dataset_id)
+def get_dataset(session: Session, dataset_id: str, *, tenant_id: str | None) -> DatasetRow:
+    return _owned(session, DatasetRow, "dataset", dataset_id, tenant_id)
+
+
+def _owned(
+    session: Session, table: type[RowT], kind: str, item_id: str, tenant_id: str | None
+) -> RowT:
+    row = session.get(table, item_id)
+    if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+        raise NotFound(kind, item_id)
     return row

@@ -56,6 +56,7 @@ class ArtifactRecord:
 def create_job(
     session: Session,
     *,
+    tenant_id: str,
     spec: dict[str, Any],
     queue: str,
     request_sha256: str,
@@ -66,11 +67,12 @@ def create_job(
     Returns (job, created). The caller commits, then enqueues only when `created`.
     """
     if idempotency_key is not None:
-        existing = _by_idempotency_key(session, idempotency_key, request_sha256)
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key, request_sha256)
         if existing is not None:
             return existing, False
     job = JobRow(
         id=new_id("job"),
+        tenant_id=tenant_id,
         spec=spec,
         queue=queue,
         state="queued",
@@ -86,7 +88,7 @@ def create_job(
             session.flush()
     except IntegrityError:
         # A concurrent request with the same key won the insert: answer with its job.
-        existing = _by_idempotency_key(session, idempotency_key or "", request_sha256)
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key or "", request_sha256)
         if existing is None:
             raise
         return existing, False
@@ -94,16 +96,27 @@ def create_job(
     return job, True
 
 
-def _by_idempotency_key(session: Session, key: str, request_sha256: str) -> JobRow | None:
-    job = session.scalar(select(JobRow).where(JobRow.idempotency_key == key))
+def has_idempotency_key(session: Session, tenant_id: str, key: str) -> bool:
+    query = select(JobRow.id).where(JobRow.tenant_id == tenant_id, JobRow.idempotency_key == key)
+    return session.scalar(query) is not None
+
+
+def _by_idempotency_key(
+    session: Session, tenant_id: str, key: str, request_sha256: str
+) -> JobRow | None:
+    job = session.scalar(
+        select(JobRow).where(JobRow.tenant_id == tenant_id, JobRow.idempotency_key == key)
+    )
     if job is not None and job.request_sha256 != request_sha256:
         raise IdempotencyConflict(key)
     return job
 
 
-def get_job(session: Session, job_id: str) -> JobRow:
+def get_job(session: Session, job_id: str, *, tenant_id: str | None) -> JobRow:
+    """The job; JobNotFound when it does not exist or belongs to another tenant than
+    `tenant_id` (None: any tenant, for the worker and the reaper)."""
     job = session.get(JobRow, job_id)
-    if job is None:
+    if job is None or (tenant_id is not None and job.tenant_id != tenant_id):
         raise JobNotFound(job_id)
     return job
 
@@ -127,10 +140,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(
-    session: Session, *, state: str | None, limit: int, cursor: str | None
+    session: Session, *, tenant_id: str, state: str | None, limit: int, cursor: str | None
 ) -> tuple[list[JobRow], str | None]:
-    """Newest first; the cursor is opaque to clients (created_at and id of the last row)."""
-    query = select(JobRow).order_by(JobRow.created_at.desc(), JobRow.id.desc())
+    """The tenant's jobs, newest first; the cursor is opaque to clients (created_at and
+    id of the last row)."""
+    query = (
+        select(JobRow)
+        .where(JobRow.tenant_id == tenant_id)
+        .order_by(JobRow.created_at.desc(), JobRow.id.desc())
+    )
     if state is not None:
         query = query.where(JobRow.state == state)
     if cursor is not None:
@@ -312,9 +330,9 @@ def finish(
     return True
 
 
-def request_cancel(session: Session, job_id: str) -> JobRow:
+def request_cancel(session: Session, job_id: str, *, tenant_id: str | None) -> JobRow:
     """A queued job is cancelled at once; a running one is flagged for its worker to stop."""
-    job = get_job(session, job_id)
+    job = get_job(session, job_id, tenant_id=tenant_id)
     if job.state in FINAL_STATES:
         raise JobAlreadyFinal(job.state)
     session.execute(

@@ -47,10 +47,45 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
 
 
+class TenantRow(Base):
+    """An account: every model, dataset and job belongs to exactly one tenant."""
+
+    __tablename__ = "tenants"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # None: the service's default quota (settings).
+    quota_storage_bytes: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    quota_concurrent_jobs: Mapped[int | None] = mapped_column(Integer, default=None)
+    # Bumped by every job submission: the UPDATE takes the row's write lock, so two
+    # concurrent submissions of one tenant count its active jobs one after the other.
+    submissions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ApiKeyRow(Base):
+    """An API key, stored as the sha256 of its secret (the secret is shown once)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # The token's first characters, to recognise a key in lists without revealing it.
+    prefix: Mapped[str] = mapped_column(String(16))
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class ModelRow(Base):
     __tablename__ = "models"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_models_tenant_id"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     filename: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
@@ -62,6 +97,9 @@ class DatasetRow(Base):
     __tablename__ = "datasets"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(
+        ForeignKey("tenants.id", name="fk_datasets_tenant_id"), index=True
+    )
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     filename: Mapped[str] = mapped_column(String(255))
     sha256: Mapped[str] = mapped_column(String(64), index=True)
@@ -71,9 +109,15 @@ class DatasetRow(Base):
 
 class JobRow(Base):
     __tablename__ = "jobs"
-    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+    __table_args__ = (
+        Index("ix_jobs_state_created", "state", "created_at"),
+        Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        # Idempotency keys are the client's: two tenants may pick the same one.
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_jobs_tenant_id"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     state: Mapped[str] = mapped_column(String(16), default="queued")
@@ -84,7 +128,7 @@ class JobRow(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
     error_code: Mapped[str | None] = mapped_column(String(64), default=None)
     error_message: Mapped[str | None] = mapped_column(Text, default=None)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     request_sha256: Mapped[str] = mapped_column(String(64))
     # Fencing: every claim increments `attempt`; writes from an older attempt are refused,
     # so a worker that lost its lease cannot overwrite the attempt that replaced it.

@@ -224,11 +224,14 @@ class JobRunner:
 
     def _load_inputs(self, job_id: str) -> JobInputs:
         with transaction(self.sessions) as session:
-            job = jobs.get_job(session, job_id)
+            job = jobs.get_job(session, job_id, tenant_id=None)
             spec = JobSpec.model_validate(job.spec)
-            model = catalog.get_model(session, spec.model_id)
+            # Scoped to the job's tenant again: a job only ever reads its own tenant's data.
+            model = catalog.get_model(session, spec.model_id, tenant_id=job.tenant_id)
             datasets = {
-                dataset_id: self.blobs.path(catalog.get_dataset(session, dataset_id).sha256)
+                dataset_id: self.blobs.path(
+                    catalog.get_dataset(session, dataset_id, tenant_id=job.tenant_id).sha256
+                )
                 for dataset_id in spec.dataset_ids()
             }
             return JobInputs(spec, self.blobs.path(model.sha256), datasets)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Response
 from fastapi.responses import FileResponse
 
 from api import job_service
-from api.deps import BlobsDep, QueueDep, SessionDep, SessionFactoryDep
+from api.auth import CallerDep
+from api.deps import BlobsDep, QueueDep, SessionDep, SessionFactoryDep, SettingsDep
 from api.routes.docs import problems
 from api.schemas import (
     ArtifactList,
@@ -23,7 +24,7 @@ from api.schemas import (
 from core.spec import JobSpec
 from store import jobs
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401))
 
 JobId = Annotated[str, Path(min_length=1, max_length=64)]
 ArtifactName = Annotated[str, Path(min_length=1, max_length=200)]
@@ -38,19 +39,29 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", status_code=202, responses=problems(409, 422))
+@router.post("", status_code=202, responses=problems(409, 422, 429))
 def create_job(
     spec: JobSpec,
     response: Response,
     background: BackgroundTasks,
+    caller: CallerDep,
     session: SessionDep,
     sessions: SessionFactoryDep,
     queue: QueueDep,
+    settings: SettingsDep,
     idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     """Queue a job. A replay (same Idempotency-Key, same spec) answers the earlier job
-    with `Idempotent-Replayed: true`; the same key with another spec is a 409."""
-    submission = job_service.submit_job(session, spec, idempotency_key=idempotency_key, queue=queue)
+    with `Idempotent-Replayed: true`; the same key with another spec is a 409. A tenant
+    at its quota of queued and running jobs gets a 429 with `Retry-After`."""
+    submission = job_service.submit_job(
+        session,
+        spec,
+        tenant_id=caller.tenant_id,
+        idempotency_key=idempotency_key,
+        queue=queue,
+        settings=settings,
+    )
     job = submission.job
     if submission.created:
         # Background tasks run after the response, hence after the request's commit.
@@ -63,36 +74,42 @@ def create_job(
 
 @router.get("", responses=problems(400))
 def list_jobs(
+    caller: CallerDep,
     session: SessionDep,
     state: JobState | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobList:
     """Newest first; follow `next_cursor` for the next page."""
-    rows, next_cursor = job_service.list_jobs(session, state=state, limit=limit, cursor=cursor)
+    rows, next_cursor = job_service.list_jobs(
+        session, tenant_id=caller.tenant_id, state=state, limit=limit, cursor=cursor
+    )
     return JobList(items=[JobOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", responses=problems(404))
-def get_job(job_id: JobId, session: SessionDep) -> JobOut:
-    return JobOut.from_row(jobs.get_job(session, job_id))
+def get_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> JobOut:
+    return JobOut.from_row(jobs.get_job(session, job_id, tenant_id=caller.tenant_id))
 
 
 @router.post("/{job_id}/cancel", status_code=202, responses=problems(404, 409))
-def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
+def cancel_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next check."""
-    return JobOut.from_row(jobs.request_cancel(session, job_id))
+    return JobOut.from_row(jobs.request_cancel(session, job_id, tenant_id=caller.tenant_id))
 
 
 @router.get("/{job_id}/events", responses=problems(404))
 def list_events(
     job_id: JobId,
+    caller: CallerDep,
     session: SessionDep,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventList:
     """The job's log, oldest first; poll with `after=next_after` for new events."""
-    rows = job_service.list_events(session, job_id, after=after, limit=limit)
+    rows = job_service.list_events(
+        session, job_id, tenant_id=caller.tenant_id, after=after, limit=limit
+    )
     return EventList(
         items=[EventOut.from_row(row) for row in rows],
         next_after=rows[-1].id if rows else after,
@@ -100,8 +117,8 @@ def list_events(
 
 
 @router.get("/{job_id}/artifacts", responses=problems(404))
-def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
-    rows = job_service.list_artifacts(session, job_id)
+def list_artifacts(job_id: JobId, caller: CallerDep, session: SessionDep) -> ArtifactList:
+    rows = job_service.list_artifacts(session, job_id, tenant_id=caller.tenant_id)
     return ArtifactList(items=[ArtifactOut.from_row(row) for row in rows])
 
 
@@ -111,9 +128,11 @@ def list_artifacts(job_id: JobId, session: SessionDep) -> ArtifactList:
     responses={200: {"content": {"application/octet-stream": {}}}, **problems(404)},
 )
 def download_artifact(
-    job_id: JobId, name: ArtifactName, session: SessionDep, blobs: BlobsDep
+    job_id: JobId, name: ArtifactName, caller: CallerDep, session: SessionDep, blobs: BlobsDep
 ) -> FileResponse:
-    artifact, path = job_service.artifact_file(session, blobs, job_id, name)
+    artifact, path = job_service.artifact_file(
+        session, blobs, job_id, name, tenant_id=caller.tenant_id
+    )
     return FileResponse(
         path,
         media_type=artifact.media_type,

@@ -25,6 +25,8 @@ from store.tables import DatasetRow, JobEventRow, JobRow, ModelRow
 from tests.factories import digits_arrays, digits_npz, export_onnx
 
 ROW_TABLES = (ModelRow, DatasetRow, JobRow, JobEventRow)
+# The admin key every test service is started with (a test's own, never a real one).
+ADMIN_TOKEN = "sqz_test-admin-key"
 
 
 # --- files built once per test session ---------------------------------------------------
@@ -85,6 +87,19 @@ class Api:
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
+    def tenant(self, name: str = "tenant", **quotas: int) -> Api:
+        """A client of the same service acting as a new tenant (created by this admin)."""
+        created = self.client.post("/v1/tenants", json={"name": name, **quotas})
+        assert created.status_code == 201, created.text
+        issued = self.client.post(f"/v1/tenants/{created.json()['id']}/api-keys", json={})
+        assert issued.status_code == 201, issued.text
+        return self.with_token(str(issued.json()["token"]))
+
+    def with_token(self, token: str | None) -> Api:
+        """A client of the same service sending `token` (None: no key at all)."""
+        headers = {} if token is None else {"Authorization": f"Bearer {token}"}
+        return Api(client=TestClient(self.client.app, headers=headers), settings=self.settings)
+
     def submit(self, spec: dict[str, Any], key: str | None = None) -> Response:
         headers = {} if key is None else {"Idempotency-Key": key}
         return self.client.post("/v1/jobs", json=spec, headers=headers)
@@ -120,8 +135,11 @@ def make_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiFac
     clients: list[TestClient] = []
 
     def build(**overrides: Any) -> Api:
+        overrides.setdefault("admin_api_key", ADMIN_TOKEN)
         settings = Settings(data_dir=tmp_path / f"data{len(clients)}", **overrides)
-        client = TestClient(create_app(settings))
+        client = TestClient(
+            create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         client.__enter__()
         clients.append(client)
         return Api(client=client, settings=settings)

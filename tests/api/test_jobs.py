@@ -61,7 +61,7 @@ def test_job_submission_records_that_the_message_was_sent(api: Api, uploaded: Up
     job = submitted(api, uploaded)
 
     with transaction(session_factory(api)) as session:
-        assert jobs.get_job(session, job["id"]).enqueued_at is not None
+        assert jobs.get_job(session, job["id"], tenant_id=None).enqueued_at is not None
 
 
 def test_cuda_jobs_go_to_the_gpu_queue(api: Api, uploaded: Uploaded) -> None:
@@ -85,7 +85,8 @@ def test_job_is_committed_and_accepted_when_the_broker_is_down(
     job_id = response.json()["id"]
     assert api.client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
     with transaction(session_factory(api)) as session:
-        assert jobs.get_job(session, job_id).enqueued_at is None  # the reaper will send it
+        # the reaper will send it
+        assert jobs.get_job(session, job_id, tenant_id=None).enqueued_at is None
 
 
 def test_job_without_labels_in_its_data_is_accepted(

@@ -12,11 +12,14 @@ import pytest
 from starlette.types import Message, Receive, Scope, Send
 
 from api.limits import MULTIPART_ALLOWANCE_BYTES, BodyLimits, BodySizeLimitMiddleware
-from tests.api.conftest import Api, ApiFactory, assert_problem
+from tests.api.conftest import ADMIN_TOKEN, Api, ApiFactory, assert_problem
 
 CAP_BYTES = 100_000
 BOUNDARY = "squeeze-test-boundary"
-MULTIPART_HEADERS = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+MULTIPART_HEADERS = {
+    "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+    "authorization": f"Bearer {ADMIN_TOKEN}",
+}
 NOTHING = {"models": 0, "datasets": 0, "jobs": 0, "job_events": 0}
 
 

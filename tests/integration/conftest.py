@@ -13,6 +13,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from squeeze.settings import Settings
+from tests.api.conftest import ADMIN_TOKEN
 from tests.conftest import DigitsFiles
 from tests.services import WorkerProcess, delete_redis_queues, fast_test_settings, wait_for
 
@@ -79,8 +80,10 @@ def deploy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploymen
         if request.param == "postgres_redis":
             overrides.setdefault("database_url", request.getfixturevalue("postgres_url"))
             overrides.setdefault("broker_url", request.getfixturevalue("redis_url"))
-        settings = fast_test_settings(tmp_path / "data", **overrides)
-        client = TestClient(create_app(settings))
+        settings = fast_test_settings(tmp_path / "data", admin_api_key=ADMIN_TOKEN, **overrides)
+        client = TestClient(
+            create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
         client.__enter__()
         deployment = Deployment(settings, client, tmp_path)
         built.append(deployment)

@@ -13,8 +13,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from store import jobs
 from store.db import make_engine, make_sessionmaker, transaction
 from store.migrate import upgrade_to_head
-from store.tables import JobRow, utcnow
+from store.tables import JobRow, TenantRow, utcnow
 
+TENANT = "ten_store_tests"
 SPEC = {"model_id": "mdl_x", "eval_dataset_id": "ds_x", "steps": [{"method": "quantize"}]}
 
 
@@ -26,7 +27,11 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
         url = request.getfixturevalue("postgres_url")
     upgrade_to_head(url)
     engine = make_engine(url)
-    yield make_sessionmaker(engine)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as session:  # the tenant every job of these tests belongs to
+        if session.get(TenantRow, TENANT) is None:
+            session.add(TenantRow(id=TENANT, name="store-tests", submissions=0))
+    yield factory
     with engine.begin() as connection:  # the session database is shared by these tests
         connection.execute(JobRow.__table__.delete())
     engine.dispose()
@@ -35,7 +40,12 @@ def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[session
 def new_job(sessions: sessionmaker[Session], key: str | None = None, body: str = "a") -> str:
     with transaction(sessions) as session:
         job, _ = jobs.create_job(
-            session, spec=SPEC, queue="cpu", request_sha256=body * 64, idempotency_key=key
+            session,
+            tenant_id=TENANT,
+            spec=SPEC,
+            queue="cpu",
+            request_sha256=body * 64,
+            idempotency_key=key,
         )
         return job.id
 
@@ -47,7 +57,7 @@ def claim(sessions: sessionmaker[Session], job_id: str, lease_s: float = 60) -> 
 
 def state_of(sessions: sessionmaker[Session], job_id: str) -> JobRow:
     with transaction(sessions) as session:
-        return jobs.get_job(session, job_id)
+        return jobs.get_job(session, job_id, tenant_id=TENANT)
 
 
 def expire_lease(sessions: sessionmaker[Session], job_id: str) -> None:
@@ -144,10 +154,10 @@ def test_a_queued_job_whose_message_was_never_sent_is_sent_again(
 def test_cancelling_a_queued_job_ends_it_at_once(sessions: sessionmaker[Session]) -> None:
     job_id = new_job(sessions)
     with transaction(sessions) as session:
-        assert jobs.request_cancel(session, job_id).state == "cancelled"
+        assert jobs.request_cancel(session, job_id, tenant_id=TENANT).state == "cancelled"
     assert claim(sessions, job_id) is None
     with transaction(sessions) as session, pytest.raises(jobs.JobAlreadyFinal):
-        jobs.request_cancel(session, job_id)
+        jobs.request_cancel(session, job_id, tenant_id=TENANT)
 
 
 def test_cancelling_a_running_job_flags_it_for_its_worker(
@@ -156,7 +166,7 @@ def test_cancelling_a_running_job_flags_it_for_its_worker(
     job_id = new_job(sessions)
     claim(sessions, job_id)
     with transaction(sessions) as session:
-        assert jobs.request_cancel(session, job_id).state == "running"
+        assert jobs.request_cancel(session, job_id, tenant_id=TENANT).state == "running"
         assert jobs.is_cancel_requested(session, job_id)
 
 
@@ -175,7 +185,9 @@ def test_pagination_visits_every_job_once_newest_first(sessions: sessionmaker[Se
     cursor = None
     while True:
         with transaction(sessions) as session:
-            rows, cursor = jobs.list_jobs(session, state=None, limit=2, cursor=cursor)
+            rows, cursor = jobs.list_jobs(
+                session, tenant_id=TENANT, state=None, limit=2, cursor=cursor
+            )
             seen += [row.id for row in rows]
         if cursor is None:
             break

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeeze.settings import Settings
-from store import catalog, jobs
+from store import catalog, jobs, tenants
 from store.blobs import BlobStore
 from store.db import make_engine, make_sessionmaker, transaction
 from store.migrate import upgrade_to_head
@@ -24,6 +24,7 @@ class StoreWithDigits:
     settings: Settings
     sessions: sessionmaker[Session]
     blobs: BlobStore
+    tenant_id: str
     model_id: str
     calibration_id: str
     evaluation_id: str
@@ -43,6 +44,7 @@ class StoreWithDigits:
         with transaction(self.sessions) as session:
             job, _ = jobs.create_job(
                 session,
+                tenant_id=self.tenant_id,
                 spec=self.spec(**overrides),
                 queue=self.settings.queue_cpu,
                 request_sha256="0" * 64,
@@ -52,7 +54,7 @@ class StoreWithDigits:
 
     def job(self, job_id: str) -> Any:
         with transaction(self.sessions) as session:
-            return jobs.get_job(session, job_id)
+            return jobs.get_job(session, job_id, tenant_id=None)
 
     def artifacts(self, job_id: str) -> list[Any]:
         with transaction(self.sessions) as session:
@@ -68,6 +70,8 @@ def upload_digits(settings: Settings, digits: DigitsFiles) -> StoreWithDigits:
     upgrade_to_head(settings.resolved_database_url)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     blobs = BlobStore(settings.blob_dir)
+    with transaction(sessions) as session:
+        tenant_id = tenants.create_tenant(session, "worker-tests").id
     ids = []
     for path, add in (
         (digits.model, catalog.add_model),
@@ -79,13 +83,14 @@ def upload_digits(settings: Settings, digits: DigitsFiles) -> StoreWithDigits:
         with transaction(sessions) as session:
             row = add(
                 session,
+                tenant_id=tenant_id,
                 filename=path.name,
                 sha256=staged.sha256,
                 size_bytes=staged.size_bytes,
                 info={},
             )
             ids.append(row.id)
-    return StoreWithDigits(settings, sessions, blobs, *ids)
+    return StoreWithDigits(settings, sessions, blobs, tenant_id, *ids)
 
 
 StoreFactory = Callable[..., StoreWithDigits]

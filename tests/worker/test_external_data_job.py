@@ -43,6 +43,7 @@ def add_archive_model(store: StoreWithDigits, content: bytes, tmp_path: Path) ->
     with transaction(store.sessions) as session:
         row = catalog.add_model(
             session,
+            tenant_id=store.tenant_id,
             filename=archive.name,
             sha256=staged.sha256,
             size_bytes=staged.size_bytes,
@@ -62,7 +63,7 @@ def digits_batch(store: StoreWithDigits) -> np.ndarray:
 
 def _eval_sha(store: StoreWithDigits) -> str:
     with transaction(store.sessions) as session:
-        return catalog.get_dataset(session, store.evaluation_id).sha256
+        return catalog.get_dataset(session, store.evaluation_id, tenant_id=None).sha256
 
 
 def test_a_job_on_an_archive_model_succeeds_and_its_model_runs(

@@ -86,7 +86,7 @@ def test_cancelling_a_running_job_stops_it(make_store: StoreFactory) -> None:
     thread.start()
     assert wait_for(lambda: store.job(job_id).state == "running", timeout_s=30)
     with transaction(store.sessions) as session:
-        jobs.request_cancel(session, job_id)
+        jobs.request_cancel(session, job_id, tenant_id=None)
     thread.join(timeout=60)
     assert outcome == ["cancelled"]
     job = store.job(job_id)

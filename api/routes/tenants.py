@@ -1,0 +1,95 @@
+"""Tenants and API keys. Admin keys create tenants and their first keys; any key reads
+its own account and manages its own tenant's keys."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response
+
+from api.auth import AdminDep, CallerDep
+from api.deps import SessionDep, SettingsDep
+from api.routes.docs import problems
+from api.schemas import (
+    AccountOut,
+    ApiKeyCreated,
+    ApiKeyIn,
+    ApiKeyList,
+    ApiKeyOut,
+    TenantIn,
+    TenantOut,
+)
+from api.tenant_service import tenant_out
+from store import tenants
+
+router = APIRouter(tags=["tenants"], responses=problems(401))
+
+TenantId = Annotated[str, Path(min_length=1, max_length=64)]
+KeyId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+@router.get("/v1/account")
+def read_account(caller: CallerDep, session: SessionDep, settings: SettingsDep) -> AccountOut:
+    """The calling key, its tenant, the tenant's quotas and what it uses of them."""
+    return AccountOut(
+        key_id=caller.key_id,
+        is_admin=caller.is_admin,
+        tenant=tenant_out(session, caller.tenant_id, settings),
+    )
+
+
+@router.post("/v1/tenants", status_code=201, responses=problems(403, 422))
+def create_tenant(
+    body: TenantIn, response: Response, _: AdminDep, session: SessionDep, settings: SettingsDep
+) -> TenantOut:
+    """Admin only: a new tenant (give it a key with POST /v1/tenants/{id}/api-keys)."""
+    row = tenants.create_tenant(
+        session,
+        body.name,
+        quota_storage_bytes=body.quota_storage_bytes,
+        quota_concurrent_jobs=body.quota_concurrent_jobs,
+    )
+    response.headers["Location"] = f"/v1/tenants/{row.id}"
+    return tenant_out(session, row.id, settings)
+
+
+@router.get("/v1/tenants/{tenant_id}", responses=problems(403, 404))
+def read_tenant(
+    tenant_id: TenantId, _: AdminDep, session: SessionDep, settings: SettingsDep
+) -> TenantOut:
+    return tenant_out(session, tenant_id, settings)
+
+
+@router.post("/v1/tenants/{tenant_id}/api-keys", status_code=201, responses=problems(403, 404))
+def create_tenant_key(
+    tenant_id: TenantId, body: ApiKeyIn, _: AdminDep, session: SessionDep
+) -> ApiKeyCreated:
+    """Admin only: a key for the tenant. The token is in this answer and nowhere else."""
+    tenants.get_tenant(session, tenant_id)
+    return _created(tenants.issue_key(session, tenant_id, body.name))
+
+
+@router.get("/v1/api-keys")
+def list_keys(caller: CallerDep, session: SessionDep) -> ApiKeyList:
+    """The caller's tenant's keys (never their secrets)."""
+    rows = tenants.list_keys(session, caller.tenant_id)
+    return ApiKeyList(items=[ApiKeyOut.from_row(row) for row in rows])
+
+
+@router.post("/v1/api-keys", status_code=201)
+def create_key(body: ApiKeyIn, caller: CallerDep, session: SessionDep) -> ApiKeyCreated:
+    """Another key for the caller's own tenant (never an admin key)."""
+    return _created(tenants.issue_key(session, caller.tenant_id, body.name))
+
+
+@router.delete("/v1/api-keys/{key_id}", responses=problems(404))
+def revoke_key(key_id: KeyId, caller: CallerDep, session: SessionDep) -> ApiKeyOut:
+    """Revoke one of the tenant's keys (an admin may revoke any); it stops working at once."""
+    row = tenants.revoke_key(
+        session, key_id, tenant_id=None if caller.is_admin else caller.tenant_id
+    )
+    return ApiKeyOut.from_row(row)
+
+
+def _created(issued: tenants.IssuedKey) -> ApiKeyCreated:
+    return ApiKeyCreated(**ApiKeyOut.from_row(issued.row).model_dump(), token=issued.token)
