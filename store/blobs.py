@@ -76,9 +76,22 @@ class BlobStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         if final.exists():
             staged.path.unlink(missing_ok=True)
+            # Fresh again: retention's garbage collection spares recent files, and this
+            # one is about to be named by a new row.
+            os.utime(final)
         else:
             os.replace(staged.path, final)
         return final
+
+    def published(self) -> list[Path]:
+        """Every published blob file (staging excluded)."""
+        return [
+            path
+            for folder in self.root.iterdir()
+            if folder.is_dir() and folder != self.staging
+            for path in folder.iterdir()
+            if path.is_file()
+        ]
 
     def discard(self, staged: StagedBlob) -> None:
         staged.path.unlink(missing_ok=True)

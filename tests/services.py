@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import redis
+from pydantic import SecretStr
 
 from squeeze.settings import Settings
 
@@ -68,6 +69,10 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process build exactly these settings."""
     env = {}
     for name, value in settings.model_dump().items():
+        if value is None:  # unset: the child's default is None too
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
         env[f"SQUEEZE_{name.upper()}"] = str(value)
     return env
 

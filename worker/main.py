@@ -16,14 +16,16 @@ from store.blobs import BlobStore
 from store.db import make_engine, make_sessionmaker
 from store.migrate import upgrade_to_head
 from worker.celery_app import RUN_JOB_TASK, make_celery
+from worker.cleanup import clean_once
 from worker.enqueue import JobQueue
-from worker.reaper import Reaper
+from worker.periodic import Periodic
+from worker.reaper import reap_once
 from worker.runner import JobRunner
 
 log = logging.getLogger("squeeze.worker")
 app = make_celery()
 _runner: JobRunner | None = None
-_reaper: Reaper | None = None
+_background: list[Periodic] = []
 
 
 def get_runner() -> JobRunner:
@@ -48,12 +50,27 @@ def _prepare(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _start_reaper(**_: Any) -> None:
-    global _reaper
+def _start_background(**_: Any) -> None:
+    """The reaper and the retention cleanup, in the parent process (every worker runs
+    them; both are safe to run concurrently)."""
     settings = get_settings()
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    _reaper = Reaper(sessions, JobQueue(settings, app), settings)
-    _reaper.start()
+    queue = JobQueue(settings, app)
+    blobs = BlobStore(settings.blob_dir)
+    _background.extend(
+        [
+            Periodic(
+                "reaper", settings.reaper_interval_s, lambda: reap_once(sessions, queue, settings)
+            ),
+            Periodic(
+                "retention",
+                settings.cleanup_interval_s,
+                lambda: clean_once(sessions, blobs, settings),
+            ),
+        ]
+    )
+    for task in _background:
+        task.start()
 
 
 @signals.worker_process_init.connect
@@ -63,6 +80,6 @@ def _fresh_child(**_: Any) -> None:
 
 
 @signals.worker_shutdown.connect
-def _stop_reaper(**_: Any) -> None:
-    if _reaper is not None:
-        _reaper.stop()
+def _stop_background(**_: Any) -> None:
+    for task in _background:
+        task.stop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,31 +27,3 @@ def reap_once(sessions: sessionmaker[Session], queue: JobQueue, settings: Settin
         queue.send(job_id, queue_name)
         log.info("reaper: sent job %s again to %s", job_id, queue_name)
     return [job_id for job_id, _ in targets]
-
-
-class Reaper:
-    """Runs `reap_once` every `reaper_interval_s` in a daemon thread of the worker's parent."""
-
-    def __init__(
-        self, sessions: sessionmaker[Session], queue: JobQueue, settings: Settings
-    ) -> None:
-        self._sessions = sessions
-        self._queue = queue
-        self._settings = settings
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="reaper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                reap_once(self._sessions, self._queue, self._settings)
-            except Exception:  # the reaper must outlive a DB or broker outage
-                log.exception("reaper pass failed")
-            if self._stopped.wait(self._settings.reaper_interval_s):
-                return
