@@ -249,7 +249,15 @@ def _array_name(member: zipfile.ZipInfo) -> str:
             f"unexpected member {member.filename!r}: an .npz holds only .npy arrays "
             "(write it with numpy.savez or numpy.savez_compressed)"
         )
-    return member.filename.removesuffix(".npy")
+    name = member.filename.removesuffix(".npy")
+    # Nothing is extracted, but a name with path parts would surface later as an array
+    # name, a file name in reports, or a path in a careless consumer: refuse it here.
+    if not name or "/" in name or "\\" in name or name.startswith(".") or "\x00" in name:
+        raise InvalidDataset(
+            f"unexpected member {member.filename!r}: array names may not hold path "
+            "separators or start with a dot"
+        )
+    return name
 
 
 def _inspect_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> ArrayInfo:
