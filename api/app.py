@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from api.auth import bootstrap_admin_key
 from api.deps import Services
 from api.limits import BodyLimits, BodySizeLimitMiddleware
+from api.openapi import install_openapi, operation_id
 from api.problems import install_problem_handlers
 from api.routes import datasets, health, jobs, models, tenants
 from squeeze.settings import Settings, get_settings
@@ -66,9 +67,11 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         summary="Neural-network compression as a service",
         docs_url="/docs",
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.state.services = services
     install_problem_handlers(app)
+    install_openapi(app)
     app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits.from_settings(settings))
     routers = (health.router, tenants.router, models.router, datasets.router, jobs.router)
     for router in routers:

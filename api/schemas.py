@@ -211,7 +211,8 @@ class Readiness(BaseModel):
 class TenantIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     # None: the service's default quota.
-    quota_storage_bytes: int | None = Field(default=None, gt=0)
+    # Bounded by the database column (BigInteger), not by policy.
+    quota_storage_bytes: int | None = Field(default=None, gt=0, le=2**62)
     quota_concurrent_jobs: int | None = Field(default=None, gt=0, le=100_000)
 
 
