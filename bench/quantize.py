@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", default="digits-cnn,dw-cnn,transformer,lstm")
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/squeeze-bench-quantize"))
     parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--note", default="", help="a sentence for the results header (how busy the machine was)"
+    )
     return parser.parse_args(argv)
 
 
@@ -266,10 +269,17 @@ class _Bench:
             for row in details["candidates"]
             if row["status"] == "measured"
         )
+        held_out = details.get("held_out", {})
+        rows = details.get("metric_rows", {})
         self.decisions.append(
             f"- **{case.name}**: chose `{details['chosen']}`: {details['chosen_reason']}. "
             f"Latency ratio vs FP32 at batch {details['decision_batch_size']} and metric drop "
-            f"as auto measured them: {table}"
+            f"as auto measured them (on {rows.get('selection')} of the test rows): {table}"
+            + (
+                f". On the {held_out['rows']} held-out rows: drop {held_out['metric_drop']:+.4f}"
+                if held_out.get("rows") and "metric_drop" in held_out
+                else ""
+            )
             + (
                 f". Fallback: {details['fallback']}"
                 if details.get("fallback", {}).get("ran")
@@ -412,7 +422,7 @@ class _Bench:
             f"{os.cpu_count()} cores, onnxruntime {onnxruntime.__version__}, torch "
             f"{torch.__version__}, {time.strftime('%Y-%m-%d')}. Medians of {self.args.runs} "
             f"interleaved runs after {self.args.warmup} warm-up runs, {self.args.threads} "
-            "intra-op thread(s), spinning off.",
+            "intra-op thread(s), spinning off." + (f" {self.args.note}" if self.args.note else ""),
             "",
             "Speed-up = FP32 time / model time, medians (lower quartiles in brackets).",
             "",

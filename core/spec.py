@@ -101,11 +101,15 @@ class Fp16Quantize(_QuantizeBase):
 
 
 class Int4Quantize(_QuantizeBase):
-    """Weight-only 4-bit blocks for MatMul/Gemm weights (MatMulNBits)."""
+    """Weight-only 4-bit blocks for MatMul/Gemm weights (MatMulNBits) and embedding
+    tables (GatherBlockQuantized)."""
 
     mode: Literal["int4"]
     block_size: Literal[16, 32, 64, 128, 256] = 32
     symmetric: bool = True
+    # The small float tensors no 4-bit kernel holds (biases, norms): INT8, dequantized
+    # at run time, or left as they are.
+    other_weights: Literal["int8", "float32"] = "int8"
 
 
 class QatQuantize(_QuantizeBase):
@@ -296,7 +300,7 @@ class JobSpec(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Latency is measured at batch 1 and at this batch size.
     batch_size: int = Field(default=1, ge=1, le=4096)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
 
     @model_validator(mode="after")
     def _training_steps_need_training_data(self) -> JobSpec:

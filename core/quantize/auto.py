@@ -11,8 +11,10 @@ Decision rules, in order:
 
 1. Candidates come from the model's op histogram unless `candidate_modes` names the
    modes. Convolution models (Conv nodes at least as many as MatMul/Gemm): static QDQ
-   per-channel and its QOperator twin, plus dynamic with Conv left out when the model has
-   MatMul/Gemm (dynamic ConvInteger is slow on the CPU provider). MatMul models
+   per-channel and its QOperator twin, each also with the shallow convolutions (fewer
+   than 4 input channels: an image stem, slower in INT8) kept in FP32 when the model has
+   any, plus dynamic with Conv left out when the model has MatMul/Gemm (dynamic
+   ConvInteger is slow on the CPU provider). MatMul models
    (transformers, MLPs): dynamic per-channel (and per-tensor, ONNX Runtime's default,
    which can be faster but less accurate), static QDQ per-channel, and INT4 when that
    mode is registered. Recurrent models: dynamic per-channel and per-tensor
@@ -53,6 +55,13 @@ Decision rules, in order:
    wants the smaller file anyway sets `allow_slower: true`, and then the chosen model is
    marked `slower_than_input: true`.
 
+Metrics are measured on a seeded half of the eval rows (`split_eval_rows`), against the
+original's metric on the same rows; every decision above uses that half only. The chosen
+model's metric on the other half is reported as "held_out" and must meet the metric
+target too for "targets_met" (choosing the best of several candidates on the rows it is
+then reported on would flatter it). The pipeline measures the step's output on every
+eval row afterwards, as for any step.
+
 Measurement, candidate production and the sensitivity ranking are parameters of `tune`,
 so the decisions can be tested with controlled measurements. Progress is reported per
 candidate inside the step's share of the job's progress (`RunContext.report_step`).
@@ -74,7 +83,7 @@ import onnx
 import onnxruntime as ort
 
 from core.context import MeasureSettings, RunContext
-from core.data import Feeds, model_feeds, pinned_batch_size, take_rows
+from core.data import Feeds, model_feeds, pinned_batch_size, sample_count, select_rows, take_rows
 from core.errors import EngineError, JobCancelled, StepFailed, UnsupportedModel
 from core.formats import iter_nodes, load_model
 from core.measure import (
@@ -109,6 +118,8 @@ from core.spec import (
     Targets,
 )
 
+# Eval sets with fewer than twice this many rows are not split (see split_eval_rows).
+MIN_HELD_OUT_ROWS = 32
 # A ratio up to 1.03 counts as "as fast as the input": interleaved medians of the same
 # model on a shared 2-core machine differ by about that much.
 LATENCY_TOLERANCE = 0.03
@@ -122,6 +133,9 @@ METRIC_RESOLUTION = 1e-4
 SENSITIVITY_SAMPLES = 64
 SENSITIVITY_BATCH_SIZE = 16
 RANKING_REPORTED = 10
+
+# Convs with fewer input channels than this run faster in FP32 (see shallow_convolutions).
+SHALLOW_CONV_INPUT_CHANNELS = 4
 
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 MATMUL_OPS = frozenset({"MatMul", "Gemm"})
@@ -144,6 +158,8 @@ class ModelProfile:
     conv_nodes: int
     matmul_nodes: int
     recurrent_nodes: int
+    # names of the main graph's shallow convolutions (see `shallow_convolutions`)
+    shallow_convs: tuple[str, ...] = ()
 
 
 def profile_model(model: onnx.ModelProto) -> ModelProfile:
@@ -163,7 +179,39 @@ def profile_model(model: onnx.ModelProto) -> ModelProfile:
         kind = "matmul"
     else:
         kind = "other"
-    return ModelProfile(kind, dict(sorted(histogram.items())), conv, matmul, recurrent)
+    return ModelProfile(
+        kind,
+        dict(sorted(histogram.items())),
+        conv,
+        matmul,
+        recurrent,
+        shallow_convs=tuple(shallow_convolutions(model)),
+    )
+
+
+def shallow_convolutions(model: onnx.ModelProto) -> list[str]:
+    """Names of the main graph's ungrouped Convs with fewer than
+    `SHALLOW_CONV_INPUT_CHANNELS` input channels: an image stem, typically.
+
+    VNNI multiplies four u8 x s8 pairs per lane, and the INT8 convolution kernels reduce
+    over input channels: with 1-3 of them most of each dot product is padding. Profiled
+    here (batch 32, digits CNN), the 1-channel 3x3 stem took 0.055 ms as QLinearConv and
+    0.011 ms in FP32 while the 16-channel conv after it ran 2.4x faster in INT8; on the
+    depthwise CNN, 0.89 ms vs 0.36 ms. Depthwise convs (grouped) have their own kernels
+    and are not counted. Only named nodes: `nodes_to_exclude` works by name.
+    """
+    weights = {init.name: init for init in model.graph.initializer}
+    shallow: list[str] = []
+    for node in model.graph.node:
+        if node.op_type != "Conv" or not node.name or len(node.input) < 2:
+            continue
+        weight = weights.get(node.input[1])
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if weight is None or len(weight.dims) < 3 or group != 1:
+            continue
+        if weight.dims[1] < SHALLOW_CONV_INPUT_CHANNELS:
+            shallow.append(node.name)
+    return shallow
 
 
 # --- what to try ---------------------------------------------------------------------------
@@ -211,10 +259,11 @@ class Candidate:
         return {}
 
     def excluding(self, nodes: Sequence[str]) -> Candidate:
-        """This INT8 candidate with `nodes` kept in float32."""
+        """This INT8 candidate with `nodes` kept in float32 too (besides its own)."""
         if not isinstance(self.config, DynamicQuantize | StaticQuantize):
             raise ValueError(f"{self.mode} mode cannot keep nodes in float32")
-        config = self.config.model_copy(update={"nodes_to_exclude": list(nodes)})
+        kept = list(dict.fromkeys([*self.config.nodes_to_exclude, *nodes]))
+        config = self.config.model_copy(update={"nodes_to_exclude": kept})
         return Candidate(f"{self.name}-fp32x{len(nodes)}", config, base=self.name)
 
 
@@ -268,7 +317,7 @@ def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Ca
             # QLinearConv directly: sometimes faster than ORT's QDQ fusion, never slower
             # to try on a convolution model
             formats.append("qoperator")
-        return [
+        variants = [
             Candidate(
                 f"static-{fmt}-per-channel",
                 StaticQuantize(
@@ -277,6 +326,19 @@ def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Ca
             )
             for fmt in formats
         ]
+        if profile.kind == "conv" and profile.shallow_convs:
+            # the same with the shallow convs (an image stem) in FP32, where INT8 is slower
+            variants += [
+                Candidate(
+                    f"{variant.name}-fp32-stem",
+                    variant.config.model_copy(
+                        update={"nodes_to_exclude": list(profile.shallow_convs)}
+                    ),
+                )
+                for variant in list(variants)
+                if variant.config is not None
+            ]
+        return variants
     if mode == "dynamic":
         # op_types None: every op the integer quantizer supports but Conv (ConvInteger is
         # slow); per-channel weights keep transformer embeddings close to FP32
@@ -335,6 +397,9 @@ class Measurement:
     metric_name: str
     metric_value: float
     latency: tuple[LatencyComparison, ...]
+    # the job's original model's metric on the same rows (None: the measurer does not
+    # know it, and the original's metric on the whole eval data is the baseline)
+    reference_metric: float | None = None
 
     def at(self, batch_size: int) -> LatencyComparison:
         for latency in self.latency:
@@ -401,6 +466,14 @@ class Judgement:
         return self.metric_ok and self.latency_ok and self.size_ok
 
 
+def metric_drop(value: float, baseline: float, criterion: MetricCriterion) -> float:
+    """How far `value` fell below `baseline`, in the criterion's units (pure)."""
+    drop = 0.0 - (value - baseline)  # (not -change: no "-0.0" in reports)
+    if criterion.mode == "relative":
+        drop = drop / max(abs(baseline), _TINY)
+    return drop
+
+
 def judge(measurement: Measurement, criteria: Criteria) -> Judgement:
     """Check one measured candidate against the targets (pure)."""
     latency = measurement.at(criteria.decision_batch)
@@ -410,9 +483,7 @@ def judge(measurement: Measurement, criteria: Criteria) -> Judgement:
     excess = 0.0
     criterion = criteria.metric_criterion
     if criterion is not None:
-        drop = 0.0 - change  # (not -change: no "-0.0" in reports)
-        if criterion.mode == "relative":
-            drop = drop / max(abs(criteria.baseline_metric), _TINY)
+        drop = metric_drop(measurement.metric_value, criteria.baseline_metric, criterion)
         excess = max(drop - criterion.limit, 0.0)
         met[criterion.key] = drop <= criterion.limit
     targets = criteria.targets
@@ -611,28 +682,74 @@ def fallback_sizes(ranked: int, max_nodes: int) -> list[int]:
 # --- measuring on the worker -----------------------------------------------------------------
 
 MeasureFn = Callable[[Path], Measurement]
+# a model file -> (metric name, its metric, the original's metric) on the held-out rows
+HeldOutFn = Callable[[Path], tuple[str, float, float]]
 ProduceFn = Callable[[Candidate, Path, Path, RunContext], dict[str, Any]]
 # (the float32 model the quantizer saw, the quantized model) -> nodes, most sensitive first
 RankFn = Callable[[Path, Path], list[NodeSensitivity]]
 ProgressFn = Callable[[float, str, dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class EvalSplit:
+    """Which eval rows the tuner chooses on, and which it only reports the choice on."""
+
+    selection: np.ndarray  # sorted row indices
+    held_out: np.ndarray  # sorted row indices; empty when the eval data is too small
+
+
+def split_eval_rows(rows: int, seed: int) -> EvalSplit:
+    """A seeded split of `rows` eval rows into two halves (the selection gets the odd
+    row): random, since eval files are often sorted by class; the same for the same seed.
+
+    Choosing among candidates on the data the winner is then reported on flatters it
+    (the winner is partly the luckiest); the held-out half gives an unbiased figure.
+    Fewer than 2 * MIN_HELD_OUT_ROWS rows are not split: every row selects.
+    """
+    if rows < 2 * MIN_HELD_OUT_ROWS:
+        return EvalSplit(np.arange(rows), np.arange(0))
+    order = np.random.default_rng(seed).permutation(rows)
+    held_out = rows // 2
+    return EvalSplit(np.sort(order[held_out:]), np.sort(order[:held_out]))
+
+
 class WorkerMeasure:
     """Measures a model file against the step's input on this worker: its metric vs the
-    job's original (reference outputs and scoring as the pipeline does), its size, and
-    its latency at batch 1 and the job's batch size, interleaved with the input."""
+    job's original (reference outputs and scoring as the pipeline does) on the eval
+    `rows` (all by default), its size, and its latency at batch 1 and the job's batch
+    size, interleaved with the input."""
 
-    def __init__(self, input_path: Path, data: StepData, ctx: RunContext) -> None:
+    def __init__(
+        self, input_path: Path, data: StepData, ctx: RunContext, rows: np.ndarray | None = None
+    ) -> None:
         self._input_path = input_path
         self._data = data
         self._ctx = ctx
         self._feeds: Feeds = model_feeds(data.eval_arrays, data.inputs, data.task)
+        self._rows = np.arange(sample_count(self._feeds)) if rows is None else rows
+        self._metric_feeds: Feeds = select_rows(self._feeds, self._rows)
         self._batch_sizes = latency_batch_sizes(data.inputs, data.batch_size)
-        self._reference = data.reference_outputs
+        task = data.task
+        labels = data.eval_arrays.get(task.labels) if task.kind != "embedding" else None
+        self._labels = None if labels is None else np.asarray(labels)[self._rows]
+        reference = data.reference_outputs
+        self._reference = None if reference is None else reference[self._rows]
 
     def __call__(self, path: Path) -> Measurement:
         metric_name, metric_value = self.metric(path)
-        return Measurement(file_size(path), metric_name, metric_value, self.latency(path))
+        return Measurement(
+            file_size(path),
+            metric_name,
+            metric_value,
+            self.latency(path),
+            reference_metric=self.reference_metric(),
+        )
+
+    def reference_metric(self) -> float:
+        """The original model's metric on these rows (its outputs against themselves)."""
+        if self._reference is None:
+            self._reference = self._outputs(self._input_path)
+        return score(self._data.task, self._reference, self._labels, self._reference)[1]
 
     def latency(self, path: Path) -> tuple[LatencyComparison, ...]:
         """Latency at each batch size, timed interleaved with the input's."""
@@ -655,7 +772,7 @@ class WorkerMeasure:
         return tuple(latency)
 
     def metric(self, path: Path) -> tuple[str, float]:
-        """The task metric on the eval data, against the original's outputs."""
+        """The task metric on these eval rows, against the original's outputs."""
         outputs = self._outputs(path)
         if self._reference is None:  # called outside a pipeline: the input is the reference
             self._reference = (
@@ -666,16 +783,14 @@ class WorkerMeasure:
                 f"{path.name} has an output of shape {outputs.shape}, the original's is "
                 f"{self._reference.shape}"
             )
-        task = self._data.task
-        labels = self._data.eval_arrays.get(task.labels) if task.kind != "embedding" else None
-        return score(task, outputs, labels, self._reference)
+        return score(self._data.task, outputs, self._labels, self._reference)
 
     def _outputs(self, path: Path) -> np.ndarray:
         session = open_session(path, self._ctx.measure, self._ctx.device)
         output_name = self._data.task.output or session.get_outputs()[0].name
         outputs = compute_outputs(
             session,
-            self._feeds,
+            self._metric_feeds,
             output_name,
             eval_batch_size(session_inputs(session)),
             self._ctx.check_cancelled,
@@ -701,6 +816,16 @@ def time_interleaved(
             sessions[index].run(None, feeds)
             times_ms[index].append((time.perf_counter() - start) * 1000.0)
     return times_ms
+
+
+def held_out_metric(measure: WorkerMeasure) -> HeldOutFn:
+    """The metric of a model, and the original's, on the rows `measure` scores."""
+
+    def metric(path: Path) -> tuple[str, float, float]:
+        name, value = measure.metric(path)
+        return name, value, measure.reference_metric()
+
+    return metric
 
 
 def produce_with_mode(data: StepData) -> ProduceFn:
@@ -767,22 +892,33 @@ def tune(
     produce: ProduceFn | None = None,
     rank: RankFn | None = None,
     progress: ProgressFn | None = None,
+    held_out: HeldOutFn | None = None,
     available_modes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Try candidates, measure each, write the best to `output_path`; return the evidence.
 
-    Raises StepFailed (UnsupportedModel when every failure was one) when no candidate could
-    be produced and measured; JobCancelled as soon as the job is cancelled.
+    Candidates are judged on a seeded half of the eval rows (`split_eval_rows`); the
+    chosen one's metric on the other half is reported as "held_out" and counts towards
+    "targets_met". Raises StepFailed (UnsupportedModel when every failure was one) when
+    no candidate could be produced and measured; JobCancelled as soon as the job is
+    cancelled.
     """
+    split = split_eval_rows(
+        sample_count(model_feeds(data.eval_arrays, data.inputs, data.task)), ctx.seed
+    )
+    if held_out is None and len(split.held_out):
+        held_out = held_out_metric(WorkerMeasure(model_path, data, ctx, rows=split.held_out))
     tuner = _Tuner(
         model_path=model_path,
         config=config,
         data=data,
         ctx=ctx,
-        measure=measure or WorkerMeasure(model_path, data, ctx),
+        measure=measure or WorkerMeasure(model_path, data, ctx, rows=split.selection),
         produce=produce or produce_with_mode(data),
         rank=rank or rank_with_calibration(data, ctx),
         progress=progress or step_progress(ctx),
+        held_out=held_out,
+        split=split,
     )
     return tuner.run(
         output_path, registered_modes() if available_modes is None else available_modes
@@ -799,9 +935,11 @@ class _Tuner:
     produce: ProduceFn
     rank: RankFn
     progress: ProgressFn
+    held_out: HeldOutFn | None = None
+    split: EvalSplit | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     criteria: Criteria = field(init=False)
-    _digests: dict[str, str] = field(default_factory=dict)
+    _digests: dict[str, Outcome] = field(default_factory=dict)
     _references: dict[str, Path] = field(default_factory=dict)
 
     def run(self, output_path: Path, available: Sequence[str]) -> dict[str, Any]:
@@ -853,7 +991,15 @@ class _Tuner:
 
     def _criteria(self, input_measurement: Measurement) -> Criteria:
         original = self.data.original_metrics
-        baseline = original.metric_value if original is not None else input_measurement.metric_value
+        # the original's metric on the rows the candidates are scored on, when known: on
+        # half the eval data, the whole data's figure would count sampling noise as drop
+        baseline = (
+            input_measurement.reference_metric
+            if input_measurement.reference_metric is not None
+            else original.metric_value
+            if original is not None
+            else input_measurement.metric_value
+        )
         decision_batch = pinned_batch_size(self.data.inputs) or self.data.batch_size
         # The input timed against itself shows this machine's noise right now.
         self_ratio = input_measurement.at(decision_batch).ratio
@@ -895,10 +1041,13 @@ class _Tuner:
                 return outcome
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest in self._digests:
+                twin = self._digests[digest]
                 outcome.status = "duplicate"
-                outcome.note = f"the same file as {self._digests[digest]}: not measured again"
+                outcome.note = f"the same file as {twin.candidate.name}: not measured again"
+                # judged as its twin was (the fallback reads it), chosen only as the twin
+                outcome.measurement, outcome.judgement = twin.measurement, twin.judgement
                 return outcome
-            self._digests[digest] = candidate.name
+            self._digests[digest] = outcome
             outcome.measurement = self.measure(path)
             outcome.judgement = judge(outcome.measurement, self.criteria)
             outcome.status = "measured"
@@ -1000,7 +1149,7 @@ class _Tuner:
             stopped = "no quantized node of the base could be matched to the float32 graph"
         for size in fallback_sizes(len(order), self.config.max_fallback_nodes):
             outcome = attempt(size)
-            if not outcome.usable:
+            if outcome.judgement is None:  # failed (a duplicate carries its twin's)
                 stopped = f"{outcome.candidate.name} failed: {outcome.note}"
                 break
             if outcome.judgement and outcome.judgement.metric_ok:
@@ -1032,6 +1181,32 @@ class _Tuner:
             fallback["stopped"] = stopped
         return sensitivity, fallback
 
+    def _held_out_report(self, chosen: Outcome) -> dict[str, Any]:
+        """The chosen model's metric on the eval rows no decision was made on, judged
+        against the metric criterion with the original's metric on those rows."""
+        if self.held_out is None:
+            return {
+                "rows": 0,
+                "note": f"fewer than {2 * MIN_HELD_OUT_ROWS} eval rows: every row was used "
+                "to choose, none held out",
+            }
+        path = chosen.path if chosen.path is not None else self.model_path
+        self.ctx.check_cancelled()
+        metric_name, value, baseline = self.held_out(path)
+        report: dict[str, Any] = {
+            "rows": None if self.split is None else len(self.split.held_out),
+            "metric_name": metric_name,
+            "metric_value": value,
+            "metric_baseline": baseline,
+            "metric_change": value - baseline,
+        }
+        criterion = self.criteria.metric_criterion
+        if criterion is not None:
+            drop = metric_drop(value, baseline, criterion)
+            report["metric_drop"] = drop
+            report["met"] = drop <= criterion.limit
+        return report
+
     def _nothing_worked(self) -> EngineError:
         reasons = "; ".join(f"{o.candidate.name}: {o.note}" for o in self.outcomes)
         notes = [o.note or "" for o in self.outcomes]
@@ -1057,6 +1232,7 @@ class _Tuner:
         met = dict(judgement.met)
         required = [k for k in met if k != "not_slower_than_input" or not criteria.allow_slower]
         criterion = criteria.metric_criterion
+        held_out = self._held_out_report(chosen)
         details: dict[str, Any] = {
             "mode": "auto",
             "model_kind": profile.kind,
@@ -1065,11 +1241,16 @@ class _Tuner:
             "latency_tolerance": criteria.tolerance,
             "metric_baseline": criteria.baseline_metric,
             "metric_criterion": dataclasses.asdict(criterion) if criterion else None,
+            "metric_rows": {
+                "selection": None if self.split is None else len(self.split.selection),
+                "held_out": None if self.split is None else len(self.split.held_out),
+            },
             "candidates": [input_row] + [o.row(size) for o in self.outcomes],
             "chosen": chosen.candidate.name,
             "chosen_reason": decision.reason,
             "met": met,
-            "targets_met": all(met[k] for k in required),
+            "targets_met": all(met[k] for k in required) and held_out.get("met", True),
+            "held_out": held_out,
             "slower_than_input": judgement.slower,
             # measured, not decided on: e.g. static INT8 can lose at batch 1 and win at 32
             "slower_than_input_at_batch_sizes": [

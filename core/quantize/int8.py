@@ -28,9 +28,12 @@ from core.measure import providers_for
 from core.quantize.common import (
     PER_CHANNEL_MIN_OPSET,
     QDQ_MIN_OPSET,
+    SHAPE_FOLD_CHECK_ROWS,
     STREAMING_OPTIONS,
     StreamingCalibrationReader,
+    compact_zero_points,
     exclusion_names,
+    fold_shape_computations,
     gemm_to_matmul,
     has_external_data,
     missing_node_names,
@@ -76,6 +79,10 @@ def quantize_dynamic_mode(
         # Exporters write nn.Linear on 2-D inputs as Gemm, which the integer-op quantizer
         # does not handle: rewritten as MatMul + Add, those weights get quantized too.
         model, rewritten = gemm_to_matmul(model)
+    # At small batches the exporter's shape arithmetic costs as much as the INT8 saves
+    model, shape_folding = fold_shape_computations(
+        model, ctx.work_dir / "shape-folding", data.eval_feeds(rows=SHAPE_FOLD_CHECK_ROWS)
+    )
     prepared = save_model(model, ctx.work_dir / "prepared.onnx")
     ctx.check_cancelled()
     quantize_dynamic(
@@ -99,6 +106,7 @@ def quantize_dynamic_mode(
         "nodes_to_exclude": list(config.nodes_to_exclude),
         "nodes_to_exclude_not_found": missing_node_names(model_path, config.nodes_to_exclude),
         "gemm_rewritten_to_matmul": rewritten,
+        "shape_folding": shape_folding,
         "ir_version_upgraded_from": ir_upgraded_from,
         "nodes_reordered_after_quantization": reordered,
     }
@@ -165,6 +173,12 @@ def quantize_static_mode(
         use_external_data_format=has_external_data(prepared),
     )
     reordered = restore_topological_order(output_path)
+    compacted = 0
+    if not has_external_data(output_path):  # at > 2 GB, a few KB are not worth a rewrite
+        quantized = load_model(output_path)
+        compacted = compact_zero_points(quantized)
+        if compacted:
+            save_model(quantized, output_path)
     # onnxruntime's QDQ quantizer makes per-channel weights symmetric whatever it is told
     # (QLinear kernels need one zero point for all channels).
     weights_symmetric = config.weight_symmetric or (config.per_channel and config.format == "qdq")
@@ -193,6 +207,7 @@ def quantize_static_mode(
         "ir_version_upgraded_from": ir_upgraded_from,
         "pre_process": pre_process_note,
         "nodes_reordered_after_quantization": reordered,
+        "zero_points_compacted": compacted,
     }
     if weights_symmetric != config.weight_symmetric:
         details["weight_symmetric_note"] = (

@@ -33,10 +33,12 @@ from core.quantize.auto import (
     judge,
     plan_candidates,
     profile_model,
+    shallow_convolutions,
+    split_eval_rows,
     tune,
 )
 from core.registry import StepData
-from core.spec import AutoQuantize, DynamicQuantize, JobSpec, Targets, TaskSpec
+from core.spec import AutoQuantize, DynamicQuantize, JobSpec, StaticQuantize, Targets, TaskSpec
 
 TASK = TaskSpec()
 BATCH = 32
@@ -200,6 +202,78 @@ def test_calibration_options_reach_the_static_candidates() -> None:
     assert {c.options()["calibration_samples"] for c in candidates} == {99}
 
 
+def conv_graph(*convs: tuple[str, int, int, int]) -> onnx.ModelProto:
+    """Chained Convs, each (name, input channels, output channels, group), 3x3 kernels."""
+    nodes, weights, previous = [], [], "input"
+    for index, (name, channels_in, channels_out, group) in enumerate(convs):
+        weight = np.zeros((channels_out, channels_in // group, 3, 3), np.float32)
+        weights.append(onnx.numpy_helper.from_array(weight, f"w{index}"))
+        nodes.append(
+            onnx.helper.make_node(
+                "Conv", [previous, f"w{index}"], [f"y{index}"], name=name, group=group, pads=[1] * 4
+            )
+        )
+        previous = f"y{index}"
+    graph = onnx.helper.make_graph(
+        nodes,
+        "convs",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 3, 8, 8])],
+        [onnx.helper.make_tensor_value_info(previous, onnx.TensorProto.FLOAT, None)],
+        weights,
+    )
+    return onnx.helper.make_model(graph)
+
+
+def test_shallow_convolutions_are_ungrouped_convs_with_fewer_than_four_input_channels() -> None:
+    model = conv_graph(
+        ("rgb_stem", 3, 16, 1),
+        ("pointwise", 16, 16, 1),
+        ("depthwise", 16, 16, 16),  # one input channel per group, but its own kernels
+        ("", 16, 2, 1),
+        ("", 2, 8, 1),  # shallow, but unnamed: nodes_to_exclude could not name it
+    )
+    assert shallow_convolutions(model) == ["rgb_stem"]
+
+
+def test_a_convolution_model_with_a_stem_also_tries_each_static_candidate_with_it_in_fp32(
+    cnn_onnx: Path,
+) -> None:
+    digits = profile_model(load_model(cnn_onnx))
+    assert digits.shallow_convs == ("/features/features.0/Conv",)  # 1 channel in, not 16
+    candidates, _ = plan_candidates(digits, auto(), Targets(), ALL_MODES)
+    kept = {c.name: c.nodes_to_exclude for c in candidates}
+    assert kept == {
+        "static-qdq-per-channel": [],
+        "static-qoperator-per-channel": [],
+        "static-qdq-per-channel-fp32-stem": ["/features/features.0/Conv"],
+        "static-qoperator-per-channel-fp32-stem": ["/features/features.0/Conv"],
+        "dynamic-per-channel": [],
+    }
+
+
+def test_a_fallback_variant_keeps_its_base_exclusions_and_adds_the_ranked_nodes() -> None:
+    base = Candidate(
+        "static-qdq-per-channel-fp32-stem",
+        StaticQuantize(method="quantize", mode="static", nodes_to_exclude=["stem"]),
+    )
+    variant = base.excluding(["head", "stem"])
+    assert variant.nodes_to_exclude == ["stem", "head"]
+    assert variant.name == "static-qdq-per-channel-fp32-stem-fp32x2"
+    assert variant.base == base.name
+
+
+def test_the_eval_rows_split_into_seeded_disjoint_halves_unless_there_are_few() -> None:
+    split = split_eval_rows(101, seed=7)
+    assert (len(split.selection), len(split.held_out)) == (51, 50)
+    assert sorted([*split.selection, *split.held_out]) == list(range(101))
+    again = split_eval_rows(101, seed=7)
+    assert np.array_equal(split.selection, again.selection)
+    assert not np.array_equal(split.selection, split_eval_rows(101, seed=8).selection)
+    assert not np.array_equal(split.selection, np.arange(51))  # shuffled: files sort by class
+    small = split_eval_rows(63, seed=7)
+    assert np.array_equal(small.selection, np.arange(63)) and len(small.held_out) == 0
+
+
 def test_fallback_sizes_double_up_to_the_cap() -> None:
     assert fallback_sizes(ranked=4, max_nodes=16) == [1, 2, 4]
     assert fallback_sizes(ranked=100, max_nodes=16) == [1, 2, 4, 8, 16]
@@ -323,6 +397,8 @@ def test_auto_on_the_digits_cnn_picks_a_static_candidate_and_reports_every_one(
     script = {
         "static-qdq-per-channel": (0.60, 0.0),
         "static-qoperator-per-channel": (0.70, 0.0),
+        "static-qdq-per-channel-fp32-stem": (0.75, 0.0),
+        "static-qoperator-per-channel-fp32-stem": (0.75, 0.0),
         "dynamic-per-channel": (0.85, 0.0),
     }
     output = tmp_path / "model.onnx"
@@ -344,6 +420,9 @@ def test_auto_on_the_digits_cnn_picks_a_static_candidate_and_reports_every_one(
     rows = rows_by_name(details)
     assert list(rows) == ["input", *script]
     assert [row["name"] for row in details["candidates"] if row["chosen"]] == [details["chosen"]]
+    # the stem variants kept the 1-channel conv in FP32 (the tuner checks the graph)
+    stem = rows["static-qdq-per-channel-fp32-stem"]["options"]["nodes_to_exclude"]
+    assert stem == ["/features/features.0/Conv"]
     for name in script:
         row = rows[name]
         assert row["status"] == "measured"
@@ -409,6 +488,8 @@ def test_the_fallback_stops_at_the_fewest_float32_nodes_that_meet_the_target(
     script: Script = {
         "static-qdq-per-channel": (0.6, 0.2),
         "static-qoperator-per-channel": (0.7, 0.2),
+        "static-qdq-per-channel-fp32-stem": (0.7, 0.2),
+        "static-qoperator-per-channel-fp32-stem": (0.7, 0.2),
     }
     for kept in (1, 2):
         script[f"static-qdq-per-channel-fp32x{kept}"] = (0.7, 0.2)  # still too inaccurate
@@ -431,6 +512,64 @@ def test_the_fallback_stops_at_the_fewest_float32_nodes_that_meet_the_target(
     assert details["nodes_to_exclude"] == fallback["nodes_to_exclude"]
     assert len(details["nodes_to_exclude"]) == 3
     assert details["targets_met"] is True
+
+
+def test_candidates_are_judged_on_one_half_of_the_eval_rows_and_the_choice_on_the_other(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    ctx = context(tmp_path)
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(candidate_modes=["dynamic"]),
+        digits_data,
+        ctx,
+        produce=copy_as_candidate,  # the input itself: its metric is the original's
+    )
+
+    labels, reference = digits_data.eval_arrays["label"], digits_data.reference_outputs
+    assert reference is not None
+    split = split_eval_rows(len(labels), ctx.seed)
+
+    def original_accuracy(rows: np.ndarray) -> float:
+        return float(np.mean(np.argmax(reference[rows], axis=1) == labels[rows]))
+
+    assert details["metric_rows"] == {
+        "selection": len(split.selection),
+        "held_out": len(split.held_out),
+    }
+    # the baseline is the original on the same rows, not on the whole eval data
+    assert details["metric_baseline"] == pytest.approx(original_accuracy(split.selection))
+    assert rows_by_name(details)["dynamic-per-channel"]["metric_value"] == pytest.approx(
+        original_accuracy(split.selection)
+    )
+    held_out = details["held_out"]
+    assert held_out["rows"] == len(split.held_out)
+    assert held_out["metric_baseline"] == pytest.approx(original_accuracy(split.held_out))
+    assert held_out["metric_value"] == pytest.approx(original_accuracy(split.held_out))
+    assert held_out["met"] is True and details["targets_met"] is True
+
+
+def test_a_choice_that_misses_the_metric_target_on_held_out_rows_is_not_called_a_success(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    data = with_targets(digits_data, max_metric_drop=0.01)
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(candidate_modes=["dynamic"]),
+        data,
+        context(tmp_path),
+        measure=scripted_measure(data, {"dynamic-per-channel": (0.5, 0.0)}),
+        produce=copy_as_candidate,
+        held_out=lambda path: ("accuracy", 0.80, 0.95),  # 15 points below the original
+    )
+
+    assert details["chosen"] == "dynamic-per-channel"
+    assert details["met"]["max_metric_drop"] is True  # on the rows it was chosen on
+    assert details["held_out"]["metric_drop"] == pytest.approx(0.15)
+    assert details["held_out"]["met"] is False
+    assert details["targets_met"] is False
 
 
 # --- speed rules, with stand-in candidates --------------------------------------------------
@@ -466,6 +605,8 @@ def test_when_every_candidate_is_slower_the_input_is_returned_unchanged(
     script = {
         "static-qdq-per-channel": (1.30, 0.0),
         "static-qoperator-per-channel": (1.20, 0.0),
+        "static-qdq-per-channel-fp32-stem": (1.25, 0.0),
+        "static-qoperator-per-channel-fp32-stem": (1.25, 0.0),
         "dynamic-per-channel": (1.10, 0.0),
     }
     output = tmp_path / "model.onnx"
@@ -495,6 +636,8 @@ def test_allow_slower_returns_the_fastest_and_marks_it_slower(
     script = {
         "static-qdq-per-channel": (1.30, 0.0),
         "static-qoperator-per-channel": (1.20, 0.0),
+        "static-qdq-per-channel-fp32-stem": (1.25, 0.0),
+        "static-qoperator-per-channel-fp32-stem": (1.25, 0.0),
         "dynamic-per-channel": (1.10, 0.0),
     }
     details = tune(
@@ -556,7 +699,7 @@ def test_identical_candidates_are_measured_once(
         produce=same_file,
     )
     statuses = [row["status"] for row in details["candidates"][1:]]
-    assert statuses == ["measured", "duplicate", "duplicate"]
+    assert statuses == ["measured", *["duplicate"] * 4]
 
 
 def test_cancelling_stops_the_tuner_between_candidates(
@@ -619,8 +762,14 @@ def test_a_job_with_the_default_mode_runs_auto_and_returns_the_chosen_model(
         assert chosen["met"]["not_slower_than_input"] is True
         assert result.final.size_bytes == chosen["size_bytes"]
         assert details["quantized_node_counts"]  # the step counted the chosen model's nodes
-    # the step's measured metric and the tuner's agree: the same data, reference and score
-    assert result.steps[0].metrics.metric_value == pytest.approx(
-        rows_by_name(details)[details["chosen"]]["metric_value"]
+    # the tuner scored its choice on one half of the eval rows and confirmed it on the
+    # other; with the same data, reference and score, the halves make the pipeline's figure
+    rows = details["metric_rows"]
+    selection = rows_by_name(details)[details["chosen"]]["metric_value"]
+    held_out = details["held_out"]
+    assert held_out["rows"] == rows["held_out"] > 0
+    combined = (selection * rows["selection"] + held_out["metric_value"] * rows["held_out"]) / (
+        rows["selection"] + rows["held_out"]
     )
+    assert result.steps[0].metrics.metric_value == pytest.approx(combined)
     assert np.isfinite(result.verdict.latency_ratio)

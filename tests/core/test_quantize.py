@@ -210,6 +210,6 @@ def test_gemm_rewrite_computes_the_same_function() -> None:
 def test_the_registry_finds_quantize_and_prune_and_names_unknown_methods() -> None:
     assert get_step("quantize").__name__ == "quantize"
     assert callable(get_step("prune"))
-    with pytest.raises(EngineError, match="no step is registered for method 'distill'") as raised:
-        get_step("distill")
+    with pytest.raises(EngineError, match="no step is registered for method 'teleport'") as raised:
+        get_step("teleport")
     assert raised.value.code == "unknown_method"

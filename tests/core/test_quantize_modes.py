@@ -14,17 +14,20 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import numpy_helper
-from onnxruntime.quantization import calibrate
+from onnxruntime.quantization import QuantFormat, QuantType, calibrate, quantize_static
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
 from core.context import RunContext
 from core.data import load_arrays
 from core.errors import UnsupportedModel
 from core.formats import inspect_model
-from core.quantize.common import size_report
+from core.quantize import common
+from core.quantize.common import compact_zero_points, size_report
 from core.registry import StepData, StepOutput, get_step
 from core.spec import QUANTIZE_STEP_ADAPTER, TaskSpec
+from squeeze.examples import TransformerEncoderClassifier, export_onnx
 from tests.core import zoo
 
 TASK = TaskSpec()
@@ -194,6 +197,53 @@ def test_per_channel_qdq_weights_stay_symmetric_and_the_details_say_so(
     assert "always symmetric" in output.details["weight_symmetric_note"]
 
 
+@pytest.mark.parametrize("quant_format", [QuantFormat.QDQ, QuantFormat.QOperator])
+def test_all_zero_per_channel_zero_points_are_compacted_without_changing_an_output(
+    cnn_onnx: Path, step_data: StepData, tmp_path: Path, quant_format: QuantFormat
+) -> None:
+    images = step_data.calibration_arrays["input"]
+    raw = tmp_path / "raw.onnx"
+    quantize_static(
+        cnn_onnx,
+        raw,
+        _Batches(images[:64]),
+        quant_format=quant_format,
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+    )
+    model = onnx.load(str(raw))
+    compacted = compact_zero_points(model)
+    onnx.save(model, str(tmp_path / "compact.onnx"))
+
+    # per-channel zeros: the QDQ biases' int32 zero points (optional), QLinearConv's
+    # weight zero points (one value suffices): one tensor per convolution or linear layer
+    assert compacted == (4 if quant_format == QuantFormat.QDQ else 2)
+    weights = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0] in weights:
+            bias = weights[node.input[0]].data_type == onnx.TensorProto.INT32
+            assert len(node.input) == (2 if bias else 3)
+        if node.op_type == "QLinearConv":
+            assert list(weights[node.input[5]].dims) == []
+    assert (tmp_path / "compact.onnx").stat().st_size < raw.stat().st_size
+    inputs = {"input": step_data.eval_arrays["input"]}
+    before = ort.InferenceSession(str(raw)).run(None, inputs)[0]
+    after = ort.InferenceSession(str(tmp_path / "compact.onnx")).run(None, inputs)[0]
+    assert np.array_equal(before, after)
+
+
+def test_the_static_mode_compacts_its_zero_points(quantize: Quantize) -> None:
+    assert quantize(mode="static", per_channel=True).details["zero_points_compacted"] == 4
+
+
+class _Batches(calibrate.CalibrationDataReader):
+    def __init__(self, images: np.ndarray) -> None:
+        self._batches = iter([{"input": images[i : i + 32]} for i in range(0, len(images), 32)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_keeps_the_accuracy(
     quantize: Quantize, method: str, cnn_onnx: Path, step_data: StepData
@@ -322,6 +372,66 @@ def test_dynamic_nodes_to_exclude_keep_a_linear_layer_float(
     assert output.details["nodes_to_exclude_not_found"] == []
 
 
+@pytest.fixture(scope="module")
+def encoder_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Transformer encoder: nn.MultiheadAttention exports with shape arithmetic."""
+    torch.manual_seed(0)
+    example = np.zeros((1, 8, 8), np.float32)
+    folder = tmp_path_factory.mktemp("encoder")
+    return export_onnx(TransformerEncoderClassifier().eval(), example, folder / "encoder.onnx")
+
+
+def test_dynamic_mode_folds_the_shape_arithmetic_that_does_not_depend_on_the_batch(
+    quantize: Quantize, encoder_onnx: Path
+) -> None:
+    rows = np.random.default_rng(0).random((64, 8, 8), dtype=np.float32)
+    data = StepData({"input": rows}, {"input": rows}, inspect_model(encoder_onnx).inputs, TASK)
+
+    output = quantize(model=encoder_onnx, data=data, mode="dynamic")
+
+    folding = output.details["shape_folding"]
+    assert folding["folded"] > 20 and folding["nodes_removed"] > folding["folded"]
+    shapes_before = op_counts(encoder_onnx)["Shape"]
+    assert 0 < op_counts(output.model_path).get("Shape", 0) < shapes_before  # batch's kept
+    float_model = ort.InferenceSession(str(encoder_onnx))
+    int8_model = ort.InferenceSession(str(output.model_path))
+    for batch in (1, 5, 64):  # any batch size still runs, and agrees
+        before = float_model.run(None, {"input": rows[:batch]})[0]
+        after = int8_model.run(None, {"input": rows[:batch]})[0]
+        assert after.shape == before.shape
+        assert np.mean(before.argmax(axis=1) == after.argmax(axis=1)) >= 0.8
+
+
+def test_a_fold_that_changes_an_output_is_not_kept(
+    encoder_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = onnx.load(str(encoder_onnx))
+    real = common._static_shape_values
+
+    def wrong(model: onnx.ModelProto, work_dir: Path) -> dict[str, np.ndarray]:
+        # claim the batch-dependent values are constants: right at batch 1 only
+        values = real(model, work_dir)
+        return {**values, **_batch_one_shapes(model)}
+
+    monkeypatch.setattr(common, "_static_shape_values", wrong)
+    rows = np.random.default_rng(0).random((3, 8, 8), dtype=np.float32)
+    folded, report = common.fold_shape_computations(model, tmp_path, {"input": rows})
+
+    assert folded is model
+    assert report["folded"] == 0 and "computes otherwise" in report["skipped"]
+
+
+def _batch_one_shapes(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Every Shape node's output as it is at batch 1 (from a run with them as outputs)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    shapes = [node.output[0] for node in probe.graph.node if node.op_type == "Shape"]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in shapes)
+    session = ort.InferenceSession(probe.SerializeToString())
+    values = session.run(shapes, {"input": np.zeros((1, 8, 8), np.float32)})
+    return dict(zip(shapes, values, strict=True))
+
+
 def test_dynamic_per_tensor_weights_have_one_scale(quantize: Quantize) -> None:
     per_tensor = quantize(mode="dynamic", per_channel=False)
     per_channel = quantize(mode="dynamic", per_channel=True)
@@ -367,7 +477,8 @@ def test_int4_stores_mlp_weights_as_4_bit_blocks(
     assert op_counts(output.model_path)["MatMulNBits"] == 3
     assert output.details["gemm_rewritten_to_matmul"] == 3
     assert output.details["matmuls_quantized"] == 3
-    assert output.details["quantized_node_counts"] == {"MatMulNBits": 3}
+    # the two 256-wide biases are INT8 (the 32-wide one is too small to gain)
+    assert output.details["quantized_node_counts"] == {"DequantizeLinear": 2, "MatMulNBits": 3}
     assert mlp_onnx.stat().st_size / output.model_path.stat().st_size >= 3.0
     assert output.details["size_ratio"] >= 3.0
 
@@ -390,6 +501,72 @@ def test_int4_block_size_and_symmetry_reach_the_nodes(
     assert {(a["bits"], a["block_size"]) for a in attributes} == {(4, 64)}
     assert all(len(n.input) == 4 for n in nodes)  # asymmetric blocks carry zero points
     assert output.details["block_size"] == 64 and output.details["symmetric"] is False
+
+
+def test_int4_stores_the_float_weights_no_4_bit_kernel_holds_as_int8(
+    quantize: Quantize, mlp_onnx: Path, mlp_data: StepData
+) -> None:
+    int8_rest = quantize(model=mlp_onnx, data=mlp_data, mode="int4")
+    float_rest = quantize(model=mlp_onnx, data=mlp_data, mode="int4", other_weights="float32")
+
+    weights = initializers(int8_rest.model_path)
+    biases = [name for name in weights if name.endswith("bias_int8")]
+    assert len(biases) == 2 and all(weights[name].dtype == np.uint8 for name in biases)
+    assert int8_rest.details["other_weights_int8"] == {"tensors": 2, "elements": 512}
+    assert float_rest.details["other_weights_int8"] == {"tensors": 0, "elements": 0}
+    assert "DequantizeLinear" not in op_counts(float_rest.model_path)
+    saved = float_rest.details["quantized_size_bytes"] - int8_rest.details["quantized_size_bytes"]
+    assert saved >= 512 * 2  # 3 bytes per element, less a node and its scale per tensor
+
+    inputs = {"input": mlp_data.eval_arrays["input"]}
+    exact = ort.InferenceSession(str(float_rest.model_path)).run(None, inputs)[0]
+    rounded = ort.InferenceSession(str(int8_rest.model_path)).run(None, inputs)[0]
+    cosine = np.sum(exact * rounded, axis=1) / (
+        np.linalg.norm(exact, axis=1) * np.linalg.norm(rounded, axis=1)
+    )
+    assert float(np.min(cosine)) >= 0.999
+
+
+class EmbeddingBag(torch.nn.Module):
+    """Token ids (N, 8) -> an embedding table (100 x 48: rows not a multiple of the
+    block) -> Linear -> mean over tokens -> 10 scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = torch.nn.Embedding(100, 48)
+        self.head = torch.nn.Linear(48, 10)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.table(ids)).mean(dim=1)
+
+
+def test_int4_stores_embedding_tables_as_4_bit_blocks(quantize: Quantize, tmp_path: Path) -> None:
+    ids = np.random.default_rng(0).integers(0, 100, (64, 8)).astype(np.int64)
+    model = export_onnx(EmbeddingBag().eval(), ids[:1], tmp_path / "embedding.onnx", opset=17)
+    data = StepData(
+        eval_arrays={"input": ids},
+        calibration_arrays={"input": ids},
+        inputs=inspect_model(model).inputs,
+        task=TaskSpec(kind="embedding"),
+    )
+
+    output = quantize(model=model, data=data, mode="int4")
+
+    onnx.checker.check_model(str(output.model_path))
+    assert op_counts(output.model_path)["GatherBlockQuantized"] == 1
+    assert "Gather" not in op_counts(output.model_path)
+    assert output.details["embedding_tables"] == 1
+    assert output.details["embedding_tables_quantized"] == 1
+    assert output.details["opset_upgraded_from"] == 17  # int4 tensors need opset 21
+    table_bytes = 100 * 48 * 4
+    assert output.details["quantized_size_bytes"] < table_bytes / 4  # 4-bit blocks + scales
+    before = ort.InferenceSession(str(model)).run(None, {"input": ids})[0]
+    after = ort.InferenceSession(str(output.model_path)).run(None, {"input": ids})[0]
+    cosine = np.sum(before * after, axis=1) / (
+        np.linalg.norm(before, axis=1) * np.linalg.norm(after, axis=1)
+    )
+    assert float(np.mean(cosine)) >= 0.99
 
 
 def test_int4_refuses_a_model_without_matmul(quantize: Quantize, tmp_path: Path) -> None:
