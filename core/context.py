@@ -21,6 +21,27 @@ def _never_cancelled() -> bool:
     return False
 
 
+def _no_helpers(study_name: str, count: int) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class SearchStore:
+    """Where an architecture search keeps its trials, so that a restarted worker resumes
+    it and several workers share it.
+
+    `url` is an Optuna storage URL (None keeps the trials in memory: no resume, no
+    helpers). A study is named `study_prefix` plus a hash of the step's config. A
+    running trial beats every `heartbeat_s`; one silent for `grace_s` belonged to a dead
+    worker: it is failed and queued again with the same architecture.
+    """
+
+    url: str | None = None
+    study_prefix: str = "search"
+    heartbeat_s: int = 10
+    grace_s: int = 60
+
+
 @dataclass(frozen=True)
 class MeasureSettings:
     threads: int = 1
@@ -40,6 +61,10 @@ class RunContext:
     # pipeline; steps report their own 0..1 through `report_step` and the job's bar stays
     # monotonic.
     progress_span: tuple[float, float] | None = None
+    # Architecture search: its trial storage, and how to ask `count` other workers to
+    # join the study named `study_name` (a no-op outside the worker).
+    search_store: SearchStore = field(default_factory=SearchStore)
+    request_helpers: Callable[[str, int], None] = _no_helpers
 
     def report(self, progress: float, message: str, **data: Any) -> None:
         """Report progress; raises JobCancelled when the job was cancelled meanwhile."""

@@ -7,7 +7,10 @@ by how much. Errors are raised only when something cannot be run or measured.
 from __future__ import annotations
 
 import dataclasses
+import re
+import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -40,6 +43,11 @@ from core.spec import JobSpec, Step, Targets
 # Datasets were capped at upload; this cap only guards a caller that skipped that check.
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
 FINAL_MODEL_NAME = "model.onnx"
+# Steps' extra files (StepOutput.artifacts) are gathered here, under ctx.work_dir, for
+# the caller to publish beside the final model.
+STEP_ARTIFACTS_DIR = "artifacts"
+# Names the caller publishes itself; a step's file may not take them.
+RESERVED_ARTIFACT_NAMES = frozenset({"model.onnx", "model.zip", "report.json", "manifest.json"})
 TargetName = Literal["max_metric_drop", "max_latency_ms", "max_size_bytes", "not_slower"]
 
 # Progress milestones over the whole job (0..1).
@@ -49,6 +57,7 @@ _STEPS_END = 0.95
 # this (timing noise of two interleaved measurements on a busy CPU stays within it).
 NOT_SLOWER_TOLERANCE = 1.05
 _TINY = 1e-12
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 def resolve_device(requested: str) -> str:
@@ -78,12 +87,15 @@ def run(
     ctx: RunContext,
     *,
     max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+    models: Mapping[str, Path] | None = None,
 ) -> tuple[PipelineResult, Path]:
     """Run `spec` on the model; return the measured result and the final model's path.
 
     `datasets` maps dataset ids (spec.eval_dataset_id, spec.calibration_dataset_id) to
-    .npz files. Everything is written under ctx.work_dir; the final model is
-    ctx.work_dir / "model.onnx". Raises JobCancelled when ctx.is_cancelled turns true.
+    .npz files; `models` maps the ids of the other models the spec names (uploaded
+    students: `spec.student_model_ids()`) to their .onnx files. Everything is
+    written under ctx.work_dir; the final model is ctx.work_dir / "model.onnx". Raises
+    JobCancelled when ctx.is_cancelled turns true.
     """
     device = resolve_device(ctx.device)
     ctx = dataclasses.replace(ctx, device=device)
@@ -108,6 +120,7 @@ def run(
         {"model": model_path}
         | {f"model:{path.relative_to(model_path.parent)}": path for path in model_file_paths[1:]}
         | {dataset_id: _dataset_path(datasets, dataset_id) for dataset_id in spec.dataset_ids()}
+        | dict(models or {})
     )
     manifest = build_manifest(manifest_inputs, spec, device)
     eval_arrays = load_arrays(eval_path)
@@ -139,6 +152,8 @@ def run(
         batch_size=spec.batch_size,
         reference_outputs=reference_outputs,
         original_metrics=original,
+        original_model_path=model_path,
+        models=dict(models or {}),
     )
     span = (_STEPS_END - _MEASURE_ORIGINAL[1]) / len(spec.steps)
     current_path = model_path
@@ -186,6 +201,7 @@ def run(
             details=output.details,
         )
         current_path = output.model_path
+        _collect_artifacts(index, output, ctx.work_dir / STEP_ARTIFACTS_DIR)
 
     final_path = ctx.work_dir / FINAL_MODEL_NAME
     copy_model(current_path, final_path)
@@ -298,6 +314,19 @@ def _run_step(
         raise
     except Exception as exc:
         raise StepFailed(f"step {index + 1} ({step.method}) failed: {short_reason(exc)}") from exc
+
+
+def _collect_artifacts(index: int, output: StepOutput, folder: Path) -> None:
+    """Copy a step's extra files into `folder` under their names; a name an earlier
+    step took gets the prefix "step<N>-"."""
+    for name, path in output.artifacts.items():
+        if not _SAFE_NAME.fullmatch(name) or name in RESERVED_ARTIFACT_NAMES:
+            raise StepFailed(f"step {index + 1} names an artifact {name!r} it may not use")
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / name
+        if target.exists():
+            target = folder / f"step{index + 1}-{name}"
+        shutil.copyfile(path, target)
 
 
 def _dataset_path(datasets: dict[str, Path], dataset_id: str) -> Path:

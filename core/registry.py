@@ -24,7 +24,7 @@ from core.spec import Targets, TaskSpec
 
 # Modules that register built-in steps; imported on first lookup so that importing the
 # registry alone (as the steps themselves do) creates no import cycle.
-_STEP_MODULES = ("core.quantize", "core.prune")
+_STEP_MODULES = ("core.quantize", "core.prune", "core.distill", "core.search")
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,10 @@ class StepData:
     # against the original, not against the step's input.
     reference_outputs: np.ndarray | None = None
     original_metrics: ModelMetrics | None = None
+    # The job's original model (distillation's teacher, whatever steps ran before) and
+    # the other uploaded models the spec names (uploaded students), by model id.
+    original_model_path: Path | None = None
+    models: Mapping[str, Path] = field(default_factory=dict)
 
     def eval_feeds(self, rows: int | None = None) -> Feeds:
         """The eval data keyed by model input and cast to its dtype (the first `rows`)."""
@@ -64,6 +68,9 @@ class StepOutput:
     model_path: Path
     # Method-specific facts for the report (mode, op types, opset upgrade, warnings).
     details: dict[str, Any] = field(default_factory=dict)
+    # Extra files for the job's artifacts, by the name a client downloads them under
+    # (e.g. the search's pareto.json and pareto.png); the pipeline collects them.
+    artifacts: dict[str, Path] = field(default_factory=dict)
 
 
 def _head(arrays: Mapping[str, np.ndarray], rows: int | None) -> Mapping[str, np.ndarray]:

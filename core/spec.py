@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from core.families import FAMILIES, CnnFamily, MlpFamily, TransformerFamily
+
 
 class StrictModel(BaseModel):
     """Unknown fields are errors: a typo in a spec must not be silently ignored."""
@@ -271,13 +273,271 @@ PruneConfig = UnstructuredPrune | StructuredPrune | SemiStructuredPrune
 PRUNE_STEP_ADAPTER: TypeAdapter[PruneConfig] = TypeAdapter(PruneStep)
 
 
+class _FamilyStudent(StrictModel):
+    """A student built from a family (core.families). With a ratio, the width is sized
+    so the student has that fraction of the teacher's parameters, or of its latency
+    measured in ONNX Runtime at the job's batch size (depth and the other fields as
+    given); without one it is built exactly as configured."""
+
+    source: Literal["family"] = "family"
+    parameter_ratio: float | None = Field(default=None, gt=0.0, lt=1.0)
+    latency_ratio: float | None = Field(default=None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _one_ratio(self) -> _FamilyStudent:
+        if self.parameter_ratio is not None and self.latency_ratio is not None:
+            raise ValueError("give parameter_ratio or latency_ratio, not both")
+        return self
+
+
+class CnnStudent(_FamilyStudent, CnnFamily):
+    pass
+
+
+class MlpStudent(_FamilyStudent, MlpFamily):
+    pass
+
+
+class TransformerStudent(_FamilyStudent, TransformerFamily):
+    pass
+
+
+class AutoStudent(_FamilyStudent):
+    """The family chosen by the input's rank: (C, H, W) -> cnn, (L, F) -> transformer,
+    else mlp; its default architecture, sized by the ratio."""
+
+    family: Literal["auto"] = "auto"
+
+
+class StepInputStudent(StrictModel):
+    """The model entering the step (after a prune step: the pruned teacher), trained
+    further against the teacher: prune -> distill, the usual recovery recipe."""
+
+    source: Literal["step_input"]
+
+
+class UploadedStudent(StrictModel):
+    """A student the user uploaded as ONNX (POST /v1/models), trained after conversion
+    to PyTorch. It must take the teacher's inputs and produce its output's shape."""
+
+    source: Literal["upload"]
+    model_id: str = Field(min_length=1, max_length=64)
+
+
+def _student_family(value: Any) -> str:
+    family = (
+        value.get("family", "auto") if isinstance(value, dict) else getattr(value, "family", None)
+    )
+    return family if isinstance(family, str) else "auto"
+
+
+def _student_source(value: Any) -> str:
+    source = (
+        value.get("source", "family") if isinstance(value, dict) else getattr(value, "source", None)
+    )
+    return source if isinstance(source, str) else "family"
+
+
+FamilyStudent = Annotated[
+    Annotated[AutoStudent, Tag("auto")]
+    | Annotated[CnnStudent, Tag("cnn")]
+    | Annotated[MlpStudent, Tag("mlp")]
+    | Annotated[TransformerStudent, Tag("transformer")],
+    Discriminator(_student_family),
+]
+Student = Annotated[
+    Annotated[FamilyStudent, Tag("family")]
+    | Annotated[StepInputStudent, Tag("step_input")]
+    | Annotated[UploadedStudent, Tag("upload")],
+    Discriminator(_student_source),
+]
+FamilyStudentConfig = AutoStudent | CnnStudent | MlpStudent | TransformerStudent
+StudentConfig = FamilyStudentConfig | StepInputStudent | UploadedStudent
+
+
+def _default_student() -> AutoStudent:
+    return AutoStudent(parameter_ratio=0.1)
+
+
+class DistillStep(StrictModel):
+    """Train a student to match the job's original model (the teacher, run in ONNX
+    Runtime once over the training data) on `train_dataset_id`; labels, when present,
+    are mixed in. Loss for classification: alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+    + (1 - alpha) * CE(y, s); regression and embeddings match the teacher's outputs by
+    `output_loss`. The best epoch on the eval data is kept."""
+
+    method: Literal["distill"]
+    student: Student = Field(default_factory=_default_student)
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    # weight of the teacher's soft targets; 1 - alpha goes to the labels (when present)
+    alpha: float = Field(default=0.9, ge=0.0, le=1.0)
+    # how regression and embedding outputs are matched to the teacher's
+    output_loss: Literal["mse", "cosine"] = "mse"
+    # weight of intermediate-feature matching (step_input students only: their layers
+    # correspond to the teacher's)
+    feature_matching: float = Field(default=0.0, ge=0.0, le=100.0)
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0)
+    # stop after this many epochs without a better eval metric; None trains every epoch
+    early_stopping_patience: int | None = Field(default=5, ge=1, le=1000)
+    # also train the same student, from the same initial weights, on the labels alone:
+    # the baseline that shows what distillation added (needs labels in the training data)
+    compare_label_only: bool = False
+    # None: the job's seed
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _feature_matching_needs_a_derived_student(self) -> DistillStep:
+        if self.feature_matching > 0 and not isinstance(self.student, StepInputStudent):
+            raise ValueError(
+                "feature_matching needs a student derived from the teacher (student source "
+                f"'step_input'), whose layers correspond to the teacher's; got source "
+                f"{self.student.source!r}"
+            )
+        return self
+
+
+CostName = Literal["parameters", "macs", "size_bytes", "latency_ms"]
+
+
+class RangeNarrowing(StrictModel):
+    """A sub-range of a family's declared range (both ends included)."""
+
+    low: int | float
+    high: int | float
+
+
+# per field: a sub-range, a list of allowed options (choices), or one fixed value
+SpaceNarrowing = RangeNarrowing | list[bool | int | float | str] | bool | int | float | str
+
+
+class WeightedObjective(StrictModel):
+    """Maximise O = alpha * P - beta * C / C_ref: P the task metric on the validation
+    rows, C the trial's cost and C_ref the same cost of the job's original model (so
+    beta = 0.1 trades 0.1 of metric for a model as costly as the original)."""
+
+    kind: Literal["weighted"] = "weighted"
+    alpha: float = Field(default=1.0, ge=0.0, le=1000.0)
+    beta: float = Field(default=0.1, ge=0.0, le=1000.0)
+    cost: CostName = "latency_ms"
+
+
+class ConstrainedObjective(StrictModel):
+    """Maximise the task metric among models within every limit set (latency in ONNX
+    Runtime at the job's batch size). A trial over a limit is not trained."""
+
+    kind: Literal["constrained"]
+    max_latency_ms: float | None = Field(default=None, gt=0.0)
+    max_params: int | None = Field(default=None, gt=0)
+    max_size_bytes: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> ConstrainedObjective:
+        if self.max_latency_ms is None and self.max_params is None and self.max_size_bytes is None:
+            raise ValueError(
+                "a constrained objective needs max_latency_ms, max_params or max_size_bytes"
+            )
+        return self
+
+
+class ParetoObjective(StrictModel):
+    """Maximise the metric and minimise every cost at once; the result is the Pareto
+    front, and the step's model is the front's best metric within the job's targets."""
+
+    kind: Literal["pareto"]
+    costs: list[CostName] = Field(default=["latency_ms"], min_length=1, max_length=4)
+
+    @field_validator("costs")
+    @classmethod
+    def _distinct(cls, costs: list[CostName]) -> list[CostName]:
+        if len(set(costs)) != len(costs):
+            raise ValueError(f"costs must be distinct, got {costs}")
+        return costs
+
+
+Objective = Annotated[
+    WeightedObjective | ConstrainedObjective | ParetoObjective, Field(discriminator="kind")
+]
+
+
+class SearchStep(StrictModel):
+    """Architecture search: sample architectures of a family (core.families), train each
+    on `train_dataset_id` (optionally distilled from the job's original model), measure
+    its cost in ONNX Runtime on the worker, and keep the best by `objective`. The step's
+    model is the chosen architecture; the front and every trial are in its report."""
+
+    method: Literal["search"]
+    # "auto": by the input's rank: (C, H, W) -> cnn, (L, F) -> transformer, else mlp
+    family: Literal["auto", "cnn", "mlp", "transformer"] = "auto"
+    # per-field narrowing of the family's declared search ranges (needs a named family)
+    space: dict[str, SpaceNarrowing] = Field(default_factory=dict, max_length=32)
+    objective: Objective = Field(default_factory=WeightedObjective)
+    algorithm: Literal["random", "evolution", "tpe", "nsga2"] = "tpe"
+    # None: "median" for one objective, "none" for pareto (Optuna prunes single
+    # objectives only)
+    pruner: Literal["none", "median", "successive_halving"] | None = None
+    # every trial is a row of the step's details (stored with the job): a few thousand at most
+    max_trials: int = Field(default=20, ge=1, le=2_000)
+    time_budget_s: float = Field(default=3600.0, gt=0.0, le=7 * 86400.0)
+    # a trial still training after this long is stopped and counted as pruned (None: only
+    # the time budget stops it); keeps one huge architecture from holding the search
+    max_trial_s: float | None = Field(default=None, gt=0.0, le=7 * 86400.0)
+    # evolution: the population (the most recent completed trials); nsga2: the
+    # generation size; None: max_trials / 4 within 4..50
+    population_size: int | None = Field(default=None, ge=2, le=1000)
+    epochs: int = Field(default=5, ge=1, le=1000)
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    learning_rate: float = Field(default=1e-3, gt=0.0, le=1.0)
+    # trials are scored on this share of the training rows, held out from training;
+    # 0 scores them on the eval data (which then also scores the result: optimistic)
+    validation_fraction: float = Field(default=0.2, ge=0.0, le=0.5)
+    # train every trial against the job's original model (the distill step's loss)
+    teacher: bool = False
+    temperature: float = Field(default=4.0, gt=0.0, le=100.0)
+    distill_alpha: float = Field(default=0.9, ge=0.0, le=1.0)
+    # workers running trials of this search at once (the job's worker included)
+    parallel_workers: int = Field(default=1, ge=1, le=64)
+    # None: the job's seed
+    seed: int | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SearchStep:
+        if self.objective.kind == "pareto" and self.pruner not in (None, "none"):
+            raise ValueError(
+                f"pruner {self.pruner!r} needs a single objective; a pareto search trains "
+                "every trial fully: set pruner to 'none'"
+            )
+        if self.space:
+            if self.family == "auto":
+                raise ValueError(
+                    "narrowing the space needs a named family (cnn, mlp or transformer), "
+                    "not 'auto'"
+                )
+            # imported here: core.search imports this module (its step's config)
+            from core.search.space import narrow
+
+            narrow(FAMILIES[self.family], self.space)
+        return self
+
+    def resolved_pruner(self) -> Literal["none", "median", "successive_halving"]:
+        if self.pruner is not None:
+            return self.pruner
+        return "none" if self.objective.kind == "pareto" else "median"
+
+
 def _step_method(value: Any) -> str | None:
     method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
     return method if isinstance(method, str) else None
 
 
 Step = Annotated[
-    Annotated[QuantizeStep, Tag("quantize")] | Annotated[PruneStep, Tag("prune")],
+    Annotated[QuantizeStep, Tag("quantize")]
+    | Annotated[PruneStep, Tag("prune")]
+    | Annotated[DistillStep, Tag("distill")]
+    | Annotated[SearchStep, Tag("search")],
     Discriminator(_step_method),
 ]
 
@@ -301,19 +561,65 @@ class JobSpec(StrictModel):
     # Latency is measured at batch 1 and at this batch size.
     batch_size: int = Field(default=1, ge=1, le=4096)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    # A memory ceiling for this job on the worker, below the service's own (which wins
+    # when it is lower); a job that needs more fails with `memory_limit_exceeded`.
+    max_memory_bytes: int | None = Field(default=None, gt=0, le=2**50)
 
     @model_validator(mode="after")
     def _training_steps_need_training_data(self) -> JobSpec:
         for index, step in enumerate(self.steps):
-            trains = getattr(step, "mode", None) == "qat" or (
-                isinstance(step, _PruneBase) and step.fine_tune.epochs > 0
+            trains = (
+                getattr(step, "mode", None) == "qat"
+                or (isinstance(step, _PruneBase) and step.fine_tune.epochs > 0)
+                or isinstance(step, DistillStep | SearchStep)
             )
             if trains and self.train_dataset_id is None:
+                hint = (
+                    " (unlabelled data is enough: the teacher provides the targets)"
+                    if isinstance(step, DistillStep)
+                    else " (the search trains every trial on it)"
+                    if isinstance(step, SearchStep)
+                    else " (or fine_tune.epochs = 0 for pruning without fine-tuning)"
+                )
                 raise ValueError(
-                    f"steps[{index}]: {step.method} trains the model: set train_dataset_id "
-                    "(or fine_tune.epochs = 0 for pruning without fine-tuning)"
+                    f"steps[{index}]: {step.method} trains the model: set train_dataset_id{hint}"
                 )
         return self
+
+    @model_validator(mode="after")
+    def _label_only_baseline_needs_labels(self) -> JobSpec:
+        for index, step in enumerate(self.steps):
+            label_only = isinstance(step, DistillStep) and step.compare_label_only
+            if label_only and self.task.kind == "embedding":
+                raise ValueError(
+                    f"steps[{index}]: compare_label_only needs labels, and embedding "
+                    "tasks have none: set it to false"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _search_without_labels_needs_the_teacher(self) -> JobSpec:
+        for index, step in enumerate(self.steps):
+            if isinstance(step, SearchStep) and not step.teacher and self.task.kind == "embedding":
+                raise ValueError(
+                    f"steps[{index}]: embedding tasks have no labels: a search trains its "
+                    "trials against the original model's outputs, set teacher to true"
+                )
+        return self
+
+    def student_model_ids(self) -> list[str]:
+        """The uploaded models distill steps train as students (no duplicates; the job's
+        own model may be among them)."""
+        students = [
+            step.student.model_id
+            for step in self.steps
+            if isinstance(step, DistillStep) and isinstance(step.student, UploadedStudent)
+        ]
+        return list(dict.fromkeys(students))
+
+    def model_ids(self) -> list[str]:
+        """Every uploaded model the job reads: its own model first, then the students."""
+        return list(dict.fromkeys([self.model_id, *self.student_model_ids()]))
 
     def dataset_ids(self) -> list[str]:
         ids = [self.eval_dataset_id, self.calibration_dataset_id, self.train_dataset_id]

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import torch
 
 # The user-side builders are the ones the demo and benchmarks use.
@@ -61,6 +63,37 @@ def flat_digits_npz(
         arrays["label"] = targets
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez(path, **arrays)
+    return path
+
+
+def student_cnn_onnx(path: Path, *, classes: int = 10, input_name: str = "input") -> Path:
+    """A small, untrained (seeded) DigitsCNN exported to ONNX: a student to upload."""
+    torch.manual_seed(1)
+    module = DigitsCNN(width=8, hidden=16)
+    if classes != 10:
+        module.classifier[-1] = torch.nn.Linear(16, classes)
+    images, _ = digits_arrays("test")
+    return export_onnx(module, images[:1], path, input_name=input_name)
+
+
+def hardmax_classifier_onnx(path: Path) -> Path:
+    """(N, 1, 8, 8) -> Flatten -> Gemm -> Hardmax (N, 10): a digits-shaped model ONNX
+    Runtime runs but onnx2torch cannot convert (it has no Hardmax converter)."""
+    weight = np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32)
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("Flatten", ["input"], ["flat"]),
+            onnx.helper.make_node("Gemm", ["flat", "w"], ["scores"]),
+            onnx.helper.make_node("Hardmax", ["scores"], ["logits"]),
+        ],
+        "hardmax",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 1, 8, 8])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["n", 10])],
+        [onnx.numpy_helper.from_array(weight, "w")],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
     return path
 
 
