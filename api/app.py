@@ -13,9 +13,23 @@ from fastapi import FastAPI
 from api.auth import bootstrap_admin_key
 from api.deps import Services
 from api.limits import BodyLimits, BodySizeLimitMiddleware
+from api.log_context import JobLogContextMiddleware
+from api.metrics import ServiceMetrics
 from api.openapi import install_openapi, operation_id
 from api.problems import install_problem_handlers
-from api.routes import datasets, health, jobs, models, tenants
+from api.routes import (
+    batches,
+    dashboard,
+    datasets,
+    health,
+    jobs,
+    metrics,
+    models,
+    reports,
+    tenants,
+    webhooks,
+)
+from squeeze.logs import configure_logging
 from squeeze.settings import Settings, get_settings
 from store.blobs import BlobStore
 from store.db import make_engine, make_sessionmaker
@@ -44,6 +58,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     the first request, so a fresh deployment needs no separate setup step.
     """
     settings = settings or get_settings()
+    configure_logging(settings.log_format)
     settings.ensure_dirs()
     upgrade_to_head(settings.resolved_database_url)
     engine = make_engine(settings.resolved_database_url)
@@ -70,10 +85,23 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         generate_unique_id_function=operation_id,
     )
     app.state.services = services
+    app.state.metrics = ServiceMetrics(services.sessions, services.queue, settings)
     install_problem_handlers(app)
     install_openapi(app)
     app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits.from_settings(settings))
-    routers = (health.router, tenants.router, models.router, datasets.router, jobs.router)
+    app.add_middleware(JobLogContextMiddleware)
+    routers = (
+        health.router,
+        tenants.router,
+        models.router,
+        datasets.router,
+        jobs.router,
+        batches.router,
+        webhooks.router,
+        metrics.router,
+        reports.router,
+        dashboard.router,
+    )
     for router in routers:
         app.include_router(router)
     return app

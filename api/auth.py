@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Security
+from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,21 +37,72 @@ class Caller:
     is_admin: bool
 
 
+class KeyCache:
+    """Recently verified keys, so a client polling a job costs one database read, not two.
+
+    Entries live `ttl_s`; a revocation through this process drops its entries at once,
+    one through another API process is seen within `ttl_s`. Keyed by the secret's sha256,
+    so the cache holds no secrets.
+    """
+
+    def __init__(self, ttl_s: float = 10.0, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Caller]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> Caller | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def put(self, digest: str, caller: Caller) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()  # rare: many distinct keys; re-verified on next use
+            self._entries[digest] = (time.monotonic() + self.ttl_s, caller)
+
+    def forget_key(self, key_id: str) -> None:
+        with self._lock:
+            for digest in [d for d, (_, c) in self._entries.items() if c.key_id == key_id]:
+                del self._entries[digest]
+
+
+def get_key_cache(request: Request) -> KeyCache:
+    cache = getattr(request.app.state, "key_cache", None)
+    if cache is None:
+        cache = request.app.state.key_cache = KeyCache()
+    assert isinstance(cache, KeyCache)
+    return cache
+
+
+KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
+
+
 def authenticate(
     sessions: SessionFactoryDep,
+    cache: KeyCacheDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header_key: Annotated[str | None, Security(_header)],
 ) -> Caller:
     token = bearer.credentials if bearer is not None else header_key
     if not token:
         raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
+    digest = tenants.secret_sha256(token)
+    cached = cache.get(digest)
+    if cached is not None:
+        return cached
     # Its own short transaction: the request's session may be rolled back on an error,
     # and authentication must not hold a write lock.
     with transaction(sessions) as session:
         key = tenants.find_active_key(session, token)
         if key is None:
             raise Unauthenticated("the API key is not valid (unknown or revoked)")
-        return Caller(key_id=key.id, tenant_id=key.tenant_id, is_admin=key.is_admin)
+        caller = Caller(key_id=key.id, tenant_id=key.tenant_id, is_admin=key.is_admin)
+    cache.put(digest, caller)
+    return caller
 
 
 def require_admin(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:

@@ -94,3 +94,9 @@ class QuotaExceeded(ApiError):
     @property
     def extensions(self) -> dict[str, Any]:
         return {"quota": self.quota, "retry_after_s": self.retry_after_s}
+
+
+class BatchTooLarge(ApiError):
+    """A batch naming more models than `SQUEEZE_MAX_BATCH_JOBS`."""
+
+    code = "batch_too_large"

@@ -23,7 +23,7 @@ from core.errors import IncompatibleData
 from core.formats import ModelInfo
 from core.spec import JobSpec
 from squeeze.settings import Settings
-from store import catalog, jobs
+from store import catalog, jobs, webhooks
 from store.blobs import BlobStore
 from store.catalog import NotFound
 from store.db import transaction
@@ -65,6 +65,8 @@ def submit_job(
     idempotency_key: str | None,
     queue: JobQueue,
     settings: Settings,
+    api_key_id: str | None = None,
+    webhook_url: str | None = None,
 ) -> Submission:
     """Check the spec against the tenant's uploads and insert the job (or find its replay).
 
@@ -74,7 +76,7 @@ def submit_job(
     active jobs (a replay is answered even then). The caller commits, then calls
     `enqueue` when `created`.
     """
-    request_sha256 = spec_sha256(spec)
+    request_sha256 = request_hash(spec, webhook_url)
     check_references(session, spec, tenant_id)
     if idempotency_key is None or not jobs.has_idempotency_key(session, tenant_id, idempotency_key):
         check_job_slot(session, tenant_id, settings)
@@ -85,8 +87,27 @@ def submit_job(
         queue=queue.queue_for(spec.device),
         request_sha256=request_sha256,
         idempotency_key=idempotency_key,
+        api_key_id=api_key_id,
+        webhook_url=webhook_url,
+        method=method_label(spec),
     )
+    if created and webhook_url is not None:
+        webhooks.watch_job(session, job.id, webhook_url)
     return Submission(job=job, created=created)
+
+
+def request_hash(spec: JobSpec, webhook_url: str | None) -> str:
+    """What an Idempotency-Key replay must match: the spec, and the webhook URL if any
+    (without one the hash is the spec's own, as before webhooks existed)."""
+    digest = spec_sha256(spec)
+    if webhook_url is None:
+        return digest
+    return hashlib.sha256(f"{digest}\n{webhook_url}".encode()).hexdigest()
+
+
+def method_label(spec: JobSpec) -> str:
+    """The steps' methods in order, joined by "+": the job's label in the metrics."""
+    return "+".join(step.method for step in spec.steps)[:200]
 
 
 def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:

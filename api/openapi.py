@@ -24,6 +24,7 @@ JOB_LINKS = {
     "CancelJob": "cancel_job",
     "ListEvents": "list_events",
     "ListArtifacts": "list_artifacts",
+    "GetJobReport": "get_job_report",
 }
 
 

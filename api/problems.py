@@ -22,6 +22,7 @@ from starlette.requests import ClientDisconnect
 
 from api.errors import (
     ApiError,
+    BatchTooLarge,
     Forbidden,
     InvalidSpec,
     InvalidUpload,
@@ -113,6 +114,7 @@ RULES: dict[type[Exception], Rule] = {
     Unauthenticated: Rule(401, "Unauthenticated"),
     Forbidden: Rule(403, "Forbidden"),
     QuotaExceeded: Rule(429, "Quota exceeded"),
+    BatchTooLarge: Rule(422, "Batch too large"),
     # Nobody reads this answer; mapping it keeps a dropped upload out of the error log.
     ClientDisconnect: Rule(400, "Client disconnected", "client_disconnected"),
 }

@@ -47,8 +47,11 @@ def storage_exceeded(quota_bytes: int, settings: Settings) -> QuotaExceeded:
     )
 
 
-def check_job_slot(session: Session, tenant_id: str, settings: Settings) -> None:
-    """Raise QuotaExceeded when the tenant already has its quota of active jobs.
+def check_job_slot(
+    session: Session, tenant_id: str, settings: Settings, *, needed: int = 1
+) -> None:
+    """Raise QuotaExceeded when `needed` more active jobs would exceed the tenant's quota
+    (a batch asks for one slot per job, all or nothing).
 
     Takes the tenant's submission lock first, so concurrent submissions are counted one
     after another and cannot both take the last slot.
@@ -56,9 +59,10 @@ def check_job_slot(session: Session, tenant_id: str, settings: Settings) -> None
     tenants.lock_for_submission(session, tenant_id)
     quota = Quotas.of(session, tenant_id, settings).concurrent_jobs
     active = tenants.active_jobs(session, tenant_id)
-    if active >= quota:
+    if active + needed > quota:
+        asked = "" if needed == 1 else f"; this submission needs {needed} slots"
         raise QuotaExceeded(
-            f"the tenant has {active} queued or running jobs, its quota is {quota}; "
+            f"the tenant has {active} queued or running jobs, its quota is {quota}{asked}; "
             "submit again when one finishes",
             retry_after_s=settings.quota_retry_after_s,
             quota="concurrent_jobs",

@@ -4,9 +4,10 @@ at the edge, so the tables can change without changing the API."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from core.data import DatasetInfo
 from core.formats import ModelInfo
@@ -113,6 +114,8 @@ class JobOut(BaseModel):
     result: PipelineResult | None
     error: JobError | None
     links: JobLinks
+    webhook_url: str | None = None
+    batch_id: str | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> JobOut:
@@ -139,6 +142,8 @@ class JobOut(BaseModel):
                 artifacts=f"{url}/artifacts",
                 cancel=f"{url}/cancel",
             ),
+            webhook_url=row.webhook_url,
+            batch_id=row.batch_id,
         )
 
 
@@ -270,6 +275,47 @@ class ApiKeyOut(BaseModel):
 
 class ApiKeyCreated(ApiKeyOut):
     token: str = Field(description="the key itself: shown this once, stored only hashed")
+    webhook_secret: str = Field(
+        description="signs the webhooks of jobs this key submits (HMAC-SHA256); shown "
+        "here and on rotation only"
+    )
+
+
+class WebhookSecretOut(BaseModel):
+    key_id: str
+    webhook_secret: str = Field(description="the new secret: shown this once")
+
+
+# --- webhooks -------------------------------------------------------------------------
+
+
+def check_webhook_url(url: str) -> str:
+    """An absolute http(s) URL with a host, no credentials, no whitespace."""
+    if any(char.isspace() or ord(char) < 32 for char in url):
+        raise ValueError("the webhook URL holds whitespace or control characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("the webhook URL must be an absolute http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the webhook URL must not carry credentials (put a token in the path)")
+    _ = parts.port  # raises ValueError for a port that is not a number in range
+    return url
+
+
+WebhookUrl = Annotated[str, Field(min_length=1, max_length=2000), AfterValidator(check_webhook_url)]
+
+
+class JobRequest(JobSpec):
+    """A job spec, plus where to POST the job's record once it is final."""
+
+    webhook_url: WebhookUrl | None = Field(
+        default=None,
+        description="POSTed the job record when the job ends, signed with the submitting "
+        "key's webhook secret (header `Squeeze-Signature`)",
+    )
+
+    def job_spec(self) -> JobSpec:
+        return JobSpec.model_validate(self.model_dump(exclude={"webhook_url"}))
 
 
 class ApiKeyList(BaseModel):

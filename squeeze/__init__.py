@@ -1,1 +1,19 @@
-"""squeeze: shared settings (and, later, the Python client)."""
+"""squeeze: the settings shared by the service, and the Python client and CLI.
+
+`from squeeze import Client` works; the client is imported on first use only, so the
+service's processes, which import `squeeze.settings`, do not load it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CLIENT_NAMES = frozenset({"Client", "SqueezeError"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CLIENT_NAMES:
+        from squeeze import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'squeeze' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,11 @@ class Settings(BaseSettings):
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
 
+    # How much memory one job may take on a worker beyond what the worker process held when
+    # the job started (heap and anonymous mappings); None: no ceiling. A job spec may ask
+    # for less (`max_memory_bytes`), never more.
+    job_memory_limit_bytes: int | None = Field(default=None, gt=0)
+
     # Measurement: ONNX Runtime threads per timed session and repetitions.
     measure_threads: int = Field(default=1, ge=1)
     measure_warmup_runs: int = Field(default=5, ge=0)
@@ -74,6 +80,25 @@ class Settings(BaseSettings):
     dataset_retention_days: float | None = Field(default=None, gt=0)
     artifact_retention_days: float | None = Field(default=None, gt=0)
     cleanup_interval_s: float = Field(default=3600.0, gt=0)
+
+    # Webhooks (a job's `webhook_url`), delivered by a periodic pass in every worker's
+    # parent process. Attempt n+1 waits webhook_backoff_s * 2**(n-1), at most
+    # webhook_backoff_max_s; after webhook_max_attempts failures the delivery gives up.
+    webhook_interval_s: float = Field(default=2.0, gt=0)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=10.0, ge=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, ge=0)
+    # Deliveries to loopback, link-local and private addresses are refused (SSRF) unless
+    # the receivers really live on the service's own network.
+    webhook_allow_private_hosts: bool = False
+
+    # Batches: the most models one POST /v1/batches may name.
+    max_batch_jobs: int = Field(default=100, gt=0, le=1000)
+
+    # Logs of the API and the workers: "json" (one object a line, with the job id while a
+    # job is handled; docker-compose sets it) or "text" (the embedded default).
+    log_format: Literal["json", "text"] = "text"
 
     @model_validator(mode="after")
     def _limits_are_consistent(self) -> Settings:

@@ -61,10 +61,16 @@ def create_job(
     queue: str,
     request_sha256: str,
     idempotency_key: str | None,
+    api_key_id: str | None = None,
+    webhook_url: str | None = None,
+    batch_id: str | None = None,
+    method: str | None = None,
 ) -> tuple[JobRow, bool]:
     """Insert a queued job; with an idempotency key, return the earlier job instead.
 
     Returns (job, created). The caller commits, then enqueues only when `created`.
+    `api_key_id` (the submitting key), `webhook_url`, `batch_id` and `method` (the
+    steps' methods, the metrics' label) are stored as given.
     """
     if idempotency_key is not None:
         existing = _by_idempotency_key(session, tenant_id, idempotency_key, request_sha256)
@@ -81,6 +87,10 @@ def create_job(
         progress=0.0,
         attempt=0,
         cancel_requested=False,
+        api_key_id=api_key_id,
+        webhook_url=webhook_url,
+        batch_id=batch_id,
+        method=method,
     )
     try:
         with session.begin_nested():
@@ -170,6 +180,23 @@ def list_events(session: Session, job_id: str, *, after_id: int, limit: int) -> 
         .where(JobEventRow.job_id == job_id, JobEventRow.id > after_id)
         .order_by(JobEventRow.id)
         .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+def list_attempt_events(
+    session: Session, job_id: str, attempt: int, *, kind: str
+) -> list[JobEventRow]:
+    """One attempt's events of one kind, oldest first (a report reads what the latest
+    attempt has measured so far from its progress events)."""
+    query = (
+        select(JobEventRow)
+        .where(
+            JobEventRow.job_id == job_id,
+            JobEventRow.attempt == attempt,
+            JobEventRow.kind == kind,
+        )
+        .order_by(JobEventRow.id)
     )
     return list(session.scalars(query))
 
@@ -327,6 +354,21 @@ def finish(
         )
     message = state if error_message is None else f"{state}: {error_message}"
     add_event(session, job_id, attempt, state, message, {"error_code": error_code})
+    return True
+
+
+def release(session: Session, job_id: str, attempt: int, reason: str) -> bool:
+    """Put a running attempt's job back in the queue (its worker is shutting down);
+    False when the attempt no longer owns the job."""
+    result = session.execute(
+        update(JobRow)
+        .where(_owned(job_id, attempt))
+        .values(state="queued", worker=None, lease_expires_at=None, enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    add_event(session, job_id, attempt, "released", reason)
     return True
 
 

@@ -77,6 +77,9 @@ class ApiKeyRow(Base):
     is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+    # Signs the webhooks of the jobs this key submits (HMAC-SHA256). Stored as it is, not
+    # hashed, because the service must sign with it; shown at creation and rotation only.
+    webhook_secret: Mapped[str] = mapped_column(String(64))
 
 
 class ModelRow(Base):
@@ -139,6 +142,59 @@ class JobRow(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # The key that submitted the job: its webhook secret signs the job's webhook.
+    api_key_id: Mapped[str | None] = mapped_column(
+        ForeignKey("api_keys.id", name="fk_jobs_api_key_id"), default=None
+    )
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    batch_id: Mapped[str | None] = mapped_column(
+        ForeignKey("batches.id", name="fk_jobs_batch_id"), default=None, index=True
+    )
+    # The steps' methods joined by "+" ("prune+quantize"): the label of job metrics.
+    method: Mapped[str | None] = mapped_column(String(200), default=None)
+
+
+class BatchRow(Base):
+    """One spec submitted over many models: one job per model (`jobs.batch_id`)."""
+
+    __tablename__ = "batches"
+    __table_args__ = (
+        Index("ix_batches_tenant_created", "tenant_id", "created_at"),
+        UniqueConstraint(
+            "tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency_key"
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", name="fk_batches_tenant_id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The job spec every job shares, without its model_id.
+    spec: Mapped[dict[str, Any]]
+    webhook_url: Mapped[str | None] = mapped_column(String(2000), default=None)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
+    request_sha256: Mapped[str] = mapped_column(String(64))
+
+
+class WebhookDeliveryRow(Base):
+    """The webhook of one job: written with the job ("waiting"), due once the job is
+    final ("pending"), then "delivered" or, after the last attempt, "failed"."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("job_id", name="uq_webhook_deliveries_job_id"),
+        Index("ix_webhook_deliveries_state_due", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2000))
+    state: Mapped[str] = mapped_column(String(16), default="waiting")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class JobEventRow(Base):

@@ -39,6 +39,13 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def new_webhook_secret() -> str:
+    return WEBHOOK_SECRET_PREFIX + secrets.token_urlsafe(24)
+
+
 @dataclass(frozen=True)
 class IssuedKey:
     """A key as created: the only time its token exists outside the client."""
@@ -90,6 +97,7 @@ def issue_key(
         prefix=token[:12],
         secret_sha256=secret_sha256(token),
         is_admin=is_admin,
+        webhook_secret=new_webhook_secret(),
     )
     session.add(row)
     session.flush()
@@ -119,6 +127,17 @@ def revoke_key(session: Session, key_id: str, *, tenant_id: str | None) -> ApiKe
     if row.revoked_at is None:
         row.revoked_at = utcnow()
         session.flush()
+    return row
+
+
+def rotate_webhook_secret(session: Session, key_id: str, *, tenant_id: str | None) -> ApiKeyRow:
+    """A new webhook secret for a key of `tenant_id` (None: any tenant's, for the admin);
+    webhooks sent from now on are signed with it."""
+    row = session.get(ApiKeyRow, key_id)
+    if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+        raise NotFound("api key", key_id)
+    row.webhook_secret = new_webhook_secret()
+    session.flush()
     return row
 
 

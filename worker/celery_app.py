@@ -10,6 +10,8 @@ from kombu import Queue
 from squeeze.settings import Settings, get_settings
 
 RUN_JOB_TASK = "squeeze.run_job"
+# a helper joining a running job's architecture search (worker/search_helper.py)
+SEARCH_TRIALS_TASK = "squeeze.search_trials"
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
@@ -23,6 +25,9 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "data_folder_out": folder,
             "control_folder": str(settings.broker_dir / "control"),
             "store_processed": False,
+            # The folder is polled (kombu's default: every second); a job should not
+            # wait a second for its worker to look. Listing a folder 10x/s is cheap.
+            "polling_interval": 0.1,
         }
     # Redis redelivers unacknowledged messages after this; above the hard time limit so a
     # long job is not handed to a second worker while the first still runs it.

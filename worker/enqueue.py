@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from squeeze.settings import Settings
-from worker.celery_app import RUN_JOB_TASK, make_celery
+from worker.celery_app import RUN_JOB_TASK, SEARCH_TRIALS_TASK, make_celery
 
 
 class JobQueue:
@@ -21,6 +22,13 @@ class JobQueue:
     def send(self, job_id: str, queue: str) -> None:
         self.app.send_task(RUN_JOB_TASK, args=[job_id], queue=queue)
 
+    def send_search_helpers(self, job_id: str, study_name: str, count: int, queue: str) -> None:
+        """Ask `count` other workers to join the job's search study (helpers 1..count)."""
+        for helper_index in range(1, count + 1):
+            self.app.send_task(
+                SEARCH_TRIALS_TASK, args=[job_id, study_name, helper_index], queue=queue
+            )
+
     def ping(self) -> None:
         """Raises when the broker cannot be reached."""
         if self.settings.uses_filesystem_broker:
@@ -33,3 +41,14 @@ class JobQueue:
             return
         with self.app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
+
+    def queue_length(self, queue: str) -> int:
+        """Messages waiting in the broker's queue (0 for a queue the broker does not have
+        yet); raises when the broker cannot be reached."""
+        with self.app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, timeout=2)
+            try:
+                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+            except ChannelError:  # Redis: an empty queue is no key at all
+                return 0
+            return int(declared.message_count)

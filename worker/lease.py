@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store import jobs
 from store.db import transaction
+from worker.limits import SHUTDOWN
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,12 @@ class LeaseKeeper:
         self._thread.join(timeout=self._heartbeat_s + 5)
 
     def should_stop(self) -> bool:
-        return self.lost or self.cancelled
+        return self.lost or self.cancelled or SHUTDOWN.is_set()
+
+    @property
+    def shutting_down(self) -> bool:
+        """The worker is shutting down (and the job was neither cancelled nor lost)."""
+        return SHUTDOWN.is_set() and not (self.lost or self.cancelled)
 
     def beat(self) -> None:
         with transaction(self._sessions) as session:

@@ -7,24 +7,32 @@ database engine (engines and CUDA must not cross a fork).
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+from billiard.process import active_children
 from celery import signals
+from celery.exceptions import Reject
 
+from squeeze.logs import configure_logging, log_context
 from squeeze.settings import get_settings
 from store.blobs import BlobStore
 from store.db import make_engine, make_sessionmaker
 from store.migrate import upgrade_to_head
-from worker.celery_app import RUN_JOB_TASK, make_celery
+from worker.celery_app import RUN_JOB_TASK, SEARCH_TRIALS_TASK, make_celery
 from worker.cleanup import clean_once
 from worker.enqueue import JobQueue
+from worker.limits import SHUTDOWN_SIGNAL, install_shutdown_handler
 from worker.periodic import Periodic
 from worker.reaper import reap_once
 from worker.runner import JobRunner
+from worker.search_helper import SearchHelper
+from worker.webhooks import WebhookSender
 
 log = logging.getLogger("squeeze.worker")
 app = make_celery()
 _runner: JobRunner | None = None
+_search_helper: SearchHelper | None = None
 _background: list[Periodic] = []
 
 
@@ -33,13 +41,42 @@ def get_runner() -> JobRunner:
     if _runner is None:
         settings = get_settings()
         sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-        _runner = JobRunner(settings, sessions, BlobStore(settings.blob_dir))
+        _runner = JobRunner(
+            settings, sessions, BlobStore(settings.blob_dir), queue=JobQueue(settings, app)
+        )
     return _runner
+
+
+def get_search_helper() -> SearchHelper:
+    global _search_helper
+    if _search_helper is None:
+        runner = get_runner()
+        _search_helper = SearchHelper(runner.settings, runner.sessions, runner.blobs)
+    return _search_helper
 
 
 @app.task(name=RUN_JOB_TASK, ignore_result=True)
 def run_job(job_id: str) -> str:
-    return get_runner().run(job_id)
+    install_shutdown_handler()
+    with log_context(job_id=job_id):
+        outcome = get_runner().run(job_id)
+    if outcome in ("declined", "released"):
+        # The worker is shutting down: the message goes back to the broker for another
+        # worker (acks_late: rejecting with requeue is what hands it back).
+        raise Reject(f"worker shutting down; job {job_id} {outcome}", requeue=True)
+    return outcome
+
+
+@app.task(name=SEARCH_TRIALS_TASK, ignore_result=True)
+def search_trials(job_id: str, study_name: str, helper_index: int) -> str:
+    with log_context(job_id=job_id):
+        return get_search_helper().run(job_id, study_name, helper_index)
+
+
+@signals.setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Our format (SQUEEZE_LOG_FORMAT: json or text, with the job id) instead of Celery's."""
+    configure_logging(get_settings().log_format, loglevel or logging.INFO)
 
 
 @signals.worker_init.connect
@@ -51,8 +88,8 @@ def _prepare(**_: Any) -> None:
 
 @signals.worker_ready.connect
 def _start_background(**_: Any) -> None:
-    """The reaper and the retention cleanup, in the parent process (every worker runs
-    them; both are safe to run concurrently)."""
+    """The reaper, the retention cleanup and webhook deliveries, in the parent process
+    (every worker runs them; all are safe to run concurrently)."""
     settings = get_settings()
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     queue = JobQueue(settings, app)
@@ -67,6 +104,12 @@ def _start_background(**_: Any) -> None:
                 settings.cleanup_interval_s,
                 lambda: clean_once(sessions, blobs, settings),
             ),
+            # webhook deliveries: never inside a job, so a slow receiver cannot hold one
+            Periodic(
+                "webhooks",
+                settings.webhook_interval_s,
+                WebhookSender(sessions, settings).run_once,
+            ),
         ]
     )
     for task in _background:
@@ -75,8 +118,22 @@ def _start_background(**_: Any) -> None:
 
 @signals.worker_process_init.connect
 def _fresh_child(**_: Any) -> None:
-    global _runner
+    global _runner, _search_helper
     _runner = None  # a forked child builds its own engine on first use
+    _search_helper = None
+
+
+@signals.worker_shutting_down.connect
+def _release_running_jobs(**_: Any) -> None:
+    """A warm shutdown (SIGTERM) waits for running tasks: ask the pool processes to stop
+    their jobs at the next progress check and hand them back to the queue, so the worker
+    exits in seconds instead of after the job (or being killed mid-way by its host)."""
+    for child in active_children():
+        if child.pid is not None:
+            try:
+                os.kill(child.pid, SHUTDOWN_SIGNAL)
+            except ProcessLookupError:
+                continue
 
 
 @signals.worker_shutdown.connect

@@ -12,11 +12,13 @@ layout uploads take); report.json says which.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,23 @@ from squeeze.settings import Settings
 from store import catalog, jobs
 from store.blobs import BlobStore
 from store.db import transaction
+from worker.enqueue import JobQueue
 from worker.lease import LeaseKeeper
+from worker.limits import SHUTDOWN, is_allocation_failure, memory_ceiling
+from worker.report_page import report_html
+from worker.search_storage import search_store
 
 log = logging.getLogger(__name__)
 
 ONNX_MEDIA_TYPE = "application/octet-stream"
 ZIP_MEDIA_TYPE = "application/zip"
+MEDIA_TYPES = {
+    ".json": "application/json",
+    ".png": "image/png",
+    ".csv": "text/csv",
+    ".txt": "text/plain",
+    ".onnx": ONNX_MEDIA_TYPE,
+}
 
 
 class LeaseLost(Exception):
@@ -52,6 +65,12 @@ class JobInputs:
     spec: JobSpec
     model_path: Path
     dataset_paths: dict[str, Path]
+    # the other models the spec names (uploaded students), by model id
+    other_model_paths: dict[str, Path] = field(default_factory=dict)
+    # the broker queue the job was sent to (search helpers are sent there too)
+    queue: str | None = None
+    # the uploaded model's file name, for the report
+    model_filename: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +126,11 @@ def package_model(
     return ModelArtifact("model.zip", archive, ZIP_MEDIA_TYPE, names)
 
 
+def media_type_of(path: Path) -> str:
+    """The media type a step's extra file is served with (by its suffix)."""
+    return MEDIA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+
+
 def archive_limits(settings: Settings) -> ArchiveLimits:
     return ArchiveLimits(
         max_members=settings.max_model_archive_members,
@@ -121,14 +145,24 @@ def worker_name() -> str:
 
 class JobRunner:
     def __init__(
-        self, settings: Settings, sessions: sessionmaker[Session], blobs: BlobStore
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        queue: JobQueue | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = sessions
         self.blobs = blobs
+        # sends search helpers to other workers; None (in-process tests): searches run alone
+        self.queue = queue
 
     def run(self, job_id: str) -> str:
-        """Returns the state the job ended in, or "skipped" for a duplicate message."""
+        """Returns the state the job ended in, "skipped" for a duplicate message,
+        "declined" when the worker is shutting down (the job is left queued) and
+        "released" when it shut down while running the job (the job is queued again)."""
+        if SHUTDOWN.is_set():
+            return "declined"
         with transaction(self.sessions) as session:
             attempt = jobs.claim(
                 session, job_id, worker=worker_name(), lease_s=self.settings.lease_s
@@ -151,14 +185,22 @@ class JobRunner:
             shutil.rmtree(work_dir, ignore_errors=True)
 
     def _run_attempt(self, job_id: str, attempt: int, work_dir: Path, keeper: LeaseKeeper) -> str:
+        allowance: int | None = None  # the job's memory ceiling, once its spec is read
         try:
-            inputs = self._load_inputs(job_id)
+            inputs = self.load_inputs(job_id)
+            allowance = self._memory_allowance(inputs.spec)
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
             # A folder of its own: the engine follows external data only beside the .onnx.
             model_path = materialise_model(
                 inputs.model_path, work_dir / "input", archive_limits(self.settings)
             )
+            other_models = {
+                model_id: materialise_model(
+                    blob, work_dir / "models" / model_id, archive_limits(self.settings)
+                )
+                for model_id, blob in inputs.other_model_paths.items()
+            }
             ctx = RunContext(
                 work_dir=work_dir,
                 device=pipeline.resolve_device(inputs.spec.device),
@@ -171,10 +213,23 @@ class JobRunner:
                 on_progress=self._progress_writer(job_id, attempt),
                 is_cancelled=keeper.should_stop,
             )
-            result, final_model = pipeline.run(model_path, inputs.dataset_paths, inputs.spec, ctx)
+            if any(step.method == "search" for step in inputs.spec.steps):
+                ctx = dataclasses.replace(
+                    ctx,
+                    search_store=search_store(self.settings, job_id),
+                    request_helpers=self._helper_sender(job_id, inputs.queue),
+                )
+            with memory_ceiling(allowance):
+                result, final_model = pipeline.run(
+                    model_path, inputs.dataset_paths, inputs.spec, ctx, models=other_models
+                )
             if keeper.lost:
                 raise LeaseLost(job_id)
-            artifacts = self._publish_artifacts(final_model, result.model_dump(mode="json"))
+            artifacts = self._publish_artifacts(
+                final_model,
+                result.model_dump(mode="json"),
+                report_html(job_id, inputs.spec, result, inputs.model_filename),
+            )
             return self._finish(
                 job_id,
                 attempt,
@@ -188,6 +243,8 @@ class JobRunner:
         except JobCancelled:
             if keeper.lost and not keeper.cancelled:
                 return "lost"
+            if keeper.shutting_down:
+                return self._release(job_id, attempt)
             return self._finish(
                 job_id,
                 attempt,
@@ -196,6 +253,8 @@ class JobRunner:
                 error_message="cancelled by request",
             )
         except EngineError as error:
+            if allowance is not None and is_allocation_failure(error):
+                return self._memory_exceeded(job_id, attempt, allowance, error)
             return self._finish(
                 job_id, attempt, state="failed", error_code=error.code, error_message=error.message
             )
@@ -213,6 +272,8 @@ class JobRunner:
                 f"({self.settings.task_soft_time_limit_s} s)",
             )
         except Exception as error:  # the record must say why, whatever went wrong
+            if allowance is not None and is_allocation_failure(error):
+                return self._memory_exceeded(job_id, attempt, allowance, error)
             log.exception("job %s attempt %d crashed", job_id, attempt)
             return self._finish(
                 job_id,
@@ -222,7 +283,42 @@ class JobRunner:
                 error_message=f"{type(error).__name__}: {error}",
             )
 
-    def _load_inputs(self, job_id: str) -> JobInputs:
+    def _memory_exceeded(
+        self, job_id: str, attempt: int, allowance: int, error: BaseException
+    ) -> str:
+        return self._finish(
+            job_id,
+            attempt,
+            state="failed",
+            error_code="memory_limit_exceeded",
+            error_message=(
+                f"the job needed more than its memory limit of {allowance} bytes "
+                f"({type(error).__name__}: {str(error)[:200]})"
+            ),
+        )
+
+    def _memory_allowance(self, spec: JobSpec) -> int | None:
+        limits = [
+            limit
+            for limit in (self.settings.job_memory_limit_bytes, spec.max_memory_bytes)
+            if limit is not None
+        ]
+        return min(limits) if limits else None
+
+    def _release(self, job_id: str, attempt: int) -> str:
+        """The worker is shutting down: the job goes back to the queue for another. The
+        task hands its message back to the broker (worker.main); the reaper covers a
+        message that is lost on the way."""
+        with transaction(self.sessions) as session:
+            released = jobs.release(session, job_id, attempt, "worker shutting down")
+        if not released:
+            return "lost"
+        log.info("job %s attempt %d released for another worker", job_id, attempt)
+        return "released"
+
+    def load_inputs(self, job_id: str) -> JobInputs:
+        """The job's spec and the blob paths of its model and datasets (search helpers
+        load a job's inputs the same way)."""
         with transaction(self.sessions) as session:
             job = jobs.get_job(session, job_id, tenant_id=None)
             spec = JobSpec.model_validate(job.spec)
@@ -234,7 +330,29 @@ class JobRunner:
                 )
                 for dataset_id in spec.dataset_ids()
             }
-            return JobInputs(spec, self.blobs.path(model.sha256), datasets)
+            other_models = {
+                model_id: self.blobs.path(
+                    catalog.get_model(session, model_id, tenant_id=job.tenant_id).sha256
+                )
+                for model_id in spec.student_model_ids()
+            }
+            return JobInputs(
+                spec,
+                self.blobs.path(model.sha256),
+                datasets,
+                other_models,
+                queue=job.queue,
+                model_filename=model.filename,
+            )
+
+    def _helper_sender(self, job_id: str, queue: str | None) -> Callable[[str, int], None]:
+        def send(study_name: str, count: int) -> None:
+            if self.queue is None or queue is None:
+                log.info("job %s: no queue to send %d search helpers to", job_id, count)
+                return
+            self.queue.send_search_helpers(job_id, study_name, count, queue)
+
+        return send
 
     def _progress_writer(self, job_id: str, attempt: int) -> Any:
         def write(progress: float, message: str, data: dict[str, Any]) -> None:
@@ -256,7 +374,7 @@ class JobRunner:
         return write
 
     def _publish_artifacts(
-        self, final_model: Path, report: dict[str, Any]
+        self, final_model: Path, report: dict[str, Any], report_page: str | None = None
     ) -> list[jobs.ArtifactRecord]:
         model = package_model(final_model, final_model.parent / "publish")
         report = {**report, "model_artifact": model.describe()}
@@ -264,11 +382,19 @@ class JobRunner:
         report_path.write_text(json.dumps(report, indent=2, sort_keys=True))
         manifest_path = final_model.parent / "manifest.json"
         manifest_path.write_text(json.dumps(report["manifest"], indent=2, sort_keys=True))
+        step_files = sorted((final_model.parent / pipeline.STEP_ARTIFACTS_DIR).glob("*"))
+        pages = []
+        if report_page is not None:
+            page_path = final_model.parent / "report.html"
+            page_path.write_text(report_page, encoding="utf-8")
+            pages.append(("report.html", page_path, "text/html; charset=utf-8"))
         records = []
         for name, path, media_type in (
             (model.name, model.path, model.media_type),
             ("report.json", report_path, "application/json"),
             ("manifest.json", manifest_path, "application/json"),
+            *pages,
+            *((path.name, path, media_type_of(path)) for path in step_files),
         ):
             staged = self.blobs.stage_file(path)
             self.blobs.publish(staged)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Request, Response
 from api import uploads
 from api.auth import CallerDep
 from api.deps import BlobsDep, SessionDep, SettingsDep
+from api.metrics import MetricsDep
 from api.routes.docs import file_upload_body, problems
 from api.schemas import DatasetOut, dataset_url
 from store import catalog
@@ -31,9 +32,11 @@ async def upload_dataset(
     session: SessionDep,
     blobs: BlobsDep,
     settings: SettingsDep,
+    service_metrics: MetricsDep,
 ) -> DatasetOut:
     """Upload a dataset as multipart field `file`; it is validated before it is stored."""
     row = await uploads.upload_dataset(request, session, blobs, settings, caller.tenant_id)
+    service_metrics.uploaded("dataset", row.size_bytes)
     response.headers["Location"] = dataset_url(row.id)
     return DatasetOut.from_row(row)
 

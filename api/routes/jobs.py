@@ -18,10 +18,10 @@ from api.schemas import (
     EventOut,
     JobList,
     JobOut,
+    JobRequest,
     JobState,
     job_url,
 )
-from core.spec import JobSpec
 from store import jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401))
@@ -41,7 +41,7 @@ IdempotencyKey = Annotated[
 
 @router.post("", status_code=202, responses=problems(409, 422, 429))
 def create_job(
-    spec: JobSpec,
+    spec: JobRequest,
     response: Response,
     background: BackgroundTasks,
     caller: CallerDep,
@@ -53,14 +53,17 @@ def create_job(
 ) -> JobOut:
     """Queue a job. A replay (same Idempotency-Key, same spec) answers the earlier job
     with `Idempotent-Replayed: true`; the same key with another spec is a 409. A tenant
-    at its quota of queued and running jobs gets a 429 with `Retry-After`."""
+    at its quota of queued and running jobs gets a 429 with `Retry-After`. With a
+    `webhook_url`, the job's record is POSTed there, signed, once the job ends."""
     submission = job_service.submit_job(
         session,
-        spec,
+        spec.job_spec(),
         tenant_id=caller.tenant_id,
         idempotency_key=idempotency_key,
         queue=queue,
         settings=settings,
+        api_key_id=caller.key_id,
+        webhook_url=spec.webhook_url,
     )
     job = submission.job
     if submission.created:

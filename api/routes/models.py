@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Request, Response
 from api import uploads
 from api.auth import CallerDep
 from api.deps import BlobsDep, SessionDep, SettingsDep
+from api.metrics import MetricsDep
 from api.routes.docs import file_upload_body, problems
 from api.schemas import ModelOut, model_url
 from store import catalog
@@ -35,6 +36,7 @@ async def upload_model(
     session: SessionDep,
     blobs: BlobsDep,
     settings: SettingsDep,
+    service_metrics: MetricsDep,
 ) -> ModelOut:
     """Upload a model as multipart field `file`; it is validated before it is stored.
 
@@ -42,6 +44,7 @@ async def upload_model(
     weights outside the .onnx, and `info.external_data_files` which files hold them.
     """
     row = await uploads.upload_model(request, session, blobs, settings, caller.tenant_id)
+    service_metrics.uploaded("model", row.size_bytes)
     response.headers["Location"] = model_url(row.id)
     return ModelOut.from_row(row)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Response
 
-from api.auth import AdminDep, CallerDep
+from api.auth import AdminDep, CallerDep, KeyCacheDep
 from api.deps import SessionDep, SettingsDep
 from api.routes.docs import problems
 from api.schemas import (
@@ -83,13 +83,21 @@ def create_key(body: ApiKeyIn, caller: CallerDep, session: SessionDep) -> ApiKey
 
 
 @router.delete("/v1/api-keys/{key_id}", responses=problems(404))
-def revoke_key(key_id: KeyId, caller: CallerDep, session: SessionDep) -> ApiKeyOut:
-    """Revoke one of the tenant's keys (an admin may revoke any); it stops working at once."""
+def revoke_key(
+    key_id: KeyId, caller: CallerDep, session: SessionDep, cache: KeyCacheDep
+) -> ApiKeyOut:
+    """Revoke one of the tenant's keys (an admin may revoke any). It stops working at once
+    on this API process, and within the key cache's lifetime (10 s) on others."""
     row = tenants.revoke_key(
         session, key_id, tenant_id=None if caller.is_admin else caller.tenant_id
     )
+    cache.forget_key(row.id)
     return ApiKeyOut.from_row(row)
 
 
 def _created(issued: tenants.IssuedKey) -> ApiKeyCreated:
-    return ApiKeyCreated(**ApiKeyOut.from_row(issued.row).model_dump(), token=issued.token)
+    return ApiKeyCreated(
+        **ApiKeyOut.from_row(issued.row).model_dump(),
+        token=issued.token,
+        webhook_secret=issued.row.webhook_secret,
+    )

@@ -1,0 +1,5 @@
+"""`python -m squeeze.cli ...`"""
+
+from squeeze.cli import run
+
+run()

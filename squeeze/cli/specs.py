@@ -1,0 +1,133 @@
+"""Job specs for the CLI: from a YAML/JSON file, or from the flags of the common cases."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# flag -> spec field naming a dataset
+DATASET_FLAGS = {
+    "eval": "eval_dataset_id",
+    "calib": "calibration_dataset_id",
+    "train": "train_dataset_id",
+}
+
+
+class SpecError(ValueError):
+    """A spec file or flag the CLI cannot use (exit code 2)."""
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """A job spec from a YAML or JSON file (JSON is YAML)."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise SpecError(f"cannot read {path}: {error.strerror}") from error
+    try:
+        spec = yaml.safe_load(text) if path.suffix.lower() != ".json" else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise SpecError(f"{path} is not valid YAML/JSON: {error}") from error
+    if not isinstance(spec, dict):
+        raise SpecError(f"{path} must hold a mapping (a job spec), not {type(spec).__name__}")
+    return spec
+
+
+def parse_drop(text: str) -> float:
+    """`1%` -> 0.01 (one accuracy point), `0.01` -> 0.01."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or percentage: {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"a metric drop between 0 and 100%: {text!r}")
+    return value
+
+
+def parse_size(text: str) -> int:
+    """`5MB`, `800KB`, `1.5GB` (powers of 1000) or a number of bytes."""
+    units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+    lowered = text.strip().lower()
+    for unit, factor in sorted(units.items(), key=lambda item: -len(item[0])):
+        if lowered.endswith(unit):
+            number, scale = lowered[: -len(unit)], factor
+            break
+    else:
+        number, scale = lowered.removesuffix("b"), 1
+    try:
+        size = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"a size above 0: {text!r}")
+    return size
+
+
+def targets_from(args: argparse.Namespace) -> dict[str, Any]:
+    targets: dict[str, Any] = {}
+    if args.max_drop is not None:
+        targets["max_metric_drop"] = args.max_drop
+        if args.relative_drop:
+            targets["metric_drop_mode"] = "relative"
+    if args.max_latency_ms is not None:
+        targets["max_latency_ms"] = args.max_latency_ms
+    if args.max_size is not None:
+        targets["max_size_bytes"] = args.max_size
+    if args.allow_slower:
+        targets["allow_slower"] = True
+    return targets
+
+
+def common_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """Task, targets, device, batch size and seed from the flags (only those given)."""
+    spec: dict[str, Any] = {}
+    task: dict[str, Any] = {}
+    if args.task is not None:
+        task["kind"] = args.task
+    if args.labels is not None:
+        task["labels"] = args.labels
+    if task:
+        spec["task"] = task
+    targets = targets_from(args)
+    if targets:
+        spec["targets"] = targets
+    for name in ("device", "batch_size", "seed"):
+        value = getattr(args, name)
+        if value is not None:
+            spec[name] = value
+    return spec
+
+
+def quantize_step(args: argparse.Namespace) -> dict[str, Any]:
+    step: dict[str, Any] = {"method": "quantize", "mode": args.mode}
+    if args.epochs is not None:
+        if args.mode != "qat":
+            raise SpecError("--epochs applies to --mode qat only")
+        step["epochs"] = args.epochs
+    return step
+
+
+def prune_step(args: argparse.Namespace) -> dict[str, Any]:
+    step: dict[str, Any] = {"method": "prune", "kind": args.kind}
+    if args.kind == "n_m":
+        if args.sparsity is not None:
+            raise SpecError("--sparsity does not apply to --kind n_m (2:4)")
+    elif args.sparsity is not None:
+        step["sparsity"] = args.sparsity
+    if args.epochs is not None:
+        step["fine_tune"] = {"epochs": args.epochs}
+    return step
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`overrides` over `base`, nested mappings merged key by key."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

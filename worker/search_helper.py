@@ -1,0 +1,131 @@
+"""A search helper: the service function behind the `squeeze.search_trials` task.
+
+The job's own runner sends `parallel_workers - 1` of these to the job's queue when its
+search starts. A helper never claims the job nor touches its lease or attempt: it loads
+the job's inputs, joins the search's study and runs trials while the job is running,
+writing one `search_trial` event per trial to the job's log. It stops when the study has
+its trials, the budget is spent, or the job is no longer running (ended, requeued after
+its worker died, or cancelled).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from core import pipeline
+from core.archive import materialise_model
+from core.context import MeasureSettings, RunContext
+from core.errors import JobCancelled
+from core.search import join_search
+from squeeze.settings import Settings
+from store import jobs
+from store.blobs import BlobStore
+from store.db import transaction
+from store.tables import JobRow
+from worker.runner import JobRunner, archive_limits
+from worker.search_storage import search_store
+
+log = logging.getLogger(__name__)
+
+TRIAL_EVENT = "search_trial"
+# how often a helper looks at the job's row (state and cancel flag)
+WATCH_INTERVAL_S = 1.0
+
+
+class JobWatch:
+    """`watch()` is true once the job stopped running or was asked to cancel; the row
+    is read at most every `interval_s` (the engine asks every few batches)."""
+
+    def __init__(self, sessions: sessionmaker[Session], job_id: str, interval_s: float) -> None:
+        self._sessions = sessions
+        self._job_id = job_id
+        self._interval_s = interval_s
+        self._checked_at = float("-inf")
+        self._stopped = False
+
+    def __call__(self) -> bool:
+        now = time.monotonic()
+        if not self._stopped and now - self._checked_at >= self._interval_s:
+            self._checked_at = now
+            state, _, cancel = job_state(self._sessions, self._job_id)
+            self._stopped = state != "running" or cancel
+        return self._stopped
+
+
+def job_state(sessions: sessionmaker[Session], job_id: str) -> tuple[str | None, int, bool]:
+    """(state, attempt, cancel requested); state None when the job does not exist."""
+    with transaction(sessions) as session:
+        row = session.execute(
+            select(JobRow.state, JobRow.attempt, JobRow.cancel_requested).where(JobRow.id == job_id)
+        ).first()
+    if row is None:
+        return None, 0, False
+    return str(row[0]), int(row[1]), bool(row[2])
+
+
+class SearchHelper:
+    def __init__(
+        self, settings: Settings, sessions: sessionmaker[Session], blobs: BlobStore
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self.runner = JobRunner(settings, sessions, blobs)
+
+    def run(self, job_id: str, study_name: str, helper_index: int) -> str:
+        """Returns what happened: "skipped" (the job is not running), "ran N trials",
+        "stopped" (the job stopped meanwhile) or "failed"."""
+        state, attempt, cancel = job_state(self.sessions, job_id)
+        if state != "running" or cancel:
+            log.info("search helper for %s: the job is %s; nothing to do", job_id, state)
+            return "skipped"
+        work_dir = self.settings.work_dir / job_id / f"helper-{helper_index}-{uuid.uuid4().hex[:8]}"
+        try:
+            inputs = self.runner.load_inputs(job_id)
+            model_path = materialise_model(
+                inputs.model_path, work_dir / "input", archive_limits(self.settings)
+            )
+            ctx = RunContext(
+                work_dir=work_dir / "search",
+                device=pipeline.resolve_device(inputs.spec.device),
+                seed=inputs.spec.seed,
+                measure=MeasureSettings(
+                    threads=self.settings.measure_threads,
+                    warmup_runs=self.settings.measure_warmup_runs,
+                    runs=self.settings.measure_runs,
+                ),
+                on_progress=self._trial_writer(job_id, attempt),
+                is_cancelled=JobWatch(self.sessions, job_id, WATCH_INTERVAL_S),
+                search_store=search_store(self.settings, job_id),
+            )
+            ran = join_search(
+                model_path, inputs.dataset_paths, inputs.spec, study_name, helper_index, ctx
+            )
+            log.info("search helper %d for %s ran %d trials", helper_index, job_id, ran)
+            return f"ran {ran} trials"
+        except JobCancelled:
+            return "stopped"
+        except Exception:  # a helper's failure must not fail the job: its runner goes on
+            log.exception("search helper %d for %s failed", helper_index, job_id)
+            return "failed"
+        finally:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    def _trial_writer(self, job_id: str, attempt: int) -> Any:
+        """Trial reports become events of the job; other progress stays local."""
+
+        def write(progress: float, message: str, data: dict[str, Any]) -> None:
+            if "trial" not in data:
+                return
+            safe = json.loads(json.dumps(data, default=str))
+            with transaction(self.sessions) as session:
+                jobs.add_event(session, job_id, attempt, TRIAL_EVENT, message, safe)
+
+        return write
