@@ -1,0 +1,426 @@
+"""Load benchmark: the API under many concurrent clients on loopback, and the service's
+overhead on top of the engine's own run time.
+
+Starts the API (uvicorn, one process) on a temporary data dir, then:
+1. polls: `--clients` concurrent clients each read one job's status every `--interval-s`
+   for `--duration-s` (status polls are what waiting clients do all day);
+2. writes: `--writers` clients upload a small dataset and submit a job in a loop,
+   alongside the pollers;
+3. overhead: one real Celery worker runs `--jobs` small quantize jobs; each job's
+   end-to-end time (submit to final state, polled every 20 ms) is compared with the
+   engine's own time for the same spec (`core.pipeline.run` in this process, median of
+   the same number of runs).
+Prints throughput, p50/p99 latency and errors per phase and writes bench/results/load.md.
+
+    PYTHONPATH=. python bench/load.py [--clients 200] [--duration-s 20] [--profile embedded]
+
+`--profile deployment` uses PostgreSQL and Redis on 127.0.0.1 (a fresh database).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from scripts.demo import free_port, stop, wait_ready  # noqa: E402
+from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
+
+ADMIN_KEY = "sqz_bench-load-admin-key"
+FINAL = {"succeeded", "failed", "cancelled"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--interval-s", type=float, default=1.0, help="each poller's period")
+    parser.add_argument("--duration-s", type=float, default=20.0)
+    parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument("--jobs", type=int, default=5, help="jobs for the overhead phase")
+    parser.add_argument("--profile", choices=["embedded", "deployment"], default="embedded")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/load.md"))
+    parser.add_argument("--note", default="", help="a sentence on machine conditions")
+    return parser.parse_args(argv)
+
+
+@dataclass
+class Phase:
+    name: str
+    latencies_ms: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def record(self, started: float, status: int | None, expected: int) -> None:
+        self.latencies_ms.append((time.perf_counter() - started) * 1000)
+        if status != expected:
+            key = str(status)
+            self.errors[key] = self.errors.get(key, 0) + 1
+
+    def row(self) -> str:
+        count = len(self.latencies_ms)
+        p50, p99 = np.percentile(self.latencies_ms, [50, 99]) if count else (float("nan"),) * 2
+        errors = sum(self.errors.values())
+        detail = f" ({self.errors})" if self.errors else ""
+        return (
+            f"| {self.name} | {count} | {count / self.elapsed_s:.0f} | {p50:.1f} | {p99:.1f} "
+            f"| {errors}{detail} |"
+        )
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+def service_env(data_dir: Path, profile: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "SQUEEZE_DATA_DIR": str(data_dir),
+        "SQUEEZE_ADMIN_API_KEY": ADMIN_KEY,
+        "SQUEEZE_QUOTA_CONCURRENT_JOBS": "100000",
+        "SQUEEZE_MEASURE_RUNS": "10",
+        "SQUEEZE_MEASURE_WARMUP_RUNS": "2",
+    }
+    if profile == "deployment":
+        sys.path.insert(0, str(ROOT))
+        from tests import services
+
+        database = services.create_database()
+        env["SQUEEZE_DATABASE_URL"] = services.postgres_url_for(database)
+        env["SQUEEZE_BROKER_URL"] = services.REDIS_URL
+        env["SQUEEZE_QUEUE_CPU"] = f"bench-{database}"
+    return env
+
+
+@contextmanager
+def process(
+    command: list[str], env: dict[str, str], log: Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as output:
+        child = subprocess.Popen(
+            command,
+            env=env,
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield child
+        finally:
+            stop(child)
+
+
+def api_command(port: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+
+
+def worker_command(queue: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker.main",
+        "worker",
+        "-Q",
+        queue,
+        "--concurrency",
+        "1",
+        "--loglevel",
+        "WARNING",
+        "--hostname",
+        "bench@%h",
+    ]
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Inputs:
+    model: Path
+    calibration: Path
+    evaluation: Path
+
+
+def build_inputs(folder: Path) -> Inputs:
+    import torch
+
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = train_digits_cnn(seed=0, epochs=4)
+    x_test, y_test = digits_arrays("test")
+    x_train, _ = digits_arrays("train")
+    return Inputs(
+        model=export_onnx(model, torch.from_numpy(x_test[:1]), folder / "digits.onnx"),
+        calibration=save_npz(folder / "calibration.npz", x_train[:128]),
+        evaluation=save_npz(folder / "eval.npz", x_test[:128], y_test[:128]),
+    )
+
+
+def upload(client: httpx.Client, route: str, path: Path) -> str:
+    with path.open("rb") as handle:
+        response = client.post(route, files={"file": (path.name, handle)})
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
+def job_spec(ids: dict[str, str]) -> dict[str, Any]:
+    return {
+        "model_id": ids["model"],
+        "calibration_dataset_id": ids["calibration"],
+        "eval_dataset_id": ids["evaluation"],
+        "steps": [{"method": "quantize", "mode": "dynamic"}],
+        "batch_size": 8,
+    }
+
+
+# --- phases --------------------------------------------------------------------------------
+
+
+async def poll_phase(
+    base_url: str,
+    job_ids: list[str],
+    args: argparse.Namespace,
+    writers: Inputs | None,
+    ids: dict[str, str],
+) -> tuple[Phase, Phase]:
+    polls, writes = Phase("status polls"), Phase("upload + submit")
+    limits = httpx.Limits(max_connections=args.clients + args.writers + 8)
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    deadline = time.perf_counter() + args.duration_s
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, limits=limits, timeout=30
+    ) as client:
+
+        async def poller(index: int) -> None:
+            job_url = f"/v1/jobs/{job_ids[index % len(job_ids)]}"
+            # Spread the first polls over one interval, as independent clients would be.
+            await asyncio.sleep(args.interval_s * index / args.clients)
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    response = await client.get(job_url)
+                    polls.record(started, response.status_code, 200)
+                except httpx.HTTPError as error:
+                    polls.record(started, None, 200)
+                    polls.errors[type(error).__name__] = (
+                        polls.errors.get(type(error).__name__, 0) + 1
+                    )
+                await asyncio.sleep(max(0.0, args.interval_s - (time.perf_counter() - started)))
+
+        async def writer() -> None:
+            assert writers is not None
+            content = writers.evaluation.read_bytes()
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    uploaded = await client.post(
+                        "/v1/datasets", files={"file": ("eval.npz", content)}
+                    )
+                    spec = job_spec({**ids, "evaluation": uploaded.json()["id"]})
+                    submitted = await client.post("/v1/jobs", json=spec)
+                    writes.record(started, submitted.status_code, 202)
+                except (httpx.HTTPError, KeyError) as error:
+                    writes.record(started, None, 202)
+                    writes.errors[type(error).__name__] = (
+                        writes.errors.get(type(error).__name__, 0) + 1
+                    )
+
+        started = time.perf_counter()
+        tasks = [poller(index) for index in range(args.clients)]
+        if writers is not None:
+            tasks += [writer() for _ in range(args.writers)]
+        await asyncio.gather(*tasks)
+        polls.elapsed_s = writes.elapsed_s = time.perf_counter() - started
+    return polls, writes
+
+
+def engine_seconds(inputs: Inputs, spec: dict[str, Any], runs: int, work: Path) -> list[float]:
+    """The engine's own time for the spec: core.pipeline.run in this process."""
+    from core import pipeline
+    from core.context import MeasureSettings, RunContext
+    from core.spec import JobSpec
+
+    job = JobSpec.model_validate(spec)
+    datasets = {
+        spec["calibration_dataset_id"]: inputs.calibration,
+        spec["eval_dataset_id"]: inputs.evaluation,
+    }
+    times = []
+    for run in range(runs + 1):  # the first run warms up imports and caches
+        ctx = RunContext(
+            work_dir=work / f"engine-{run}",
+            measure=MeasureSettings(threads=1, warmup_runs=2, runs=10),
+        )
+        started = time.perf_counter()
+        pipeline.run(inputs.model, datasets, job, ctx)
+        if run:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+def service_seconds(client: httpx.Client, spec: dict[str, Any], runs: int) -> list[float]:
+    """Submit to final state, as a client polling every 20 ms sees it."""
+    times = []
+    for run in range(runs + 1):  # the first job warms the worker's child process
+        started = time.perf_counter()
+        response = client.post("/v1/jobs", json=spec)
+        response.raise_for_status()
+        url = response.headers["location"]
+        while (job := client.get(url).json())["state"] not in FINAL:
+            time.sleep(0.02)
+        if job["state"] != "succeeded":
+            raise SystemExit(f"overhead job {job['state']}: {job.get('error')}")
+        if run:
+            times.append(time.perf_counter() - started)
+    return times
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="squeeze-load-"))
+    data_dir = work / "data"
+    env = service_env(data_dir, args.profile)
+    queue = env.get("SQUEEZE_QUEUE_CPU", "cpu")
+    print(f"building inputs in {work}")
+    inputs = build_inputs(work)
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    try:
+        with process(api_command(port), env, work / "api.log") as api:
+            wait_ready(base_url, api)
+            with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+                ids = {
+                    "model": upload(client, "/v1/models", inputs.model),
+                    "calibration": upload(client, "/v1/datasets", inputs.calibration),
+                    "evaluation": upload(client, "/v1/datasets", inputs.evaluation),
+                }
+                job_ids = [
+                    client.post("/v1/jobs", json=job_spec(ids)).json()["id"] for _ in range(20)
+                ]
+            print(f"phase 1: {args.clients} pollers, one poll every {args.interval_s}s each")
+            polls_only, _ = asyncio.run(poll_phase(base_url, job_ids, args, None, ids))
+            print(polls_only.row())
+            print(f"phase 2: the same pollers with {args.writers} upload+submit writers")
+            polls_mixed, writes = asyncio.run(poll_phase(base_url, job_ids, args, inputs, ids))
+            print(polls_mixed.row())
+            print(writes.row())
+
+            print(f"phase 3: overhead over the engine, {args.jobs} jobs")
+            with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+                # Jobs queued by phases 1-2 would run first: cancel them.
+                for job in client.get("/v1/jobs", params={"state": "queued", "limit": 100}).json()[
+                    "items"
+                ]:
+                    client.post(f"/v1/jobs/{job['id']}/cancel")
+                while items := client.get(
+                    "/v1/jobs", params={"state": "queued", "limit": 100}
+                ).json()["items"]:
+                    for job in items:
+                        client.post(f"/v1/jobs/{job['id']}/cancel")
+                spec = job_spec(ids)
+                with process(worker_command(queue), env, work / "worker.log"):
+                    service = service_seconds(client, spec, args.jobs)
+            engine = engine_seconds(inputs, spec, args.jobs, work)
+    finally:
+        if args.profile == "deployment":
+            from tests import services
+
+            services.drop_database(env["SQUEEZE_DATABASE_URL"].rsplit("/", 1)[1])
+    overhead = statistics.median(service) - statistics.median(engine)
+    report = render(args, polls_only, polls_mixed, writes, service, engine, overhead)
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(report)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def render(
+    args: argparse.Namespace,
+    polls_only: Phase,
+    polls_mixed: Phase,
+    writes: Phase,
+    service: list[float],
+    engine: list[float],
+    overhead: float,
+) -> str:
+    p99 = float(np.percentile(polls_only.latencies_ms, 99))
+    p99_mixed = float(np.percentile(polls_mixed.latencies_ms, 99))
+    errors = (
+        sum(polls_only.errors.values())
+        + sum(polls_mixed.errors.values())
+        + sum(writes.errors.values())
+    )
+    lines = [
+        "# Load benchmark",
+        "",
+        f"`PYTHONPATH=. python bench/load.py --clients {args.clients} --interval-s "
+        f"{args.interval_s} --duration-s {args.duration_s} --writers {args.writers} "
+        f"--jobs {args.jobs} --profile {args.profile}`",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+        f"API: one uvicorn process; load generator in the same machine. {args.note}".strip(),
+        "",
+        "| phase | requests | per second | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|---:|",
+        polls_only.row().replace("status polls", "status polls alone"),
+        polls_mixed.row().replace("status polls", "status polls with writers"),
+        writes.row(),
+        "",
+        "| job overhead | seconds |",
+        "|---|---:|",
+        f"| service, submit to succeeded (median of {len(service)}) "
+        f"| {statistics.median(service):.3f} |",
+        f"| engine alone, core.pipeline.run (median of {len(engine)}) "
+        f"| {statistics.median(engine):.3f} |",
+        f"| overhead | {overhead:.3f} |",
+        "",
+        "Targets: status polls p99 <= 20 ms at 200 concurrent clients, 0 errors; "
+        "overhead <= 0.5 s.",
+        f"- p99 alone {p99:.1f} ms, with writers {p99_mixed:.1f} ms: "
+        f"{'met' if max(p99, p99_mixed) <= 20 else 'NOT met'}",
+        f"- errors {errors}: {'met' if errors == 0 else 'NOT met'}",
+        f"- overhead {overhead:.3f} s: {'met' if overhead <= 0.5 else 'NOT met'}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
