@@ -30,6 +30,7 @@ from store import jobs
 from store.blobs import BlobStore
 from store.db import transaction
 from store.tables import JobRow
+from worker.limits import SHUTDOWN
 from worker.runner import JobRunner, archive_limits
 from worker.search_storage import search_store
 
@@ -41,8 +42,9 @@ WATCH_INTERVAL_S = 1.0
 
 
 class JobWatch:
-    """`watch()` is true once the job stopped running or was asked to cancel; the row
-    is read at most every `interval_s` (the engine asks every few batches)."""
+    """`watch()` is true once the job stopped running or was asked to cancel, or this
+    worker is shutting down; the row is read at most every `interval_s` (the engine asks
+    every few batches)."""
 
     def __init__(self, sessions: sessionmaker[Session], job_id: str, interval_s: float) -> None:
         self._sessions = sessions
@@ -52,6 +54,8 @@ class JobWatch:
         self._stopped = False
 
     def __call__(self) -> bool:
+        if SHUTDOWN.is_set():  # the worker is shutting down: leave the trials to others
+            return True
         now = time.monotonic()
         if not self._stopped and now - self._checked_at >= self._interval_s:
             self._checked_at = now

@@ -25,9 +25,11 @@ def check_destination(url: str) -> None:
     parts = urlsplit(url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    addresses = {info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    addresses = {
+        str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    }
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone id
         if not ip.is_global or ip.is_multicast:
             raise ForbiddenDestination(
                 f"the webhook host {host!r} resolves to {ip}, which is not a public address"

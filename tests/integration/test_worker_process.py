@@ -27,7 +27,7 @@ def test_full_flow_produces_a_smaller_model_that_runs(
 
     listed = deployment.get(f"{job_url}/artifacts")
     names = sorted(item["name"] for item in listed["items"])
-    assert names == ["manifest.json", "model.onnx", "report.json"]
+    assert names == ["manifest.json", "model.onnx", "report.html", "report.json"]
 
     model_bytes = download(deployment, job["id"], "model.onnx").content
     assert len(model_bytes) < digits_files.model.stat().st_size / 2
@@ -69,6 +69,6 @@ def test_a_job_survives_its_worker_being_killed(
     assert job["state"] == "succeeded", job["error"]
     assert job["attempt"] == 2
     names = [item["name"] for item in deployment.get(f"{job_url}/artifacts")["items"]]
-    assert sorted(names) == ["manifest.json", "model.onnx", "report.json"]
+    assert sorted(names) == ["manifest.json", "model.onnx", "report.html", "report.json"]
     kinds = [event["kind"] for event in deployment.get(f"{job_url}/events?limit=1000")["items"]]
     assert kinds.count("requeued") == 1 and kinds.count("succeeded") == 1

@@ -77,7 +77,7 @@ def test_a_job_on_an_archive_model_succeeds_and_its_model_runs(
 
     job = store.job(job_id)
     artifacts = {artifact.name: artifact for artifact in store.artifacts(job_id)}
-    assert set(artifacts) == {"model.onnx", "report.json", "manifest.json"}
+    assert set(artifacts) == {"model.onnx", "report.json", "report.html", "manifest.json"}
     model_path = store.blobs.path(artifacts["model.onnx"].sha256)
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": digits_batch(store)})

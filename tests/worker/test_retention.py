@@ -88,7 +88,7 @@ def test_expired_artifacts_are_removed_and_the_job_record_keeps_its_metrics(
 
     assert report.artifact_job_ids == [job_id]
     assert store.artifacts(job_id) == []
-    assert len(store.artifacts(fresh_job)) == 3
+    assert len(store.artifacts(fresh_job)) == 4  # model, report.json, report.html, manifest
     job = store.job(job_id)
     assert job.state == "succeeded" and job.result["final"]["size_bytes"] > 0
     assert store.events(job_id)[-1].kind == "artifacts_expired"

@@ -25,7 +25,7 @@ def test_a_queued_job_succeeds_with_one_set_of_artifacts(make_store: StoreFactor
     job = store.job(job_id)
     assert (job.state, job.progress, job.attempt) == ("succeeded", 1.0, 1)
     artifacts = {a.name: a for a in store.artifacts(job_id)}
-    assert set(artifacts) == {"model.onnx", "report.json", "manifest.json"}
+    assert set(artifacts) == {"model.onnx", "report.json", "report.html", "manifest.json"}
     model_path = store.blobs.path(artifacts["model.onnx"].sha256)
     ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     assert job.result["final"]["size_bytes"] == artifacts["model.onnx"].size_bytes
@@ -51,7 +51,7 @@ def test_a_second_message_for_the_same_job_is_skipped(make_store: StoreFactory) 
     assert runner.run(job_id) == "succeeded"
     assert runner.run(job_id) == "skipped"
     assert store.job(job_id).attempt == 1
-    assert len(store.artifacts(job_id)) == 3
+    assert len(store.artifacts(job_id)) == 4  # model, report.json, report.html, manifest
 
 
 def test_a_job_the_engine_cannot_run_fails_with_a_reason(make_store: StoreFactory) -> None:

@@ -1,0 +1,248 @@
+"""What a job report holds: the job as stored (`JobRecord`, the input) and the report
+built from it (`Report`, the output, served as JSON and rendered as HTML).
+
+Plot data are numbers, not pictures: the JSON form carries them for machines and
+`core.report.plots` draws them for people.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from core.results import PipelineResult, TargetCheck
+from core.spec import JobSpec
+
+# --- the input ------------------------------------------------------------------------------
+
+
+class ProgressEvent(BaseModel):
+    """One progress event of the job's latest attempt (message and data as stored)."""
+
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class JobRecord(BaseModel):
+    """The job as the service stores it, plus what a report shows about its inputs."""
+
+    id: str
+    state: str
+    progress: float = 0.0
+    current_step: str | None = None
+    attempt: int = 0
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    spec: JobSpec
+    result: PipelineResult | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    # the uploaded model's file name (user input: rendered escaped)
+    model_filename: str | None = None
+    # the latest attempt's progress events, oldest first: what a job without a result
+    # has measured so far (the original's metrics, finished steps)
+    events: list[ProgressEvent] = Field(default_factory=list)
+
+
+# --- plots ----------------------------------------------------------------------------------
+
+
+class CandidatePoint(BaseModel):
+    name: str
+    size_bytes: int
+    latency_ms: float | None
+    metric_value: float
+    is_input: bool = False
+    chosen: bool = False
+
+
+class UnmeasuredCandidate(BaseModel):
+    name: str
+    status: str  # failed, duplicate, skipped
+    note: str | None = None
+
+
+class CandidatesPlot(BaseModel):
+    """Auto quantization: every measured candidate's metric against size and latency
+    (points numbered from 1 in this order), and the candidates that were not measured."""
+
+    kind: Literal["candidates"] = "candidates"
+    title: str
+    metric_name: str
+    latency_batch_size: int | None
+    points: list[CandidatePoint]
+    unmeasured: list[UnmeasuredCandidate] = Field(default_factory=list)
+
+
+class RankedNode(BaseModel):
+    name: str
+    op_type: str | None = None
+    score: float
+
+
+class RankingPlot(BaseModel):
+    """Per-node sensitivity: the error each node adds when quantized, largest first."""
+
+    kind: Literal["node_sensitivity"] = "node_sensitivity"
+    title: str
+    score_label: str
+    nodes: list[RankedNode]
+
+
+class Curve(BaseModel):
+    label: str
+    x: list[float]
+    y: list[float]
+
+
+class CurvesPlot(BaseModel):
+    """Per-layer sensitivity curves: the metric with one layer pruned to each sparsity."""
+
+    kind: Literal["layer_sensitivity"] = "layer_sensitivity"
+    title: str
+    x_label: str
+    y_label: str
+    baseline: float | None = None
+    curves: list[Curve]
+
+
+class LayerBar(BaseModel):
+    layer: str
+    value: float
+    target: float | None = None
+
+
+class LayerBarsPlot(BaseModel):
+    """Sparsity per layer: zero weights (unstructured, N:M) or removed channels."""
+
+    kind: Literal["layer_sparsity"] = "layer_sparsity"
+    title: str
+    value_label: str
+    layers: list[LayerBar]
+
+
+class TrialPoint(BaseModel):
+    number: int
+    metric: float
+    costs: dict[str, float]
+    on_front: bool = False
+    chosen: bool = False
+
+
+class ParetoPlot(BaseModel):
+    """Architecture search: every completed trial's metric against each cost."""
+
+    kind: Literal["pareto"] = "pareto"
+    title: str
+    metric_name: str
+    costs: list[str]
+    trials: list[TrialPoint]
+
+
+class Series(BaseModel):
+    label: str
+    epochs: list[int]
+    eval_metric: list[float | None]
+    train_loss: list[float | None]
+
+
+class TrainingPlot(BaseModel):
+    """Training curves per epoch (fine-tuning, QAT, distillation)."""
+
+    kind: Literal["training"] = "training"
+    title: str
+    metric_name: str
+    series: list[Series]
+    best_epoch: int | None = None
+
+
+PlotData = Annotated[
+    CandidatesPlot | RankingPlot | CurvesPlot | LayerBarsPlot | ParetoPlot | TrainingPlot,
+    Field(discriminator="kind"),
+]
+
+
+# --- the report -----------------------------------------------------------------------------
+
+
+class LatencyCell(BaseModel):
+    batch_size: int
+    median_ms: float
+    p95_ms: float
+
+
+class MetricsRow(BaseModel):
+    """One model of the before/after table."""
+
+    label: str
+    role: Literal["original", "step", "final"]
+    size_bytes: int
+    size_ratio: float
+    parameters: int
+    latency_batch_1: LatencyCell | None
+    latency_job_batch: LatencyCell | None
+    metric_name: str
+    metric_value: float
+    metric_change: float
+
+
+class Fact(BaseModel):
+    label: str
+    value: str
+
+
+class StepSection(BaseModel):
+    index: int
+    method: str
+    label: str
+    duration_s: float | None
+    facts: list[Fact] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    plots: list[PlotData] = Field(default_factory=list)
+
+
+class VerdictSection(BaseModel):
+    targets_met: bool
+    checks: list[TargetCheck]
+    size_ratio: float
+    latency_ratio: float
+    metric_change: float
+
+
+class JobSection(BaseModel):
+    id: str
+    state: str
+    progress: float
+    current_step: str | None
+    last_message: str | None
+    attempt: int
+    created_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    model_id: str
+    model_filename: str | None
+    task: str
+    batch_size: int
+    steps: list[str]
+    targets: dict[str, Any]
+
+
+class ErrorSection(BaseModel):
+    code: str
+    message: str
+
+
+class Report(BaseModel):
+    """A job's report: complete when the job succeeded, what is known so far otherwise."""
+
+    job: JobSection
+    complete: bool
+    error: ErrorSection | None = None
+    comparison: list[MetricsRow] = Field(default_factory=list)
+    verdict: VerdictSection | None = None
+    steps: list[StepSection] = Field(default_factory=list)
+    # what the report could not show, and why (e.g. a step's details it cannot read)
+    notes: list[str] = Field(default_factory=list)

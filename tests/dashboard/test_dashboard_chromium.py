@@ -1,0 +1,107 @@
+"""The dashboard end to end in headless Chromium: the page loads from the API, takes the
+key from the URL fragment, reads jobs through the public API, and shows the finished
+job's report with its plots, which must really be drawn on screen.
+
+SQUEEZE_DASHBOARD_SCREENSHOTS=<folder> keeps the screenshots there (the README's come
+from this test: `SQUEEZE_DASHBOARD_SCREENSHOTS=docs make pytest
+PYTEST_ARGS=tests/dashboard`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image, ImageStat
+
+from tests.dashboard.conftest import Browser, Served
+
+# matplotlib's tab:blue (the plots' points and bars) and tab:red (the chosen candidate's
+# ring); the dashboard's own styles use neither, so pixels of these colours are plots
+PLOT_BLUE = (31, 119, 180)
+CHOSEN_RED = (214, 39, 40)
+
+
+def colour_pixels(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 12) -> int:
+    """How many pixels lie within `tolerance` of `colour` on every channel."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    return int((np.abs(pixels - np.array(colour)) <= tolerance).all(axis=-1).sum())
+
+
+def keep(path: Path, name: str) -> None:
+    folder = os.environ.get("SQUEEZE_DASHBOARD_SCREENSHOTS")
+    if folder:
+        shutil.copyfile(path, Path(folder) / name)
+
+
+def test_the_dashboard_page_is_public_and_holds_no_data(served: Served) -> None:
+    response = httpx.get(f"{served.base_url}/dashboard/")
+    assert response.status_code == 200
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    assert served.finished_job["id"] not in response.text
+    # only the three files are served: no name from the request reaches the disk
+    assert httpx.get(f"{served.base_url}/dashboard/%2e%2e%2f__init__.py").status_code == 404
+    assert httpx.get(f"{served.base_url}/dashboard/app.js").status_code == 200
+    assert httpx.get(f"{served.base_url}/v1/jobs").status_code == 401
+
+
+def test_without_a_key_the_page_asks_for_one(served: Served, browser: Browser) -> None:
+    dom = browser.dump_dom(f"{served.base_url}/dashboard/")
+    assert 'class="keyform"' in dom
+    assert served.finished_job["id"] not in dom
+
+
+def test_the_job_list_shows_each_job_with_its_state_and_changes(
+    served: Served, browser: Browser, tmp_path: Path
+) -> None:
+    dom = browser.dump_dom(served.dashboard())
+    finished, queued = served.finished_job, served.queued_job
+    rows = dict(re.findall(r'<tr data-job-id="([^"]+)">(.*?)</tr>', dom, re.S))
+    assert set(rows) == {finished["id"], queued["id"]}
+    assert 'data-state="succeeded"' in rows[finished["id"]]
+    assert 'data-state="queued"' in rows[queued["id"]]
+    verdict = finished["result"]["verdict"]
+    assert f"{verdict['size_ratio']:.3f}x" in rows[finished["id"]]
+    assert f"{verdict['latency_ratio']:.3f}x" in rows[finished["id"]]
+    assert "quantize (auto)" in rows[finished["id"]]
+    assert served.admin_key not in dom  # the key left the URL and is never shown
+    keep(browser.screenshot(served.dashboard(), tmp_path / "jobs.png"), "dashboard-jobs.png")
+
+
+def test_the_job_page_shows_the_report_with_its_plots(served: Served, browser: Browser) -> None:
+    job = served.finished_job
+    dom = browser.dump_dom(served.dashboard(f"?job={job['id']}"))
+    assert f'<code id="job-id">{job["id"]}</code>' in dom
+    assert re.search(r'id="job-status"[^>]*data-state="succeeded"', dom)
+    assert '<article class="sq-report"' in dom  # the report, moved into the page
+    figure = re.search(r'<figure class="sq-plot" data-plot="candidates">(.*?)</figure>', dom, re.S)
+    assert figure is not None and "<svg" in figure.group(1) and "<path" in figure.group(1)
+    assert "Before and after" in dom and 'data-section="verdict"' in dom
+    assert "model.onnx" in dom and "report.html" in dom  # the artifacts to download
+    assert "finished" in dom and "measured the original model" in dom  # the events
+
+
+def test_the_plots_are_drawn_on_screen(served: Served, browser: Browser, tmp_path: Path) -> None:
+    job = served.finished_job
+    path = browser.screenshot(served.dashboard(f"?job={job['id']}"), tmp_path / "job.png")
+    keep(path, "dashboard-job.png")
+    with Image.open(path) as image:
+        assert image.size == (1280, 1800)
+        assert max(ImageStat.Stat(image.convert("L")).stddev) > 20  # not a blank page
+        assert colour_pixels(image, PLOT_BLUE) > 150  # the candidates' points and legend
+        assert colour_pixels(image, CHOSEN_RED) > 40  # the chosen candidate's ring
+
+
+def test_a_queued_job_page_keeps_polling_and_says_nothing_was_measured(
+    served: Served, browser: Browser
+) -> None:
+    job = served.queued_job
+    dom = browser.dump_dom(served.dashboard(f"?job={job['id']}"))
+    assert re.search(r'id="job-status"[^>]*data-state="queued"', dom)
+    assert ">Cancel</button>" in dom  # a job still active can be cancelled from the page
+    assert "the job is queued: nothing has been measured yet" in dom
+    assert 'data-plot="' not in dom
