@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--jobs", type=int, default=5, help="jobs for the overhead phase")
     parser.add_argument("--profile", choices=["embedded", "deployment"], default="embedded")
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
     parser.add_argument("--out", type=Path, default=Path("bench/results/load.md"))
     parser.add_argument("--note", default="", help="a sentence on machine conditions")
     return parser.parse_args(argv)
@@ -128,7 +129,7 @@ def process(
             stop(child)
 
 
-def api_command(port: int) -> list[str]:
+def api_command(port: int, workers: int) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -142,6 +143,8 @@ def api_command(port: int) -> list[str]:
         "--log-level",
         "warning",
         "--no-access-log",
+        "--workers",
+        str(workers),
     ]
 
 
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     base_url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     try:
-        with process(api_command(port), env, work / "api.log") as api:
+        with process(api_command(port, args.api_workers), env, work / "api.log") as api:
             wait_ready(base_url, api)
             with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
                 ids = {
@@ -392,10 +395,11 @@ def render(
         "",
         f"`PYTHONPATH=. python bench/load.py --clients {args.clients} --interval-s "
         f"{args.interval_s} --duration-s {args.duration_s} --writers {args.writers} "
-        f"--jobs {args.jobs} --profile {args.profile}`",
+        f"--jobs {args.jobs} --profile {args.profile} --api-workers {args.api_workers}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
-        f"API: one uvicorn process; load generator in the same machine. {args.note}".strip(),
+        f"API: {args.api_workers} uvicorn process(es); load generator in the same machine. "
+        f"{args.note}".strip(),
         "",
         "| phase | requests | per second | p50 ms | p99 ms | errors |",
         "|---|---:|---:|---:|---:|---:|",

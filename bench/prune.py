@@ -13,6 +13,7 @@ and MACs. Prints a markdown table and writes bench/results/prune.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -35,6 +36,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--models", default="digits-cnn,residual-cnn,mlp")
     parser.add_argument("--importance", choices=["l1", "l2", "taylor"], default="l1")
     parser.add_argument("--scope", choices=["local", "global"], default="local")
+    parser.add_argument(
+        "--recover",
+        choices=["fine-tune", "distill"],
+        default="fine-tune",
+        help="after structured pruning: fine-tune only, or also distill from the original "
+        "(prune -> distill with the pruned model as the student)",
+    )
+    parser.add_argument("--distill-epochs", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("bench/results/prune.md"))
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/squeeze-bench-prune"))
     return parser.parse_args(argv)
@@ -58,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     # threads fixed before torch / onnxruntime load
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
+    from pydantic import TypeAdapter
     from torch import nn
 
     from core.context import MeasureSettings, RunContext
@@ -65,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     from core.measure import open_session, time_sessions
     from core.prune.report import onnx_parameters, zip_size_bytes
     from core.registry import StepData, get_step
-    from core.spec import PRUNE_STEP_ADAPTER, TaskSpec
+    from core.spec import PRUNE_STEP_ADAPTER, DistillStep, TaskSpec
+
+    DISTILL_ADAPTER = TypeAdapter(DistillStep)
     from squeeze.examples import (
         DigitsCNN,
         ResidualCNN,
@@ -130,6 +142,31 @@ def main(argv: list[str] | None = None) -> int:
             )
             ctx = RunContext(work_dir=work / label.replace(" ", "-").replace("%", ""))
             output = get_step("prune")(original, config, data, ctx)
+            if args.recover == "distill" and fields["kind"] == "structured":
+                distill = DISTILL_ADAPTER.validate_python(
+                    {
+                        "method": "distill",
+                        "student": {"source": "step_input"},
+                        "epochs": args.distill_epochs,
+                        "early_stopping_patience": None,
+                    }
+                )
+                # The best epoch is chosen on held-out training rows, not on the test
+                # split the table reports.
+                held_out = len(x_train) // 7
+                distill_data = dataclasses.replace(
+                    data,
+                    eval_arrays={"input": x_train[:held_out], "label": y_train[:held_out]},
+                    train_arrays={"input": x_train[held_out:], "label": y_train[held_out:]},
+                    original_model_path=original,
+                )
+                output = get_step("distill")(
+                    output.model_path,
+                    distill,
+                    distill_data,
+                    RunContext(work_dir=ctx.work_dir / "distill"),
+                )
+                label = f"{label} + distill"
             model_rows.append(Row(name, label, output.model_path, macs=_macs(output.model_path)))
         for row in model_rows:
             session = open_session(row.path, settings, "cpu")
@@ -156,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Pruning benchmark\n\n"
         f"`PYTHONPATH=. python bench/prune.py --runs {args.runs} --threads {args.threads} "
         f"--epochs {args.epochs} --ratios {args.ratios} --sparsities {args.sparsities} "
-        f"--models {args.models} --importance {args.importance} --scope {args.scope}`; "
+        f"--models {args.models} --importance {args.importance} --scope {args.scope} "
+        f"--recover {args.recover} --distill-epochs {args.distill_epochs}`; "
         f"{os.cpu_count()} cores; latency medians of ONNX Runtime "
         "runs timed interleaved per model; accuracy on the digits test split (450 images); "
         "parameters: float initializer elements of the exported file (nonzero in brackets); "
