@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,11 +42,25 @@ def log_context(*, job_id: str | None) -> Iterator[None]:
         job_id_var.reset(token)
 
 
+# Celery logs a task's arrival in the worker's parent, outside any job context, with the
+# task's arguments in its record: the job id is the first of them.
+_CELERY_JOB_ARG = re.compile(r"\b(job_[0-9a-f]{12,})\b")
+
+
+def _job_id_in_celery_record(record: logging.LogRecord) -> str | None:
+    if not record.name.startswith("celery") or not isinstance(record.args, dict):
+        return None
+    match = _CELERY_JOB_ARG.search(str(record.args.get("args", "")))
+    return match.group(1) if match else None
+
+
 class JobIdFilter(logging.Filter):
     """Copies the context's job id onto the record (`job_id`, and `job_tag` for text)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        job_id = getattr(record, "job_id", None) or job_id_var.get()
+        job_id = (
+            getattr(record, "job_id", None) or job_id_var.get() or _job_id_in_celery_record(record)
+        )
         record.job_id = job_id
         record.job_tag = f" [{job_id}]" if job_id else ""
         return True
@@ -61,7 +76,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        job_id = getattr(record, "job_id", None) or job_id_var.get()
+        job_id = (
+            getattr(record, "job_id", None) or job_id_var.get() or _job_id_in_celery_record(record)
+        )
         if job_id:
             entry["job_id"] = job_id
         for name, value in vars(record).items():

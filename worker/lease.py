@@ -7,6 +7,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from squeeze.logs import log_context
 from store import jobs
 from store.db import transaction
 from worker.limits import SHUTDOWN
@@ -64,8 +65,10 @@ class LeaseKeeper:
                 self.cancelled = True
 
     def _loop(self) -> None:
-        while not self._stopped.wait(self._heartbeat_s):
-            try:
-                self.beat()
-            except Exception:  # a DB hiccup must not kill the job; the next beat retries
-                log.exception("lease renewal failed for %s", self._job_id)
+        # A thread starts with an empty logging context: give its lines the job id too.
+        with log_context(job_id=self._job_id):
+            while not self._stopped.wait(self._heartbeat_s):
+                try:
+                    self.beat()
+                except Exception:  # a DB hiccup must not kill the job; the next beat retries
+                    log.exception("lease renewal failed for %s", self._job_id)

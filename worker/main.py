@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+from contextvars import Token
 from typing import Any
 
 from billiard.process import active_children
 from celery import signals
 from celery.exceptions import Reject
 
-from squeeze.logs import configure_logging, log_context
+from squeeze.logs import configure_logging, job_id_var, log_context
 from squeeze.settings import get_settings
 from store.blobs import BlobStore
 from store.db import make_engine, make_sessionmaker
@@ -121,6 +122,24 @@ def _fresh_child(**_: Any) -> None:
     global _runner, _search_helper
     _runner = None  # a forked child builds its own engine on first use
     _search_helper = None
+
+
+_task_log_tokens: dict[str, Token[str | None]] = {}
+
+
+@signals.task_prerun.connect
+def _job_id_for_the_whole_task(task_id: str, args: Any = None, **_: Any) -> None:
+    """Celery's own lines about the task (its result, its time) carry the job id too:
+    the context covers the task from before it runs until after Celery logs its end."""
+    if args:
+        _task_log_tokens[task_id] = job_id_var.set(str(args[0]))
+
+
+@signals.task_postrun.connect
+def _end_job_id(task_id: str, **_: Any) -> None:
+    token = _task_log_tokens.pop(task_id, None)
+    if token is not None:
+        job_id_var.reset(token)
 
 
 @signals.worker_shutting_down.connect
