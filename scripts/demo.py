@@ -274,6 +274,11 @@ def main() -> None:
             f"   {result_path.name}: {len(download.content):,} bytes, runs in ONNX Runtime, "
             f"accuracy here {local_accuracy:.4f}"
         )
+        report = client.get(f"/v1/jobs/{job['id']}/artifacts/report.html")
+        report.raise_for_status()
+        report_path = args.out / "report.html"
+        report_path.write_bytes(report.content)
+        print(f"   the job's report with its plots: {report_path} (open it in a browser)")
         print("6. before/after, from the job's stored metrics:\n")
         print_table(job["result"], args.batch_size)
     shutil.rmtree(data_dir, ignore_errors=True)
