@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from api.auth import bootstrap_admin_key
+from api.concurrency import ConcurrencyLimitMiddleware
 from api.deps import Services
 from api.limits import BodyLimits, BodySizeLimitMiddleware
 from api.log_context import JobLogContextMiddleware
@@ -89,6 +90,9 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     install_problem_handlers(app)
     install_openapi(app)
     app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits.from_settings(settings))
+    app.add_middleware(
+        ConcurrencyLimitMiddleware, max_concurrent=settings.api_max_concurrent_requests
+    )
     app.add_middleware(JobLogContextMiddleware)
     routers = (
         health.router,

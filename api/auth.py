@@ -17,7 +17,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import SessionFactoryDep
+from api.deps import SessionDep
 from api.errors import Forbidden, Unauthenticated
 from squeeze.settings import Settings
 from store import tenants
@@ -82,7 +82,7 @@ KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 
 
 def authenticate(
-    sessions: SessionFactoryDep,
+    session: SessionDep,
     cache: KeyCacheDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header_key: Annotated[str | None, Security(_header)],
@@ -94,13 +94,12 @@ def authenticate(
     cached = cache.get(digest)
     if cached is not None:
         return cached
-    # Its own short transaction: the request's session may be rolled back on an error,
-    # and authentication must not hold a write lock.
-    with transaction(sessions) as session:
-        key = tenants.find_active_key(session, token)
-        if key is None:
-            raise Unauthenticated("the API key is not valid (unknown or revoked)")
-        caller = Caller(key_id=key.id, tenant_id=key.tenant_id, is_admin=key.is_admin)
+    # The request's own session (one connection per request: a second one here would let
+    # a burst of requests hold the whole pool while each waits for another connection).
+    key = tenants.find_active_key(session, token)
+    if key is None:
+        raise Unauthenticated("the API key is not valid (unknown or revoked)")
+    caller = Caller(key_id=key.id, tenant_id=key.tenant_id, is_admin=key.is_admin)
     cache.put(digest, caller)
     return caller
 

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     # for less (`max_memory_bytes`), never more.
     job_memory_limit_bytes: int | None = Field(default=None, gt=0)
 
+    # Requests inside the API at once (the rest wait on the event loop). Below the database
+    # pool (store.db: 40 connections per process) and the sync thread pool (40): see
+    # api/concurrency.py for the deadlock this prevents.
+    api_max_concurrent_requests: int = Field(default=32, ge=1, le=39)
+
     # Measurement: ONNX Runtime threads per timed session and repetitions.
     measure_threads: int = Field(default=1, ge=1)
     measure_warmup_runs: int = Field(default=5, ge=0)
