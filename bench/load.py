@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.demo import api_command as demo_api_command  # noqa: E402
 from scripts.demo import free_port, stop, wait_ready  # noqa: E402
 from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
 
@@ -130,22 +131,7 @@ def process(
 
 
 def api_command(port: int, workers: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "api.app:create_app",
-        "--factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--no-access-log",
-        "--workers",
-        str(workers),
-    ]
+    return demo_api_command(port, "--no-access-log", "--workers", str(workers))
 
 
 def worker_command(queue: str) -> list[str]:

@@ -58,19 +58,7 @@ def service(data_dir: Path, port: int, log_dir: Path) -> Iterator[str]:
         api_log = (log_dir / "api.log").open("wb")
         processes.append(
             subprocess.Popen(
-                [
-                    python,
-                    "-m",
-                    "uvicorn",
-                    "api.app:create_app",
-                    "--factory",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--log-level",
-                    "warning",
-                ],
+                api_command(port),
                 env=env,
                 cwd=ROOT,
                 stdout=api_log,
@@ -109,6 +97,24 @@ def service(data_dir: Path, port: int, log_dir: Path) -> Iterator[str]:
     finally:
         for process in reversed(processes):
             stop(process)
+
+
+def api_command(port: int, *extra: str) -> list[str]:
+    """The API on the embedded default, on loopback: what the demo and bench/load.py run."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "api.app:create_app",
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+    ]
 
 
 def admin_client(base_url: str, data_dir: Path) -> httpx.Client:
