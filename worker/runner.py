@@ -143,6 +143,16 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def _raised_from(error: BaseException, kind: type[BaseException]) -> bool:
+    """`error` is, or was raised from or while handling, an exception of `kind`."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 class JobRunner:
     def __init__(
         self,
@@ -255,6 +265,8 @@ class JobRunner:
         except EngineError as error:
             if allowance is not None and is_allocation_failure(error):
                 return self._memory_exceeded(job_id, attempt, allowance, error)
+            if _raised_from(error, SoftTimeLimitExceeded):  # a step wrapped it
+                return self._time_limit_exceeded(job_id, attempt)
             return self._finish(
                 job_id, attempt, state="failed", error_code=error.code, error_message=error.message
             )
@@ -263,14 +275,7 @@ class JobRunner:
                 job_id, attempt, state="failed", error_code="invalid_spec", error_message=str(error)
             )
         except SoftTimeLimitExceeded:
-            return self._finish(
-                job_id,
-                attempt,
-                state="failed",
-                error_code="time_limit_exceeded",
-                error_message=f"the job ran past its time limit "
-                f"({self.settings.task_soft_time_limit_s} s)",
-            )
+            return self._time_limit_exceeded(job_id, attempt)
         except Exception as error:  # the record must say why, whatever went wrong
             if allowance is not None and is_allocation_failure(error):
                 return self._memory_exceeded(job_id, attempt, allowance, error)
@@ -282,6 +287,16 @@ class JobRunner:
                 error_code="internal_error",
                 error_message=f"{type(error).__name__}: {error}",
             )
+
+    def _time_limit_exceeded(self, job_id: str, attempt: int) -> str:
+        return self._finish(
+            job_id,
+            attempt,
+            state="failed",
+            error_code="time_limit_exceeded",
+            error_message=f"the job ran past its time limit "
+            f"({self.settings.task_soft_time_limit_s} s)",
+        )
 
     def _memory_exceeded(
         self, job_id: str, attempt: int, allowance: int, error: BaseException

@@ -80,7 +80,15 @@ def test_two_workers_share_one_search(
 def test_a_killed_worker_s_search_resumes_from_its_stored_trials(
     deploy: DeploymentFactory, digits_files: DigitsFiles, tmp_path: Path
 ) -> None:
-    deployment = deploy(lease_s=3.0, heartbeat_s=0.5)
+    # A resumed search runs twice over on a busy 2-core machine: room beyond the 240 s
+    # soft limit the other integration tests use.
+    deployment = deploy(
+        lease_s=3.0,
+        heartbeat_s=0.5,
+        task_soft_time_limit_s=900,
+        task_hard_time_limit_s=960,
+        broker_visibility_timeout_s=1020,
+    )
     first = deployment.start_worker()
     job_url = deployment.submit(search_spec(deployment, digits_files, tmp_path, max_trials=5))
     two_done = wait_for(
