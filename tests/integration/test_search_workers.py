@@ -77,6 +77,7 @@ def test_two_workers_share_one_search(
     assert details["budget"]["finished_trials"] == 8
 
 
+@pytest.mark.timeout(900)  # two search runs in a row: slow on a busy 2-core machine
 def test_a_killed_worker_s_search_resumes_from_its_stored_trials(
     deploy: DeploymentFactory, digits_files: DigitsFiles, tmp_path: Path
 ) -> None:
