@@ -64,16 +64,22 @@ def memory_ceiling(allowance_bytes: int | None) -> Iterator[None]:
 _ALLOCATION_FAILURE_TYPES = ("DecodeError",)
 
 
+def causes(error: BaseException | None) -> Iterator[BaseException]:
+    """The error, then what it was raised from (or while handling), and so on."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def is_allocation_failure(error: BaseException | None) -> bool:
     """The error, or one it was raised from, is a failed allocation (consulted only for
     jobs that ran under a ceiling)."""
-    while error is not None:
-        if isinstance(error, MemoryError) or type(error).__name__ in _ALLOCATION_FAILURE_TYPES:
+    for seen in causes(error):
+        if isinstance(seen, MemoryError) or type(seen).__name__ in _ALLOCATION_FAILURE_TYPES:
             return True
-        text = f"{type(error).__name__}: {error}".lower()
+        text = f"{type(seen).__name__}: {seen}".lower()
         if any(marker in text for marker in _ALLOCATION_FAILURES):
             return True
-        error = error.__cause__ or error.__context__
     return False
 
 

@@ -39,7 +39,7 @@ from store.blobs import BlobStore
 from store.db import transaction
 from worker.enqueue import JobQueue
 from worker.lease import LeaseKeeper
-from worker.limits import SHUTDOWN, is_allocation_failure, memory_ceiling
+from worker.limits import SHUTDOWN, causes, is_allocation_failure, memory_ceiling
 from worker.report_page import report_html
 from worker.search_storage import search_store
 
@@ -141,16 +141,6 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
 
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _raised_from(error: BaseException, kind: type[BaseException]) -> bool:
-    """`error` is, or was raised from or while handling, an exception of `kind`."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, kind):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 class JobRunner:
@@ -265,7 +255,7 @@ class JobRunner:
         except EngineError as error:
             if allowance is not None and is_allocation_failure(error):
                 return self._memory_exceeded(job_id, attempt, allowance, error)
-            if _raised_from(error, SoftTimeLimitExceeded):  # a step wrapped it
+            if any(isinstance(seen, SoftTimeLimitExceeded) for seen in causes(error)):
                 return self._time_limit_exceeded(job_id, attempt)
             return self._finish(
                 job_id, attempt, state="failed", error_code=error.code, error_message=error.message
