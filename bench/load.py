@@ -2,14 +2,17 @@
 overhead on top of the engine's own run time.
 
 Starts the API (uvicorn, one process) on a temporary data dir, then:
-1. polls: `--clients` concurrent clients each read one job's status every `--interval-s`
-   for `--duration-s` (status polls are what waiting clients do all day);
-2. writes: `--writers` clients upload a small dataset and submit a job in a loop,
-   alongside the pollers;
-3. overhead: one real Celery worker runs `--jobs` small quantize jobs; each job's
+1. polls: `--clients` concurrent clients, each on its own keep-alive connection, read one
+   job's status every `--interval-s` for `--duration-s` (status polls are what waiting
+   clients do all day), with a lean asyncio HTTP client (`bench/lean_http.py`: httpx in
+   the load generator timed itself, not the server);
+2. overhead: one real Celery worker runs `--jobs` small quantize jobs; each job's
    end-to-end time (submit to final state, polled every 20 ms) is compared with the
    engine's own time for the same spec (`core.pipeline.run` in this process, median of
-   the same number of runs).
+   the same number of runs);
+3. polls and writes: the same pollers while `--writers` clients (httpx, in a second
+   process) each upload a small dataset and submit a job every `--writer-interval-s`;
+4. write throughput: the writers back to back, without pollers.
 Prints throughput, p50/p99 latency and errors per phase and writes bench/results/load.md.
 
     PYTHONPATH=. python bench/load.py [--clients 200] [--duration-s 20] [--profile embedded]
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import platform
 import shutil
@@ -41,6 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.lean_http import LeanHttpClient, LeanHttpError  # noqa: E402
 from scripts.demo import api_command as demo_api_command  # noqa: E402
 from scripts.demo import free_port, stop, wait_ready  # noqa: E402
 from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
@@ -55,6 +60,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interval-s", type=float, default=1.0, help="each poller's period")
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--writers", type=int, default=4)
+    parser.add_argument(
+        "--writer-interval-s",
+        type=float,
+        default=0.25,
+        help="each writer's period next to the pollers (the throughput phase runs flat out)",
+    )
     parser.add_argument("--jobs", type=int, default=5, help="jobs for the overhead phase")
     parser.add_argument("--profile", choices=["embedded", "deployment"], default="embedded")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
@@ -198,77 +209,94 @@ def job_spec(ids: dict[str, str]) -> dict[str, Any]:
 # --- phases --------------------------------------------------------------------------------
 
 
-async def poll_phase(
-    base_url: str,
-    job_ids: list[str],
-    args: argparse.Namespace,
-    writers: Inputs | None,
-    ids: dict[str, str],
-) -> tuple[Phase, Phase]:
-    polls, writes = Phase("status polls"), Phase("upload + submit")
-    limits = httpx.Limits(max_connections=args.clients + args.writers + 8)
+async def poll_phase(port: int, job_ids: list[str], args: argparse.Namespace) -> Phase:
+    """`--clients` pollers, each on its own connection (as independent clients have),
+    with the lean client so that the figures time the server, not the load generator."""
+    polls = Phase("status polls")
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
-    # One connection per poller, as independent clients have, made before the clock
-    # starts (creating a client costs the load generator milliseconds of CPU).
-    own_clients = [
-        httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30)
-        for _ in range(args.clients)
-    ]
     deadline = time.perf_counter() + args.duration_s
-    async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=limits, timeout=30
-    ) as client:
 
-        async def poller(index: int) -> None:
-            job_url = f"/v1/jobs/{job_ids[index % len(job_ids)]}"
-            # Spread the first polls over one interval, as independent clients would be.
-            await asyncio.sleep(args.interval_s * index / args.clients)
-            # One connection per client, as independent clients have: a pool shared by
-            # hundreds of connections costs the load generator itself time per request
-            # (httpx scans its pool), which would show up as server latency.
-            async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as own:
-                await poll_until(own, job_url)
-
-        async def poll_until(own: httpx.AsyncClient, job_url: str) -> None:
+    async def poller(index: int) -> None:
+        job_url = f"/v1/jobs/{job_ids[index % len(job_ids)]}"
+        # Spread the first polls over one interval, as independent clients would be.
+        await asyncio.sleep(args.interval_s * index / args.clients)
+        async with LeanHttpClient("127.0.0.1", port, headers) as client:
             while time.perf_counter() < deadline:
                 started = time.perf_counter()
                 try:
-                    response = await own.get(job_url)
-                    polls.record(started, response.status_code, 200)
-                except httpx.HTTPError as error:
+                    status, _ = await client.get(job_url)
+                    polls.record(started, status, 200)
+                except (OSError, asyncio.IncompleteReadError, LeanHttpError) as error:
                     polls.record(started, None, 200)
                     polls.errors[type(error).__name__] = (
                         polls.errors.get(type(error).__name__, 0) + 1
                     )
+                    return  # the connection is in an unknown state
                 await asyncio.sleep(max(0.0, args.interval_s - (time.perf_counter() - started)))
 
-        async def writer() -> None:
-            assert writers is not None
-            content = writers.evaluation.read_bytes()
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                try:
-                    uploaded = await client.post(
-                        "/v1/datasets", files={"file": ("eval.npz", content)}
-                    )
-                    spec = job_spec({**ids, "evaluation": uploaded.json()["id"]})
-                    submitted = await client.post("/v1/jobs", json=spec)
-                    writes.record(started, submitted.status_code, 202)
-                except (httpx.HTTPError, KeyError) as error:
-                    writes.record(started, None, 202)
-                    writes.errors[type(error).__name__] = (
-                        writes.errors.get(type(error).__name__, 0) + 1
-                    )
+    started = time.perf_counter()
+    await asyncio.gather(*(poller(index) for index in range(args.clients)))
+    polls.elapsed_s = time.perf_counter() - started
+    return polls
 
-        started = time.perf_counter()
-        tasks = [poller(index) for index in range(args.clients)]
-        if writers is not None:
-            tasks += [writer() for _ in range(args.writers)]
-        await asyncio.gather(*tasks)
-        polls.elapsed_s = writes.elapsed_s = time.perf_counter() - started
-    for own in own_clients:
-        await own.aclose()
-    return polls, writes
+
+def write_phase(
+    base_url: str,
+    dataset: Path,
+    ids: dict[str, str],
+    writers: int,
+    duration_s: float,
+    interval_s: float,
+) -> Phase:
+    """`writers` clients each uploading a dataset and submitting a job every `interval_s`
+    (0: back to back). Runs in its own process next to the pollers: httpx's CPU time must
+    not delay the pollers' event loop."""
+    writes = Phase("upload + submit")
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    content = dataset.read_bytes()
+
+    async def writer(client: httpx.AsyncClient, deadline: float) -> None:
+        while time.perf_counter() < deadline:
+            started = time.perf_counter()
+            try:
+                uploaded = await client.post("/v1/datasets", files={"file": ("eval.npz", content)})
+                spec = job_spec({**ids, "evaluation": uploaded.json()["id"]})
+                submitted = await client.post("/v1/jobs", json=spec)
+                writes.record(started, submitted.status_code, 202)
+            except (httpx.HTTPError, KeyError) as error:
+                writes.record(started, None, 202)
+                writes.errors[type(error).__name__] = writes.errors.get(type(error).__name__, 0) + 1
+            await asyncio.sleep(max(0.0, interval_s - (time.perf_counter() - started)))
+
+    async def run() -> None:
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+            started = time.perf_counter()
+            await asyncio.gather(*(writer(client, started + duration_s) for _ in range(writers)))
+            writes.elapsed_s = time.perf_counter() - started
+
+    asyncio.run(run())
+    return writes
+
+
+def polls_with_writers(
+    port: int, job_ids: list[str], args: argparse.Namespace, inputs: Inputs, ids: dict[str, str]
+) -> tuple[Phase, Phase]:
+    base_url = f"http://127.0.0.1:{port}"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        writes = pool.apply_async(
+            write_phase,
+            (
+                base_url,
+                inputs.evaluation,
+                ids,
+                args.writers,
+                args.duration_s,
+                args.writer_interval_s,
+            ),
+        )
+        polls = asyncio.run(poll_phase(port, job_ids, args))
+        return polls, writes.get(timeout=args.duration_s + 120)
 
 
 def engine_seconds(inputs: Inputs, spec: dict[str, Any], runs: int, work: Path) -> list[float]:
@@ -339,28 +367,30 @@ def main(argv: list[str] | None = None) -> None:
                     client.post("/v1/jobs", json=job_spec(ids)).json()["id"] for _ in range(20)
                 ]
             print(f"phase 1: {args.clients} pollers, one poll every {args.interval_s}s each")
-            polls_only, _ = asyncio.run(poll_phase(base_url, job_ids, args, None, ids))
+            polls_only = asyncio.run(poll_phase(port, job_ids, args))
             print(polls_only.row())
-            print(f"phase 2: the same pollers with {args.writers} upload+submit writers")
-            polls_mixed, writes = asyncio.run(poll_phase(base_url, job_ids, args, inputs, ids))
-            print(polls_mixed.row())
-            print(writes.row())
 
-            print(f"phase 3: overhead over the engine, {args.jobs} jobs")
+            # Before the writers: their thousands of queued jobs would run first.
+            print(f"phase 2: overhead over the engine, {args.jobs} jobs")
             with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
-                # Jobs queued by phases 1-2 would run first: cancel them.
-                for job in client.get("/v1/jobs", params={"state": "queued", "limit": 100}).json()[
-                    "items"
-                ]:
-                    client.post(f"/v1/jobs/{job['id']}/cancel")
-                while items := client.get(
-                    "/v1/jobs", params={"state": "queued", "limit": 100}
-                ).json()["items"]:
-                    for job in items:
-                        client.post(f"/v1/jobs/{job['id']}/cancel")
+                for job_id in job_ids:  # the pollers' jobs would run first
+                    client.post(f"/v1/jobs/{job_id}/cancel").raise_for_status()
                 spec = job_spec(ids)
                 with process(worker_command(queue), env, work / "worker.log"):
                     service = service_seconds(client, spec, args.jobs)
+
+            print(
+                f"phase 3: the same pollers with {args.writers} writers, one upload+submit "
+                f"every {args.writer_interval_s}s each"
+            )
+            polls_mixed, writes = polls_with_writers(port, job_ids, args, inputs, ids)
+            print(polls_mixed.row())
+            print(writes.row())
+            print(f"phase 4: {args.writers} writers back to back, no pollers (throughput)")
+            writes_flat_out = write_phase(
+                base_url, inputs.evaluation, ids, args.writers, args.duration_s, 0.0
+            )
+            print(writes_flat_out.row())
             engine = engine_seconds(inputs, spec, args.jobs, work)
     finally:
         if args.profile == "deployment":
@@ -368,7 +398,9 @@ def main(argv: list[str] | None = None) -> None:
 
             services.drop_database(env["SQUEEZE_DATABASE_URL"].rsplit("/", 1)[1])
     overhead = statistics.median(service) - statistics.median(engine)
-    report = render(args, polls_only, polls_mixed, writes, service, engine, overhead)
+    report = render(
+        args, polls_only, polls_mixed, writes, writes_flat_out, service, engine, overhead
+    )
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
@@ -380,6 +412,7 @@ def render(
     polls_only: Phase,
     polls_mixed: Phase,
     writes: Phase,
+    writes_flat_out: Phase,
     service: list[float],
     engine: list[float],
     overhead: float,
@@ -390,12 +423,14 @@ def render(
         sum(polls_only.errors.values())
         + sum(polls_mixed.errors.values())
         + sum(writes.errors.values())
+        + sum(writes_flat_out.errors.values())
     )
     lines = [
         "# Load benchmark",
         "",
         f"`PYTHONPATH=. python bench/load.py --clients {args.clients} --interval-s "
         f"{args.interval_s} --duration-s {args.duration_s} --writers {args.writers} "
+        f"--writer-interval-s {args.writer_interval_s} "
         f"--jobs {args.jobs} --profile {args.profile} --api-workers {args.api_workers}`",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
@@ -406,7 +441,8 @@ def render(
         "|---|---:|---:|---:|---:|---:|",
         polls_only.row().replace("status polls", "status polls alone"),
         polls_mixed.row().replace("status polls", "status polls with writers"),
-        writes.row(),
+        writes.row().replace("upload + submit", "upload + submit, next to the polls"),
+        writes_flat_out.row().replace("upload + submit", "upload + submit back to back, alone"),
         "",
         "| job overhead | seconds |",
         "|---|---:|",
