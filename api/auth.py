@@ -70,7 +70,7 @@ class KeyCache:
                 del self._entries[digest]
 
 
-def get_key_cache(request: Request) -> KeyCache:
+async def get_key_cache(request: Request) -> KeyCache:
     cache = getattr(request.app.state, "key_cache", None)
     if cache is None:
         cache = request.app.state.key_cache = KeyCache()

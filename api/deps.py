@@ -1,4 +1,10 @@
-"""Request dependencies as named types: routes declare what they need, not how to get it."""
+"""Request dependencies as named types: routes declare what they need, not how to get it.
+
+The accessors are `async def` because they only read `app.state`: FastAPI runs every sync
+dependency on the thread pool, and each hand-over between the event loop and a pool
+thread costs a status poll time (and a wait for the GIL when an upload is being
+validated; see bench/load.py).
+"""
 
 from __future__ import annotations
 
@@ -33,23 +39,23 @@ def get_services(request: Request) -> Services:
     return services
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return get_services(request).settings
 
 
-def get_engine(request: Request) -> Engine:
+async def get_engine(request: Request) -> Engine:
     return get_services(request).engine
 
 
-def get_session_factory(request: Request) -> sessionmaker[Session]:
+async def get_session_factory(request: Request) -> sessionmaker[Session]:
     return get_services(request).sessions
 
 
-def get_blobs(request: Request) -> BlobStore:
+async def get_blobs(request: Request) -> BlobStore:
     return get_services(request).blobs
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return get_services(request).queue
 
 

@@ -115,7 +115,7 @@ class ServiceMetrics:
         return generate_latest(self.registry)
 
 
-def get_metrics(request: Request) -> ServiceMetrics:
+async def get_metrics(request: Request) -> ServiceMetrics:
     service_metrics = request.app.state.metrics
     assert isinstance(service_metrics, ServiceMetrics)
     return service_metrics
