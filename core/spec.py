@@ -235,6 +235,8 @@ class StructuredPrune(_PruneBase):
     scope: Literal["global", "local"] = "local"
     # pruning in this many rounds (fine-tuning between rounds when epochs > 0)
     iterations: int = Field(default=1, ge=1, le=100)
+    # fraction of attention heads removed from each attention block (before channels)
+    head_sparsity: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
 class SemiStructuredPrune(_PruneBase):

@@ -6,6 +6,14 @@ onnx2torch: Conv, Gemm (and, after our rewrite, MatMul by a constant matrix) bec
 pruned or distilled. `torch_to_onnx` exports a module back under the original model's
 input and output names, keeping its batch axis dynamic when the original's was.
 
+`write_back_weights` is the other way back, for modules whose structure is still the
+converted graph's (only weight values changed: masks, fine-tuning): it writes the
+module's tensors into the ONNX model it was converted from, which keeps that graph as it
+is (dynamic batch, names, opset). `onnx_to_torch` records which initializer each
+parameter/buffer came from (`WeightSource`, in the GraphModule's meta) for it. It is the
+only way back for graphs torch.export cannot capture, e.g. Reshapes whose targets are
+computed at run time (every transformer exported with a dynamic batch).
+
 Uploads are data, never code: the bridge parses ONNX protobufs only and never calls
 `torch.load` or `torch.export.load` (both can fall back to pickle).
 
@@ -19,8 +27,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +41,7 @@ from onnx2torch import convert
 from onnx2torch.node_converters import get_converter
 from onnx2torch.node_converters.matmul import OnnxMatMul
 from onnx2torch.node_converters.reshape import OnnxReshape
-from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.onnx_graph import OnnxGraph, OnnxNode
 from torch import fx, nn
 
 from core.errors import StepFailed, UnsupportedModel, short_reason
@@ -44,6 +53,35 @@ ONNX2TORCH_MAX_OPSET = 17
 # The name of a dynamic batch dim when the original's is unnamed or not an identifier.
 DEFAULT_BATCH_DIM = "batch"
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# GraphModule.meta key of the module's {parameter/buffer path: WeightSource} map (meta,
+# unlike plain attributes, survives GraphModule's deepcopy).
+WEIGHT_SOURCES = "squeeze_weight_sources"
+# The node inputs onnx2torch turns into tensors of the module it builds for a node, by op
+# type, as {tensor attribute: input index}. Ops not listed keep their initializers as
+# buffers of `module.initializers`.
+_CONVERTED_INPUTS: dict[str, dict[str, int]] = {
+    "Conv": {"weight": 1, "bias": 2},
+    "ConvTranspose": {"weight": 1, "bias": 2},
+    "Gemm": {"weight": 1, "bias": 2},
+    "BatchNormalization": {"weight": 1, "bias": 2, "running_mean": 3, "running_var": 4},
+    "InstanceNormalization": {"weight": 1, "bias": 2},
+    "LayerNormalization": {"weight": 1, "bias": 2},
+}
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """The initializer a module tensor was converted from: tensor = initializer (its
+    transpose when `transposed`) * `scale` (a Gemm's alpha or beta)."""
+
+    initializer: str
+    transposed: bool = False
+    scale: float = 1.0
+
+
+class WriteBackRefused(Exception):
+    """The module's tensors no longer fit the graph it was converted from (channels were
+    removed, a parameter was added) or were never mapped to it: export it instead."""
 
 
 def onnx_to_torch(model_path: Path, work_dir: Path) -> fx.GraphModule:
@@ -67,12 +105,47 @@ def onnx_to_torch(model_path: Path, work_dir: Path) -> fx.GraphModule:
     # onnx2torch runs shape inference on a path next to the file (no 2 GB protobuf limit)
     source = save_model(model, work_dir / "onnx2torch_source.onnx")
     try:
-        module = convert(source)
+        module = convert(source, attach_onnx_mapping=True)
     except Exception as exc:
         raise _conversion_error(model, exc) from exc
-    _matmul_by_constant_as_linear(module)
-    _constant_reshapes_as_python(module)
+    sources = _weight_sources(model, module)
+    _matmul_by_constant_as_linear(module, sources)
+    _constant_reshapes_as_python(module, sources)
+    module.meta[WEIGHT_SOURCES] = sources
     return module.eval()
+
+
+def write_back_weights(module: nn.Module, source_onnx_path: Path, path: Path) -> Path:
+    """The ONNX model at `source_onnx_path` (the one `onnx_to_torch` converted into
+    `module`) with the module's current parameters and buffers as its weights, saved to
+    `path` and checked with the ONNX checker.
+
+    Only the weights change: the graph, its names, opset and dynamic dims stay the
+    source's. A weight the source holds in a Constant node, or behind an Identity, becomes
+    an initializer of the same name when its value changed. Raises WriteBackRefused when
+    a parameter has no source initializer, a mapped tensor is gone or changed shape, or
+    tensors converted from one shared initializer now differ.
+    """
+    sources = getattr(module, "meta", {}).get(WEIGHT_SOURCES)
+    if not sources:  # empty: the conversion could not be mapped
+        raise WriteBackRefused("the module was not converted from ONNX by onnx_to_torch")
+    unmapped = [name for name, _ in module.named_parameters() if name not in sources]
+    if unmapped:
+        raise WriteBackRefused(f"parameters without a source initializer: {unmapped[:5]}")
+    model = load_model(source_onnx_path)
+    stored = _stored_tensors(model)
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    for initializer, arrays in _weights_by_initializer(tensors, sources).items():
+        original = stored.get(initializer)
+        if original is None:
+            raise WriteBackRefused(f"the source model has no initializer {initializer!r}")
+        array = _fitted(arrays, numpy_helper.to_array(original), initializer)
+        if array is not None:
+            _set_initializer(model, initializer, array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_model(model, path)
+    onnx.checker.check_model(str(path))
+    return path
 
 
 def torch_to_onnx(
@@ -300,9 +373,133 @@ def _conversion_error(model: onnx.ModelProto, exc: Exception) -> UnsupportedMode
     )
 
 
-def _matmul_by_constant_as_linear(module: fx.GraphModule) -> None:
+def _weight_sources(model: onnx.ModelProto, module: fx.GraphModule) -> dict[str, WeightSource]:
+    """Which initializer of `model` each tensor of onnx2torch's conversion of it holds,
+    from the ONNX mapping onnx2torch attached to each node's module (removed here).
+
+    onnx2torch keeps each initializer a node reads as an input as a buffer of its own,
+    `initializers.onnx_initializer_<k>`, k counting those reads in node order; the
+    inputs a converter turns into the node module's own tensors (_CONVERTED_INPUTS) are
+    not among the mapped inputs. Empty (nothing can be written back) when the buffers
+    found are not the ones expected.
+    """
+    initializers = {init.name: init for init in model.graph.initializer}
+    activations = {value.name for value in model.graph.input} - initializers.keys()
+    activations |= {output for node in model.graph.node for output in node.output}
+    nodes = OnnxGraph(model.graph).nodes
+    mappings = {
+        name: module.get_submodule(name).__dict__.pop("onnx_mapping", None) for name in nodes
+    }
+    if any(mapping is None for mapping in mappings.values()):
+        return {}
+    sources: dict[str, WeightSource] = {}
+    reads = 0
+    for name, node in nodes.items():
+        for value in mappings[name].inputs:
+            if value in initializers and value not in activations:
+                sources[f"initializers.onnx_initializer_{reads}"] = WeightSource(value)
+                reads += 1
+        sources |= _converted_sources(name, node, module.get_submodule(name))
+    tensors = dict(module.named_parameters()) | dict(module.named_buffers())
+    expected = {
+        path: tuple(reversed(dims) if source.transposed else dims)
+        for path, source in sources.items()
+        for dims in [tuple(initializers[source.initializer].dims)]
+    }
+    found = {path: tuple(tensors[path].shape) for path in sources if path in tensors}
+    buffers = {path for path in tensors if path.startswith("initializers.")}
+    if found != expected or not buffers <= sources.keys():
+        return {}
+    return sources
+
+
+def _converted_sources(name: str, node: OnnxNode, converted: nn.Module) -> dict[str, WeightSource]:
+    """The tensors of the module onnx2torch built for `node` (named `name`) that hold
+    one of the node's inputs: a Conv's weight, a Gemm's (as nn.Linear: transposed
+    unless transB, times alpha), a BatchNorm's running mean, ..."""
+    attributes = node.attributes
+    gemm = node.operation_type == "Gemm"
+    tensors = [*converted.named_parameters(), *converted.named_buffers()]
+    sources = {}
+    for attribute, index in _CONVERTED_INPUTS.get(node.operation_type, {}).items():
+        if index >= len(node.input_values) or not node.input_values[index]:
+            continue
+        paths = [path for path, _ in tensors if path.rpartition(".")[2] == attribute]
+        scale = float(attributes.get("alpha" if attribute == "weight" else "beta", 1.0))
+        if len(paths) != 1 or (gemm and scale == 0.0):
+            continue
+        sources[f"{name}.{paths[0]}"] = WeightSource(
+            node.input_values[index],
+            transposed=gemm and attribute == "weight" and not attributes.get("transB", 0),
+            scale=scale if gemm else 1.0,
+        )
+    return sources
+
+
+def _weights_by_initializer(
+    tensors: Mapping[str, torch.Tensor], sources: Mapping[str, WeightSource]
+) -> dict[str, list[np.ndarray]]:
+    """The module's tensors as the initializers they came from (several when a graph
+    reads one initializer in several places), in the initializers' layout."""
+    grouped: dict[str, list[np.ndarray]] = defaultdict(list)
+    for path, source in sources.items():
+        tensor = tensors.get(path)
+        if tensor is None:
+            raise WriteBackRefused(f"the module no longer has {path!r} ({source.initializer})")
+        array = tensor.detach().cpu().numpy()
+        if source.transposed:
+            array = array.T
+        if source.scale != 1.0:
+            array = array / source.scale
+        grouped[source.initializer].append(array)
+    return grouped
+
+
+def _fitted(arrays: list[np.ndarray], original: np.ndarray, name: str) -> np.ndarray | None:
+    """The value to store in initializer `name`, in its dtype; None when it is the
+    stored one already (left untouched)."""
+    value = arrays[0]
+    if any(not np.array_equal(value, other) for other in arrays[1:]):
+        raise WriteBackRefused(f"the tensors converted from the shared initializer {name!r} differ")
+    if value.shape != original.shape:
+        raise WriteBackRefused(
+            f"{name!r} is {list(value.shape)} in the module, {list(original.shape)} in the "
+            "source model: its structure changed"
+        )
+    value = value.astype(original.dtype, copy=False)
+    return None if np.array_equal(value, original) else value
+
+
+def _stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """The main graph's constant tensors by name: initializers, Constant nodes' values
+    and Identity nodes reading either (`onnx_to_torch` converts them as initializers)."""
+    stored = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:  # topologically sorted: an Identity follows its input
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        if node.op_type == "Constant" and [a.name for a in node.attribute] == ["value"]:
+            stored[node.output[0]] = node.attribute[0].t
+        elif node.op_type == "Identity" and node.input[0] in stored:
+            stored[node.output[0]] = stored[node.input[0]]
+    return stored
+
+
+def _set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
+    """Store `array` as initializer `name`, replacing the Constant or Identity node that
+    produced `name` when it was not an initializer."""
+    tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    for initializer in model.graph.initializer:
+        if initializer.name == name:
+            initializer.CopyFrom(tensor)
+            return
+    producer = next(node for node in model.graph.node if name in node.output)
+    model.graph.node.remove(producer)
+    model.graph.initializer.append(tensor)
+
+
+def _matmul_by_constant_as_linear(module: fx.GraphModule, sources: dict[str, WeightSource]) -> None:
     """Replace `MatMul(x, W)` with a constant 2-D float W (used by nothing else) by
-    `nn.Linear` holding W.T as its weight.
+    `nn.Linear` holding W.T as its weight (its source in `sources` follows).
 
     onnx2torch keeps such weights as buffers of a plain matmul module: they would not
     train, and PT2E quantizers treat them as activations (per-tensor uint8) instead of
@@ -333,15 +530,20 @@ def _matmul_by_constant_as_linear(module: fx.GraphModule) -> None:
         node.args = (node.args[0],)
         module.graph.erase_node(weight_node)
         _delete_attribute(module, weight_node.target)
+        source = sources.pop(str(weight_node.target), None)
+        if source is not None:
+            sources[f"{node.target}.weight"] = WeightSource(
+                source.initializer, not source.transposed, source.scale
+            )
         changed = True
     if changed:
         module.graph.lint()
         module.recompile()
 
 
-def _constant_reshapes_as_python(module: fx.GraphModule) -> None:
+def _constant_reshapes_as_python(module: fx.GraphModule, sources: dict[str, WeightSource]) -> None:
     """Replace onnx2torch's Reshape by a constant shape tensor with `reshape_to` given
-    the shape as Python ints.
+    the shape as Python ints (the shape buffer leaves `sources`).
 
     onnx2torch reads the shape tensor's values at run time, which torch.export (the
     capture behind PT2E quantization and the ONNX export) cannot trace: it stops at a
@@ -369,6 +571,7 @@ def _constant_reshapes_as_python(module: fx.GraphModule) -> None:
         if not shape_node.users:
             module.graph.erase_node(shape_node)
             _delete_attribute(module, shape_node.target)
+            sources.pop(str(shape_node.target), None)
         changed = True
     if changed:
         module.graph.lint()

@@ -5,6 +5,13 @@ place or by returning a new module) and fine-tunes it through `tuner` as its met
 needs (once after pruning, with a schedule acting every optimizer step, or between
 rounds). Adding a kind means one module with `@register_kind` and its config in
 core.spec; the step itself dispatches on `config.kind`.
+
+Attention heads (structured `head_sparsity`) are removed before conversion, by ONNX
+graph surgery (core.prune.heads): the head-pruned model is the one converted, pruned
+further and fine-tuned. The export writes the trained weights back into the converted
+ONNX graph when the kind kept the module's structure (masks, fine-tuning only): that
+keeps graphs torch.export cannot capture, such as dynamic-batch attention. Modules whose
+layers were resized (channels removed) are exported with torch.export.
 """
 
 from __future__ import annotations
@@ -16,19 +23,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from core.context import RunContext
+from core.data import pinned_batch_size
 from core.errors import EngineError, StepFailed, UnsupportedModel, short_reason
-from core.formats import inspect_model
+from core.formats import ModelInfo, inspect_model, load_model, save_model
+from core.prune.heads import HeadPruning, prune_heads
 from core.prune.report import prune_report
 from core.prune.training import FineTuner
 from core.quantize.common import validate_runs
 from core.registry import StepData, StepOutput, register_step
-from core.spec import PruneConfig
+from core.spec import PruneConfig, StructuredPrune
 
 if TYPE_CHECKING:
     from torch import fx, nn
 
 # Op types that mark an already quantized model: onnx2torch cannot train those.
 _QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits")
+# Rows of the eval data that ONNX Runtime runs to trace head shapes and rank heads (a
+# pinned batch size wins).
+HEAD_FEED_ROWS = 2
 
 
 @dataclass
@@ -41,6 +53,9 @@ class KindResult:
     target_sparsity: dict[str, float] = field(default_factory=dict)
     fine_tune_history: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # False when layers were resized (channels removed): the weights no longer fit the
+    # converted graph, the module must be exported by tracing it
+    structure_kept: bool = True
 
 
 KindFn = Callable[["fx.GraphModule", Any, FineTuner, RunContext], KindResult]
@@ -90,10 +105,21 @@ def prune(model_path: Path, config: PruneConfig, data: StepData, ctx: RunContext
         )
     kind = get_kind(config.kind)
     try:
-        from core.torch_bridge import onnx_to_torch, torch_to_onnx
+        from core.torch_bridge import onnx_to_torch
 
-        module = onnx_to_torch(model_path, ctx.work_dir / "torch")
         tuner = FineTuner.of(model_path, info, config.fine_tune, data, ctx)
+        source = model_path
+        head_details: dict[str, Any] = {}
+        head_notes: list[str] = []
+        if isinstance(config, StructuredPrune) and config.head_sparsity > 0:
+            source, heads = _prune_heads_first(model_path, config, tuner, ctx)
+            head_details = {
+                "head_sparsity": config.head_sparsity,
+                "head_importance": heads.importance,
+                "attention_heads": [record.as_dict() for record in heads.blocks],
+            }
+            head_notes = heads.notes
+        module = onnx_to_torch(source, ctx.work_dir / "torch")
         sensitivity: dict[str, Any] | None = None
         if config.sensitivity is not None:
             sensitivity = _sensitivity(module, config, tuner, data, _share(ctx, 0.0, 0.3))
@@ -103,14 +129,7 @@ def prune(model_path: Path, config: PruneConfig, data: StepData, ctx: RunContext
         result = kind(module, config, tuner, kind_ctx)
         pruned = result.module.eval()
         eval_metric = tuner.evaluate(pruned)
-        torch_to_onnx(
-            pruned,
-            data.eval_feeds(rows=tuner.batch_size),
-            output_path,
-            inputs=info.inputs,
-            outputs=info.outputs,
-            opset=info.opset,
-        )
+        export, export_notes = _export(result, source, output_path, info, data, tuner.batch_size)
     except EngineError:  # ours (incl. JobCancelled) already say what happened
         raise
     except Exception as exc:
@@ -120,6 +139,8 @@ def prune(model_path: Path, config: PruneConfig, data: StepData, ctx: RunContext
     details: dict[str, Any] = {
         "kind": config.kind,
         **result.details,
+        **head_details,
+        "export": export,
         **prune_report(model_path, output_path, pruned, result.target_sparsity),
         "fine_tune": {
             **config.fine_tune.model_dump(),
@@ -140,12 +161,60 @@ def prune(model_path: Path, config: PruneConfig, data: StepData, ctx: RunContext
             tuner.metric_before_fine_tuning[0] if tuner.metric_before_fine_tuning else eval_metric
         ),
         "metric_after_fine_tuning": eval_metric if tuner.metric_before_fine_tuning else None,
-        "notes": result.notes,
+        "notes": [*head_notes, *result.notes, *export_notes],
     }
     if sensitivity is not None:
         details["sensitivity"] = sensitivity
     ctx.report_step(1.0, f"{config.kind} pruning done", kind=config.kind)
     return StepOutput(model_path=output_path, details=details)
+
+
+def _prune_heads_first(
+    model_path: Path, config: StructuredPrune, tuner: FineTuner, ctx: RunContext
+) -> tuple[Path, HeadPruning]:
+    """Remove attention heads from the uploaded model by ONNX surgery; the head-pruned
+    model (saved in the work dir) is what the step converts and writes weights into."""
+    ctx.report_step(0.0, "pruning attention heads")
+    rows = pinned_batch_size(tuner.inputs) or HEAD_FEED_ROWS
+    feeds = {t.name: tuner.evaluation.feeds[t.name][:rows] for t in tuner.inputs}
+    heads = prune_heads(load_model(model_path), config.head_sparsity, config.importance, feeds)
+    return save_model(heads.model, ctx.work_dir / "heads" / "model.onnx"), heads
+
+
+def _export(
+    result: KindResult,
+    source: Path,
+    output_path: Path,
+    info: ModelInfo,
+    data: StepData,
+    rows: int,
+) -> tuple[str, list[str]]:
+    """Write the pruned module to `output_path`: its weights into `source` (the model
+    converted) when the kind kept the structure, else by torch.export. Returns how, and
+    a note saying why when a write-back was refused."""
+    from core.torch_bridge import WriteBackRefused, torch_to_onnx, write_back_weights
+
+    refused = None
+    if result.structure_kept:
+        try:
+            write_back_weights(result.module, source, output_path)
+            return "weights_written_back", []
+        except WriteBackRefused as exc:
+            refused = f"the weights could not be written back into the model's graph ({exc})"
+    try:
+        torch_to_onnx(
+            result.module,
+            data.eval_feeds(rows=rows),
+            output_path,
+            inputs=info.inputs,
+            outputs=info.outputs,
+            opset=info.opset,
+        )
+    except UnsupportedModel as exc:
+        if refused is None:
+            raise
+        raise UnsupportedModel(f"{exc}; and {refused}", code=exc.code) from exc
+    return "torch_export", [f"{refused}: exported with torch.export"] if refused else []
 
 
 def _share(ctx: RunContext, start: float, end: float) -> RunContext:

@@ -16,10 +16,11 @@ Channels removed are removed physically: the exported ONNX Conv/Gemm weights are
 which is where the speed comes from.
 
 onnx2torch rebuilds attention from its ONNX ops (MatMul, Softmax, Reshape), never as
-`nn.MultiheadAttention`, so attention heads can only be pruned in modules that hold
-real `nn.MultiheadAttention` layers (passed to torch-pruning with their head counts);
-in converted ONNX models heads are not pruned (their projections may still lose
-channels where torch-pruning can trace the coupling, else they are left alone).
+`nn.MultiheadAttention`, so torch-pruning cannot see heads in converted models. With
+`head_sparsity` > 0 the prune step removes heads before conversion, by ONNX graph surgery
+(core.prune.heads): this kind gets the head-pruned module, prunes its channels (when
+`sparsity` or `layer_sparsity` asks for it) and fine-tunes it like any other. Modules
+holding real `nn.MultiheadAttention` layers also get their heads pruned by torch-pruning.
 """
 
 from __future__ import annotations
@@ -265,8 +266,10 @@ def taylor_gradients(
 def structured_kind(
     module: fx.GraphModule, config: StructuredPrune, tuner: FineTuner, ctx: RunContext
 ) -> KindResult:
-    """The prune step's "structured" kind: prune in `config.iterations` rounds with the
-    step's fine-tuner between rounds and once after the last."""
+    """The prune step's "structured" kind: prune channels in `config.iterations` rounds
+    with the step's fine-tuner between rounds and once after the last. With
+    `config.head_sparsity` > 0 the step removed heads already; channels are pruned only
+    when asked for (`sparsity`, `layer_sparsity`), else the module is fine-tuned as is."""
     import torch
 
     example_inputs = {
@@ -289,18 +292,27 @@ def structured_kind(
     def fine_tune(pruned: nn.Module) -> None:
         history.extend(tuner.run(pruned, label="structured fine-tune"))
 
-    pruned, details = prune_channels(module, config, example_inputs, ctx, fine_tune, gradients)
+    pruned: nn.Module = module
+    details: dict[str, Any] = {}
+    targets: dict[str, float] = {}
+    # heads alone: channel pruning at sparsity 0 would only trace the graph
+    prunes_channels = (
+        config.head_sparsity == 0 or config.sparsity > 0 or bool(config.layer_sparsity)
+    )
+    if prunes_channels:
+        pruned, details = prune_channels(module, config, example_inputs, ctx, fine_tune, gradients)
+        targets = {
+            name: config.layer_sparsity.get(name, config.sparsity)
+            for name in prunable_layers(pruned)
+            if name not in details["ignored_layers"]
+        }
     fine_tune(pruned)
-    targets = {
-        name: config.layer_sparsity.get(name, config.sparsity)
-        for name in prunable_layers(pruned)
-        if name not in details["ignored_layers"]
-    }
     notes = []
-    if not details["attention_heads_pruned"] and _has_attention_ops(module):
+    heads_left = config.head_sparsity == 0 and not details["attention_heads_pruned"]
+    if heads_left and _has_attention_ops(module):
         notes.append(
             "attention heads were not pruned: onnx2torch rebuilds attention from MatMul/"
-            "Softmax ops, not as nn.MultiheadAttention"
+            "Softmax ops, not as nn.MultiheadAttention; set head_sparsity to remove heads"
         )
     return KindResult(
         module=pruned.eval(),
@@ -308,6 +320,7 @@ def structured_kind(
         target_sparsity=targets,
         fine_tune_history=history,
         notes=notes,
+        structure_kept=not prunes_channels,
     )
 
 
