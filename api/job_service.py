@@ -21,7 +21,7 @@ from api.quotas import check_job_slot
 from core.data import DatasetInfo, check_compatible
 from core.errors import IncompatibleData
 from core.formats import ModelInfo
-from core.spec import JobSpec
+from core.spec import JobSpec, SearchStep
 from squeeze.settings import Settings
 from store import catalog, jobs, webhooks
 from store.blobs import BlobStore
@@ -77,6 +77,7 @@ def submit_job(
     `enqueue` when `created`.
     """
     request_sha256 = request_hash(spec, webhook_url)
+    check_time_budgets(spec, settings)
     check_references(session, spec, tenant_id)
     if idempotency_key is None or not jobs.has_idempotency_key(session, tenant_id, idempotency_key):
         check_job_slot(session, tenant_id, settings)
@@ -108,6 +109,25 @@ def request_hash(spec: JobSpec, webhook_url: str | None) -> str:
 def method_label(spec: JobSpec) -> str:
     """The steps' methods in order, joined by "+": the job's label in the metrics."""
     return "+".join(step.method for step in spec.steps)[:200]
+
+
+def check_time_budgets(spec: JobSpec, settings: Settings) -> None:
+    """A search whose budget outlasts the job's soft time limit would be stopped with
+    `time_limit_exceeded` hours into the job: refused at submission instead."""
+    budgets = {
+        index: step.time_budget_s
+        for index, step in enumerate(spec.steps)
+        if isinstance(step, SearchStep)
+    }
+    limit_s = settings.task_soft_time_limit_s
+    if sum(budgets.values()) >= limit_s:
+        fields = ", ".join(
+            f"steps[{index}].time_budget_s = {budget:g}" for index, budget in budgets.items()
+        )
+        raise InvalidSpec(
+            f"{fields}: the search time must end before the job's time limit of {limit_s} s "
+            "(leave room for training and measuring the result)"
+        )
 
 
 def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:

@@ -86,6 +86,8 @@ def test_a_search_job_runs_through_the_api_and_publishes_its_front(
         ({"objective": {"kind": "weighted", "cost": "flops"}}, "parameters"),
         ({"algorithm": "bayes"}, "evolution"),
         ({"parallel_workers": 0}, "greater than or equal to 1"),
+        # the service's job time limit: 3 hours by default
+        ({"time_budget_s": 4 * 3600}, "must end before the job's time limit of 10800 s"),
     ],
 )
 def test_a_search_spec_that_cannot_run_is_refused_with_a_problem(
