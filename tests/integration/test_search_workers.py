@@ -30,7 +30,8 @@ def search_spec(
         "algorithm": "random",
         "epochs": 2,
         "learning_rate": 0.01,
-        "time_budget_s": 600,
+        # below the job's soft time limit (240 s in these tests), as submission requires
+        "time_budget_s": 200,
         **search,
     }
     return {
@@ -91,7 +92,9 @@ def test_a_killed_worker_s_search_resumes_from_its_stored_trials(
         broker_visibility_timeout_s=1020,
     )
     first = deployment.start_worker()
-    job_url = deployment.submit(search_spec(deployment, digits_files, tmp_path, max_trials=5))
+    job_url = deployment.submit(
+        search_spec(deployment, digits_files, tmp_path, max_trials=5, time_budget_s=800)
+    )
     two_done = wait_for(
         lambda: sum(finished(e["data"]["trial"]) for e in trial_events(deployment, job_url)) >= 2,
         timeout_s=180,
