@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import gc
 import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,6 +54,16 @@ def package_version() -> str:
         return "0+unknown"
 
 
+@functools.cache
+def freeze_startup_objects() -> None:
+    """Exclude every object alive at start-up (the imported libraries' ~150k objects)
+    from the garbage collector's full collections, once per process. Each full
+    collection walked them all while no request could run: 80-120 ms stalls under load,
+    most of the status polls' p99 (bench/load.py: polls next to uploads went from p99
+    85 ms, max 206 ms, to p99 11 ms, max 27 ms)."""
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None, queue: JobQueue | None = None) -> FastAPI:
     """Build the API on `settings` (default: from the environment).
 
@@ -74,6 +86,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        freeze_startup_objects()
         yield
         engine.dispose()
 

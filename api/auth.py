@@ -16,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep
 from api.errors import Forbidden, Unauthenticated
@@ -81,7 +82,7 @@ async def get_key_cache(request: Request) -> KeyCache:
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 
 
-def authenticate(
+async def authenticate(
     session: SessionDep,
     cache: KeyCacheDep,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
@@ -91,12 +92,13 @@ def authenticate(
     if not token:
         raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
     digest = tenants.secret_sha256(token)
+    # async: a cached key (nearly every request) costs no thread-pool hand-over
     cached = cache.get(digest)
     if cached is not None:
         return cached
     # The request's own session (one connection per request: a second one here would let
     # a burst of requests hold the whole pool while each waits for another connection).
-    key = tenants.find_active_key(session, token)
+    key = await run_in_threadpool(tenants.find_active_key, session, token)
     if key is None:
         raise Unauthenticated("the API key is not valid (unknown or revoked)")
     caller = Caller(key_id=key.id, tenant_id=key.tenant_id, is_admin=key.is_admin)
@@ -104,7 +106,7 @@ def authenticate(
     return caller
 
 
-def require_admin(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+async def require_admin(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
     if not caller.is_admin:
         raise Forbidden("this call needs an admin API key")
     return caller

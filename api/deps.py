@@ -8,17 +8,17 @@ validated; see bench/load.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from squeeze.settings import Settings
 from store.blobs import BlobStore
-from store.db import transaction
 from worker.enqueue import JobQueue
 
 
@@ -62,10 +62,30 @@ async def get_queue(request: Request) -> JobQueue:
 SessionFactoryDep = Annotated[sessionmaker[Session], Depends(get_session_factory)]
 
 
-def get_session(sessions: SessionFactoryDep) -> Iterator[Session]:
-    """One transaction per request: committed when the route returns, rolled back on error."""
-    with transaction(sessions) as session:
+async def get_session(sessions: SessionFactoryDep) -> AsyncIterator[Session]:
+    """One transaction per request: committed when the route returns, rolled back on error.
+
+    Opened on the event loop (a Session takes its connection on first use, in the route's
+    thread) and ended in one thread-pool call: a sync generator would cost two hand-overs.
+    """
+    session = sessions()
+    session.begin()
+    try:
         yield session
+    except BaseException:
+        await run_in_threadpool(_end, session, commit=False)
+        raise
+    await run_in_threadpool(_end, session, commit=True)
+
+
+def _end(session: Session, *, commit: bool) -> None:
+    try:
+        if commit:
+            session.commit()
+        else:
+            session.rollback()
+    finally:
+        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
