@@ -542,6 +542,35 @@ def iter_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
             yield from iter_nodes(subgraph)
 
 
+def drop_dead_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
+    """Set the main graph's nodes to `nodes` less those whose outputs nothing reads
+    (subgraphs' reads of outer names count), repeatedly."""
+    outputs = {output.name for output in graph.output}
+    while True:
+        read = set(outputs)
+        for node in nodes:
+            read.update(node.input)
+            for subgraph in subgraphs(node):
+                read.update(
+                    inner_input for inner in iter_nodes(subgraph) for inner_input in inner.input
+                )
+        alive = [node for node in nodes if any(output in read for output in node.output)]
+        if len(alive) == len(nodes):
+            break
+        nodes = alive
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Remove the main graph's initializers no node (subgraphs included) or output reads."""
+    used = {name for node in iter_nodes(graph) for name in node.input}
+    used.update(output.name for output in graph.output)
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def _iter_initializers(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
     yield from graph.initializer
     for node in graph.node:

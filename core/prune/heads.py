@@ -35,6 +35,7 @@ import onnx
 from onnx import numpy_helper
 
 from core.errors import UnsupportedModel, short_reason
+from core.formats import drop_dead_nodes, drop_unused_initializers
 
 ImportanceName = Literal["l1", "l2", "taylor"]
 
@@ -639,14 +640,9 @@ class _Surgery:
 
         for node in list(graph.node):
             emit(node)
-        del graph.node[:]
-        graph.node.extend(_live_nodes(graph, ordered))
-        used = {name for node in graph.node for name in _inputs(node)}
-        used |= {output.name for output in graph.output}
-        kept = [init for init in graph.initializer if init.name in used]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        names = {init.name for init in kept}
+        drop_dead_nodes(graph, ordered)
+        drop_unused_initializers(graph)
+        names = {init.name for init in graph.initializer}
         inputs = [
             value
             for value in graph.input
@@ -789,26 +785,6 @@ def _follows_heads(graph: _Graph, block: AttentionBlock, name: str, position: in
         f"cannot follow the shape arithmetic of an attention Reshape through {op}",
         code="head_pruning_failed",
     )
-
-
-def _inputs(node: onnx.NodeProto) -> Iterator[str]:
-    """Names a node reads, those of its subgraphs (If/Loop bodies) included."""
-    yield from node.input
-    for attribute in node.attribute:
-        for graph in [attribute.g] if attribute.HasField("g") else list(attribute.graphs):
-            for inner in graph.node:
-                yield from _inputs(inner)
-
-
-def _live_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
-    """`nodes` without those whose outputs nothing reads (the clones' originals)."""
-    needed = {output.name for output in graph.output}
-    live = []
-    for node in reversed(nodes):
-        if any(output in needed for output in node.output):
-            live.append(node)
-            needed.update(_inputs(node))
-    return live[::-1]
 
 
 def _validate(

@@ -27,6 +27,8 @@ from core.errors import EngineError, StepFailed, UnsupportedModel, short_reason
 from core.formats import (
     SINGLE_FILE_LIMIT_BYTES,
     TensorInfo,
+    drop_dead_nodes,
+    drop_unused_initializers,
     iter_nodes,
     load_model,
     model_files,
@@ -225,7 +227,7 @@ def gemm_to_matmul(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     if count:
         del graph.node[:]
         graph.node.extend(new_nodes)
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
     return rewritten, count
 
 
@@ -322,16 +324,8 @@ def compact_zero_points(model: onnx.ModelProto) -> int:
                 zero_point.CopyFrom(numpy_helper.from_array(scalar, zero_point.name))
                 compacted += 1
     if compacted:
-        _drop_unused_initializers(graph)
+        drop_unused_initializers(graph)
     return compacted
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in iter_nodes(graph) for name in node.input}
-    used.update(output.name for output in graph.output)
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
 
 
 # Where onnxruntime 1.32's SymbolicShapeInference dumps its partial result when it fails:
@@ -423,7 +417,10 @@ def restore_hard_swish(model: onnx.ModelProto) -> int:
             continue
         replaced[id(mul)] = onnx.helper.make_node(
             # pre-processing leaves nodes unnamed; names must be unique (outputs are)
-            "HardSwish", [x], list(mul.output), name=mul.name or f"HardSwish_{mul.output[0]}"
+            "HardSwish",
+            [x],
+            list(mul.output),
+            name=mul.name or f"HardSwish_{mul.output[0]}",
         )
         dropped.add(id(sigmoid))
     if not replaced:
@@ -515,8 +512,8 @@ def fold_shape_computations(
     )
     nodes_before = len(graph.node)
     kept = [n for n in graph.node if not all(o in constants or not o for o in n.output)]
-    _drop_dead_nodes(graph, kept)
-    _drop_unused_initializers(graph)
+    drop_dead_nodes(graph, kept)
+    drop_unused_initializers(graph)
     report = {"folded": len(constants), "nodes_removed": nodes_before - len(graph.node)}
     mismatch = _outputs_differ(model, folded, check_feeds)
     if mismatch:
@@ -558,26 +555,6 @@ def _static_shape_values(model: onnx.ModelProto, work_dir: Path) -> dict[str, np
         array = np.array([int(v) for v in elements], dtype=dtype)
         values[name] = array if isinstance(value, list) else array.reshape(())
     return values
-
-
-def _drop_dead_nodes(graph: onnx.GraphProto, nodes: list[onnx.NodeProto]) -> None:
-    """Set the main graph's nodes to `nodes` less those whose outputs nothing reads
-    (subgraphs' reads of outer names count), repeatedly."""
-    outputs = {output.name for output in graph.output}
-    while True:
-        read = set(outputs)
-        for node in nodes:
-            read.update(node.input)
-            for subgraph in subgraphs(node):
-                read.update(
-                    inner_input for inner in iter_nodes(subgraph) for inner_input in inner.input
-                )
-        alive = [node for node in nodes if any(output in read for output in node.output)]
-        if len(alive) == len(nodes):
-            break
-        nodes = alive
-    del graph.node[:]
-    graph.node.extend(nodes)
 
 
 def _outputs_differ(
