@@ -7,8 +7,7 @@ machine came out 4-7x too slow (see the field notes).
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +28,7 @@ from core.formats import TensorInfo, load_model, model_size_bytes
 from core.formats import count_parameters as _count_model_parameters
 from core.results import Latency, ModelMetrics
 from core.spec import TaskSpec
+from core.timing import SpeedComparison, compare_runs, time_interleaved
 
 # Rows per run when computing the metric; models that pin their batch dim use theirs.
 DEFAULT_EVAL_BATCH = 64
@@ -90,23 +90,49 @@ def count_parameters(path: Path) -> int:
 
 
 def time_sessions(
-    sessions: list[ort.InferenceSession], feeds: Feeds, settings: MeasureSettings
+    sessions: Sequence[ort.InferenceSession], feeds: Feeds, settings: MeasureSettings
 ) -> list[list[float]]:
-    """Per-session run times in ms, interleaved A, B, A, B ... after each warms up.
+    """Per-session run times in ms, interleaved (A B, B A, ...) after each warms up: the
+    project's one timing rule (core.timing), so machine noise falls on every model alike."""
+    return time_interleaved(
+        [_runner(session, feeds) for session in sessions], settings.warmup_runs, settings.runs
+    )
 
-    Interleaving spreads machine noise (other processes, frequency changes) evenly over
-    the models, so their ratio is fair even when absolute times drift.
-    """
-    for session in sessions:
-        for _ in range(settings.warmup_runs):
-            session.run(None, feeds)
-    times_ms: list[list[float]] = [[] for _ in sessions]
-    for _ in range(settings.runs):
-        for session, times in zip(sessions, times_ms, strict=True):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times.append((time.perf_counter() - start) * 1000.0)
-    return times_ms
+
+def _runner(session: ort.InferenceSession, feeds: Feeds) -> Callable[[], object]:
+    return lambda: session.run(None, feeds)
+
+
+def compare_to_original(
+    original: Path,
+    candidates: Sequence[Path],
+    feeds: Feeds,
+    batch_sizes: Sequence[int],
+    settings: MeasureSettings,
+    device: str,
+    check_cancelled: CancelCheck | None = None,
+) -> list[list[SpeedComparison]]:
+    """Each candidate against the original at each batch size (rows taken from `feeds`),
+    timed interleaved with the original and a second session of it, which measures the
+    noise tolerance (core.timing). Result: per candidate, one comparison per batch size."""
+    base, copy = open_session(original, settings, device), open_session(original, settings, device)
+    others = [open_session(path, settings, device) for path in candidates]
+    per_batch: list[list[SpeedComparison]] = []
+    for rows in batch_sizes:
+        if check_cancelled is not None:
+            check_cancelled()
+        batch = take_rows(feeds, rows)
+        per_batch.append(
+            compare_runs(
+                rows,
+                _runner(base, batch),
+                _runner(copy, batch),
+                [_runner(session, batch) for session in others],
+                settings.warmup_runs,
+                settings.runs,
+            )
+        )
+    return [[comparisons[i] for comparisons in per_batch] for i in range(len(candidates))]
 
 
 def summarize_latency(times_ms: list[float], batch_size: int) -> Latency:
@@ -209,17 +235,19 @@ def measure_model_with_outputs(
     path: Path,
     eval_arrays: Mapping[str, np.ndarray],
     task: TaskSpec,
-    batch_size: int,
+    batch_size: int | Sequence[int],
     settings: MeasureSettings,
     device: str,
     reference_outputs: np.ndarray | None = None,
     check_cancelled: CancelCheck | None = None,
+    score_rows: np.ndarray | None = None,
 ) -> tuple[ModelMetrics, np.ndarray]:
-    """measure_model, also returning the model's outputs on the eval data.
+    """measure_model, also returning the model's outputs on every eval row.
 
     Pass the original model's outputs as `reference_outputs` to every later model, so
     the original runs over the eval data once. Without them the model is its own
-    reference (the original's agreement with itself is measured as 1.0).
+    reference (the original's agreement with itself is measured as 1.0). `score_rows`
+    (row indices) limits the metric to those rows: the held-out rows of the job's split.
     """
     session = open_session(path, settings, device)
     inputs = session_inputs(session)
@@ -237,7 +265,13 @@ def measure_model_with_outputs(
             f"{reference.shape}: the two cannot be compared"
         )
     labels = eval_arrays.get(task.labels) if task.kind != "embedding" else None
-    metric_name, metric_value = score(task, outputs, labels, reference)
+    rows_scored = np.arange(outputs.shape[0]) if score_rows is None else score_rows
+    metric_name, metric_value = score(
+        task,
+        outputs[rows_scored],
+        None if labels is None else np.asarray(labels)[rows_scored],
+        reference[rows_scored],
+    )
 
     latencies = []
     for rows in latency_batch_sizes(inputs, batch_size):
@@ -252,6 +286,7 @@ def measure_model_with_outputs(
         latency=latencies,
         metric_name=metric_name,
         metric_value=metric_value,
+        metric_rows=len(rows_scored),
     )
     return metrics, outputs
 
@@ -272,10 +307,14 @@ def measure_model(
     return metrics
 
 
-def latency_batch_sizes(inputs: list[TensorInfo], batch_size: int) -> list[int]:
-    """Batch 1 and the requested size; only the pinned size for a model that pins one."""
+def latency_batch_sizes(inputs: list[TensorInfo], batch_sizes: int | Sequence[int]) -> list[int]:
+    """The deployment batch sizes (an int n means 1 and n), ascending; only the pinned
+    size for a model that pins one."""
     pinned = pinned_batch_size(inputs)
-    return [pinned] if pinned else sorted({1, batch_size})
+    if pinned:
+        return [pinned]
+    sizes = {1, batch_sizes} if isinstance(batch_sizes, int) else set(batch_sizes)
+    return sorted(sizes)
 
 
 def latency_at(metrics: ModelMetrics, batch_size: int) -> Latency:

@@ -7,13 +7,15 @@ by how much. Errors are raised only when something cannot be run or measured.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 from core.context import RunContext
@@ -25,20 +27,25 @@ from core.data import (
     load_arrays,
     model_feeds,
     pinned_batch_size,
-    take_rows,
+    sample_count,
 )
 from core.errors import EngineError, IncompatibleData, InvalidDataset, StepFailed, short_reason
-from core.formats import ModelInfo, TensorInfo, copy_model, inspect_model, model_files
+from core.evaluation import rows_of, split_eval_rows
+from core.formats import ModelInfo, copy_model, inspect_model, model_files
 from core.manifest import build_manifest
-from core.measure import (
-    compare_latency,
-    latency_at,
-    latency_batch_sizes,
-    measure_model_with_outputs,
-)
+from core.measure import compare_to_original, measure_model_with_outputs, score
 from core.registry import StepData, StepOutput, get_step
-from core.results import Latency, ModelMetrics, PipelineResult, StepResult, TargetCheck, Verdict
-from core.spec import JobSpec, Step, Targets
+from core.results import (
+    EvaluationRecord,
+    Latency,
+    ModelMetrics,
+    Note,
+    PipelineResult,
+    StepResult,
+)
+from core.spec import JobSpec, Step, TaskSpec
+from core.timing import MIN_TOLERANCE, SpeedComparison
+from core.verdict import compute_verdict, metric_checks
 
 # Datasets were capped at upload; this cap only guards a caller that skipped that check.
 DEFAULT_MAX_DATASET_BYTES = 4 * 1024**3
@@ -48,15 +55,10 @@ FINAL_MODEL_NAME = "model.onnx"
 STEP_ARTIFACTS_DIR = "artifacts"
 # Names the caller publishes itself; a step's file may not take them.
 RESERVED_ARTIFACT_NAMES = frozenset({"model.onnx", "model.zip", "report.json", "manifest.json"})
-TargetName = Literal["max_metric_drop", "max_latency_ms", "max_size_bytes", "not_slower"]
 
 # Progress milestones over the whole job (0..1).
 _MEASURE_ORIGINAL = (0.05, 0.15)
 _STEPS_END = 0.95
-# "not slower": the final/original latency ratio at the job's batch size may not exceed
-# this (timing noise of two interleaved measurements on a busy CPU stays within it).
-NOT_SLOWER_TOLERANCE = 1.05
-_TINY = 1e-12
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -96,6 +98,9 @@ def run(
     students: `spec.student_model_ids()`) to their .onnx files. Everything is
     written under ctx.work_dir; the final model is ctx.work_dir / "model.onnx". Raises
     JobCancelled when ctx.is_cancelled turns true.
+
+    The eval rows are split once (core.evaluation): steps see only the selection rows,
+    every reported metric and the verdict use only the held-out rows.
     """
     device = resolve_device(ctx.device)
     ctx = dataclasses.replace(ctx, device=device)
@@ -104,15 +109,15 @@ def run(
 
     model_info = inspect_model(model_path)
     eval_path = _dataset_path(datasets, spec.eval_dataset_id)
+    train_path = _dataset_path(datasets, spec.train_dataset_id) if spec.train_dataset_id else None
     calibration_path = (
         _dataset_path(datasets, spec.calibration_dataset_id)
         if spec.calibration_dataset_id
-        else eval_path
+        else train_path or eval_path
     )
-    train_path = _dataset_path(datasets, spec.train_dataset_id) if spec.train_dataset_id else None
     for path in dict.fromkeys(p for p in (eval_path, calibration_path, train_path) if p):
         _check_dataset(model_info, path, spec, max_dataset_bytes)
-    _check_batch_size(model_info, spec.batch_size)
+    batch_sizes = _deployment_batch_sizes(model_info, spec)
 
     # External data files are part of the model's bytes: each one is hashed too.
     model_file_paths = model_files(model_path)
@@ -123,35 +128,60 @@ def run(
         | dict(models or {})
     )
     manifest = build_manifest(manifest_inputs, spec, device)
+    _refuse_training_on_eval_bytes(spec, manifest)
     eval_arrays = load_arrays(eval_path)
-    calibration_arrays = (
-        eval_arrays if calibration_path == eval_path else load_arrays(calibration_path)
-    )
     train_arrays = load_arrays(train_path) if train_path is not None else None
+    eval_feeds = model_feeds(eval_arrays, model_info.inputs, spec.task)
+    split = split_eval_rows(sample_count(eval_feeds), spec.seed, spec.held_out_fraction)
+    selection_arrays = rows_of(eval_arrays, split.selection)
+    if calibration_path == eval_path:
+        calibration_arrays: Mapping[str, np.ndarray] = selection_arrays
+    elif calibration_path == train_path and train_arrays is not None:
+        calibration_arrays = train_arrays
+    else:
+        calibration_arrays = load_arrays(calibration_path)
+    notes = data_notes(spec, model_info, eval_arrays, train_arrays, calibration_path == eval_path)
+    if split.record.note:
+        notes.append(Note(code="eval_rows_not_split", message=split.record.note))
+    ctx.report(
+        0.01,
+        "validated the model and data",
+        evaluation=split.record.model_dump(),
+        notes=[note.model_dump() for note in notes],
+    )
 
     ctx.report(_MEASURE_ORIGINAL[0], "measuring the original model")
-    # The original's outputs are computed once and are the reference for every later model.
+    # The original's outputs are computed once, on every eval row, and are the reference
+    # for every later model; its reported metric is the held-out rows'.
     original, reference_outputs = measure_model_with_outputs(
         model_path,
         eval_arrays,
         spec.task,
-        spec.batch_size,
+        batch_sizes,
         ctx.measure,
         device,
         check_cancelled=ctx.check_cancelled,
+        score_rows=split.held_out,
     )
+    selection_metric = _metric_on(
+        spec.task, eval_arrays, reference_outputs, reference_outputs, split.selection
+    )
+    original.selection_metric_value = selection_metric
     ctx.report(_MEASURE_ORIGINAL[1], "measured the original model", metrics=original.model_dump())
 
     data = StepData(
-        eval_arrays,
+        selection_arrays,
         calibration_arrays,
         model_info.inputs,
         spec.task,
         train_arrays=train_arrays,
         targets=spec.targets,
         batch_size=spec.batch_size,
-        reference_outputs=reference_outputs,
-        original_metrics=original,
+        batch_sizes=tuple(batch_sizes),
+        reference_outputs=reference_outputs[split.selection],
+        original_metrics=original.model_copy(
+            update={"metric_value": selection_metric, "metric_rows": len(split.selection)}
+        ),
         original_model_path=model_path,
         models=dict(models or {}),
     )
@@ -172,17 +202,22 @@ def run(
         duration_s = time.perf_counter() - started
 
         ctx.report(progress + 0.6 * span, f"{label}: measuring", step=index, method=step.method)
-        metrics, _ = measure_model_with_outputs(
+        metrics, outputs = measure_model_with_outputs(
             output.model_path,
             eval_arrays,
             spec.task,
-            spec.batch_size,
+            batch_sizes,
             ctx.measure,
             device,
             reference_outputs=reference_outputs,
             check_cancelled=ctx.check_cancelled,
+            score_rows=split.held_out,
         )
         metrics.metric_change = metrics.metric_value - original.metric_value
+        metrics.selection_metric_value = _metric_on(
+            spec.task, eval_arrays, outputs, reference_outputs, split.selection
+        )
+        unchanged = output.unchanged_reason or _same_files_reason(current_path, output.model_path)
         step_results.append(
             StepResult(
                 index=index,
@@ -190,6 +225,10 @@ def run(
                 metrics=metrics,
                 duration_s=duration_s,
                 details=output.details,
+                unchanged_reason=unchanged,
+                metric_checks=metric_checks(
+                    original.metric_value, metrics.metric_value, spec.targets
+                ),
             )
         )
         ctx.report(
@@ -199,104 +238,235 @@ def run(
             method=step.method,
             metrics=metrics.model_dump(),
             details=output.details,
+            unchanged_reason=unchanged,
         )
         current_path = output.model_path
         _collect_artifacts(index, output, ctx.work_dir / STEP_ARTIFACTS_DIR)
 
     final_path = ctx.work_dir / FINAL_MODEL_NAME
     copy_model(current_path, final_path)
+    unchanged_reason = _job_unchanged_reason(model_path, final_path, step_results)
 
     ctx.report(_STEPS_END, "comparing the original and final latency")
-    original, final = _compare_latency(
-        model_path,
-        final_path,
+    speed = _compare_speed(model_path, final_path, original, eval_feeds, batch_sizes, ctx)
+    original, final = _with_interleaved_latency(original, step_results[-1].metrics, speed)
+    verdict = compute_verdict(
         original,
-        step_results[-1].metrics,
-        model_feeds(eval_arrays, model_info.inputs, spec.task),
-        model_info.inputs,
-        spec,
-        ctx,
+        final,
+        speed,
+        spec.targets,
+        batch_size=spec.batch_size,
+        unchanged_reason=unchanged_reason,
     )
-    verdict = compute_verdict(original, final, spec.targets, spec.batch_size)
     result = PipelineResult(
-        original=original, steps=step_results, final=final, verdict=verdict, manifest=manifest
+        original=original,
+        steps=step_results,
+        final=final,
+        verdict=verdict,
+        manifest=manifest,
+        evaluation=EvaluationRecord(
+            **split.record.model_dump(), original_selection_metric=selection_metric
+        ),
+        notes=notes,
     )
-    ctx.report(1.0, "done", targets_met=verdict.targets_met)
+    ctx.report(
+        1.0,
+        "done",
+        targets_met=verdict.targets_met,
+        outcome=verdict.outcome,
+        outcome_reason=verdict.outcome_reason,
+    )
     return result, final_path
 
 
-def compute_verdict(
-    original: ModelMetrics, final: ModelMetrics, targets: Targets, batch_size: int
-) -> Verdict:
-    """Check each target that is set against the measured values of the final model."""
-    checks: list[TargetCheck] = []
-    metric_change = final.metric_value - original.metric_value
-    if targets.max_metric_drop is not None:
-        drop = -metric_change  # every metric is higher-is-better, neg_mse included
-        if targets.metric_drop_mode == "relative":
-            drop = _relative(drop, abs(original.metric_value))
-        checks.append(_check("max_metric_drop", targets.max_metric_drop, drop))
-    final_latency = latency_at(final, batch_size).median_ms
-    if targets.max_latency_ms is not None:
-        checks.append(_check("max_latency_ms", targets.max_latency_ms, final_latency))
-    if targets.max_size_bytes is not None:
-        checks.append(_check("max_size_bytes", targets.max_size_bytes, final.size_bytes))
-    latency_ratio = _relative(final_latency, latency_at(original, batch_size).median_ms)
-    if not targets.allow_slower:
-        # Compression that makes the model slower is no success unless the user said so;
-        # the tolerance absorbs timing noise of the interleaved comparison.
-        checks.append(_check("not_slower", NOT_SLOWER_TOLERANCE, latency_ratio))
-    return Verdict(
-        targets_met=all(check.met for check in checks),
-        checks=checks,
-        size_ratio=final.size_bytes / original.size_bytes,
-        latency_ratio=latency_ratio,
-        metric_change=metric_change,
+def data_notes(
+    spec: JobSpec,
+    model: ModelInfo,
+    eval_arrays: Mapping[str, np.ndarray],
+    train_arrays: Mapping[str, np.ndarray] | None,
+    eval_calibrates: bool,
+) -> list[Note]:
+    """What the user should know about how the data was used (pure)."""
+    notes: list[Note] = []
+    task = spec.task
+    if task.kind != "embedding" and task.labels not in eval_arrays:
+        metric = "agreement with the original model's predictions, not accuracy against labels"
+        if task.kind == "regression":
+            metric = "the error against the original model's outputs, not against labels"
+        notes.append(
+            Note(
+                code="metric_without_labels",
+                message=(
+                    f"the eval data {spec.eval_dataset_id!r} has no array {task.labels!r}: the "
+                    f"metric is {metric}. Name the label array with task.labels (CLI: "
+                    "--labels NAME)"
+                ),
+            )
+        )
+    calibrating = any(
+        getattr(step, "mode", None) in ("static", "auto") for step in spec.steps
     )
+    if eval_calibrates and calibrating:
+        notes.append(
+            Note(
+                code="eval_doubles_as_calibration",
+                message=(
+                    "no calibration_dataset_id or train_dataset_id was given: the activation "
+                    "ranges were calibrated on the eval data's selection rows (never the "
+                    "held-out rows); give calibration data of its own for an independent figure"
+                ),
+            )
+        )
+    if train_arrays is not None:
+        shared = shared_rows(model, task, eval_arrays, train_arrays)
+        if shared:
+            notes.append(
+                Note(
+                    code="train_eval_overlap",
+                    message=(
+                        f"{shared} eval rows also appear in the training data (identical "
+                        "inputs): the metric on them is optimistic; remove them from one side"
+                    ),
+                )
+            )
+    return notes
 
 
-def _check(target: TargetName, limit: float, measured: float) -> TargetCheck:
-    return TargetCheck(
-        target=target,
-        limit=float(limit),
-        measured=float(measured),
-        met=measured <= limit,
+def shared_rows(
+    model: ModelInfo,
+    task: TaskSpec,
+    eval_arrays: Mapping[str, np.ndarray],
+    train_arrays: Mapping[str, np.ndarray],
+) -> int:
+    """How many eval rows have inputs identical to some training row (hashed per row)."""
+    try:
+        eval_feeds = model_feeds(eval_arrays, model.inputs, task)
+        train_feeds = model_feeds(train_arrays, model.inputs, task)
+    except IncompatibleData:
+        return 0
+    return len(_row_digests(eval_feeds) & _row_digests(train_feeds))
+
+
+def _row_digests(feeds: Feeds) -> set[bytes]:
+    names = sorted(feeds)
+    digests: set[bytes] = set()
+    for row in range(sample_count(feeds)):
+        digest = hashlib.blake2b(digest_size=16)
+        for name in names:
+            digest.update(np.ascontiguousarray(feeds[name][row]).tobytes())
+        digests.add(digest.digest())
+    return digests
+
+
+def _metric_on(
+    task: TaskSpec,
+    eval_arrays: Mapping[str, np.ndarray],
+    outputs: np.ndarray,
+    reference: np.ndarray,
+    rows: np.ndarray,
+) -> float:
+    """A model's metric on `rows` of the eval data, against the original's outputs."""
+    labels = eval_arrays.get(task.labels) if task.kind != "embedding" else None
+    return score(
+        task,
+        outputs[rows],
+        None if labels is None else np.asarray(labels)[rows],
+        reference[rows],
+    )[1]
+
+
+def _same_files_reason(before: Path, after: Path) -> str | None:
+    if _files_digest(before) == _files_digest(after):
+        return "the step returned its input byte for byte"
+    return None
+
+
+def _job_unchanged_reason(
+    original: Path, final: Path, steps: list[StepResult]
+) -> str | None:
+    """Why the job's result is its input, or None when it may differ."""
+    reasons = "; ".join(
+        f"step {step.index + 1} ({step.method}): {step.unchanged_reason}"
+        for step in steps
+        if step.unchanged_reason
     )
+    if _files_digest(original) == _files_digest(final):
+        return "the result is the input, byte for byte" + (f" ({reasons})" if reasons else "")
+    if all(s.unchanged_reason for s in steps):
+        return f"every step left the model as it was ({reasons})"
+    return None
 
 
-def _relative(value: float, base: float) -> float:
-    # A zero base (e.g. a perfect neg_mse of 0) makes any worsening "infinitely" worse;
-    # a huge finite number says so and, unlike inf, survives JSON.
-    return value / max(abs(base), _TINY)
+def _files_digest(model: Path) -> str:
+    digest = hashlib.sha256()
+    for path in model_files(model):
+        digest.update(path.name.encode())
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _compare_latency(
+def _compare_speed(
     original_path: Path,
     final_path: Path,
     original: ModelMetrics,
-    final: ModelMetrics,
     feeds: Feeds,
-    inputs: list[TensorInfo],
-    spec: JobSpec,
+    batch_sizes: list[int],
     ctx: RunContext,
-) -> tuple[ModelMetrics, ModelMetrics]:
-    """Re-time the original and final models interleaved (A, B, A, B ...) for the verdict.
+) -> list[SpeedComparison]:
+    """The final model against the original at every deployment batch size, re-timed
+    interleaved (A, B, A', ...: A' a second session of the original, for the noise).
 
     Timed minutes apart, machine noise alone can move a ratio; timed interleaved in one
     process, both see the same conditions. The step results keep their own timings.
+    The same file is not timed against itself: its ratio is 1 by construction.
     """
-    original_latency: list[Latency] = []
-    final_latency: list[Latency] = []
-    for rows in latency_batch_sizes(inputs, spec.batch_size):
-        ctx.check_cancelled()
-        before, after = compare_latency(
-            [original_path, final_path], take_rows(feeds, rows), rows, ctx.measure, ctx.device
+    if _files_digest(original_path) == _files_digest(final_path):
+        return [
+            SpeedComparison(
+                batch_size=lat.batch_size,
+                median_ms=lat.median_ms,
+                p95_ms=lat.p95_ms,
+                baseline_median_ms=lat.median_ms,
+                baseline_p95_ms=lat.p95_ms,
+                ratio=1.0,
+                tolerance=MIN_TOLERANCE,
+                runs=lat.runs,
+            )
+            for lat in original.latency
+        ]
+    (speed,) = compare_to_original(
+        original_path,
+        [final_path],
+        feeds,
+        batch_sizes,
+        ctx.measure,
+        ctx.device,
+        check_cancelled=ctx.check_cancelled,
+    )
+    return speed
+
+
+def _with_interleaved_latency(
+    original: ModelMetrics, final: ModelMetrics, speed: list[SpeedComparison]
+) -> tuple[ModelMetrics, ModelMetrics]:
+    before = [
+        Latency(
+            batch_size=c.batch_size,
+            median_ms=c.baseline_median_ms,
+            p95_ms=c.baseline_p95_ms,
+            runs=c.runs,
         )
-        original_latency.append(before)
-        final_latency.append(after)
+        for c in speed
+    ]
+    after = [
+        Latency(batch_size=c.batch_size, median_ms=c.median_ms, p95_ms=c.p95_ms, runs=c.runs)
+        for c in speed
+    ]
     return (
-        original.model_copy(update={"latency": original_latency}),
-        final.model_copy(update={"latency": final_latency}),
+        original.model_copy(update={"latency": before}),
+        final.model_copy(update={"latency": after}),
     )
 
 
@@ -344,11 +514,32 @@ def _check_dataset(model: ModelInfo, path: Path, spec: JobSpec, max_bytes: int) 
     return info
 
 
-def _check_batch_size(model: ModelInfo, batch_size: int) -> None:
+def _deployment_batch_sizes(model: ModelInfo, spec: JobSpec) -> list[int]:
+    """The batch sizes latency is judged at; a model that pins its batch dimension runs
+    at that size only, and a spec asking for another is refused."""
     pinned = pinned_batch_size(model.inputs)
-    if pinned is not None and pinned != batch_size:
+    if pinned is None:
+        return spec.deployment_batch_sizes()
+    asked = sorted(set(spec.batch_sizes or [spec.batch_size]))
+    if asked != [pinned]:
         raise IncompatibleData(
             f"the model pins its batch dimension to {pinned}, so latency cannot be measured "
-            f"at batch_size {batch_size}; set batch_size to {pinned} or export with a "
-            "dynamic batch axis"
+            f"at batch size {', '.join(map(str, asked))}; set batch_size to {pinned} (and "
+            "leave batch_sizes unset) or export with a dynamic batch axis"
+        )
+    return [pinned]
+
+
+def _refuse_training_on_eval_bytes(spec: JobSpec, manifest: dict[str, Any]) -> None:
+    """Training data with the eval data's bytes under another id: the model would score
+    itself (the API refuses this at submission; the engine does not trust its caller)."""
+    if spec.train_dataset_id is None:
+        return
+    hashes = {name: entry["sha256"] for name, entry in manifest["inputs"].items()}
+    if hashes.get(spec.train_dataset_id) == hashes.get(spec.eval_dataset_id):
+        raise IncompatibleData(
+            f"train_dataset_id {spec.train_dataset_id!r} and eval_dataset_id "
+            f"{spec.eval_dataset_id!r} hold the same data: a model trained on its eval rows "
+            "scores itself; use separate training and eval splits",
+            code="data_leakage",
         )

@@ -29,7 +29,12 @@ _STEP_MODULES = ("core.quantize", "core.prune", "core.distill", "core.search")
 
 @dataclass(frozen=True)
 class StepData:
-    """The data a step may use, as loaded arrays plus how they feed the model."""
+    """The data a step may use, as loaded arrays plus how they feed the model.
+
+    In a job, `eval_arrays` are the selection rows of the job's eval split (every choice
+    a step makes is made on them; core.evaluation), and `reference_outputs` and
+    `original_metrics` are the original model's on those rows.
+    """
 
     eval_arrays: Mapping[str, np.ndarray]
     calibration_arrays: Mapping[str, np.ndarray]
@@ -37,9 +42,11 @@ class StepData:
     task: TaskSpec
     # Training data for steps that train (None when the job has none).
     train_arrays: Mapping[str, np.ndarray] | None = None
-    # What the job asks of its final model, and the batch size latency is judged at.
+    # What the job asks of its final model; the batch size a step's own timing uses, and
+    # every deployment batch size latency is judged at (empty: 1 and batch_size).
     targets: Targets = field(default_factory=Targets)
     batch_size: int = 1
+    batch_sizes: tuple[int, ...] = ()
     # The job's original model on the eval data: its outputs (the reference for agreement
     # and similarity metrics) and its measured metrics. Tuning steps judge candidates
     # against the original, not against the step's input.
@@ -49,6 +56,9 @@ class StepData:
     # the other uploaded models the spec names (uploaded students), by model id.
     original_model_path: Path | None = None
     models: Mapping[str, Path] = field(default_factory=dict)
+
+    def deployment_batch_sizes(self) -> list[int]:
+        return sorted(set(self.batch_sizes or (1, self.batch_size)))
 
     def eval_feeds(self, rows: int | None = None) -> Feeds:
         """The eval data keyed by model input and cast to its dtype (the first `rows`)."""
@@ -71,6 +81,10 @@ class StepOutput:
     # Extra files for the job's artifacts, by the name a client downloads them under
     # (e.g. the search's pareto.json and pareto.png); the pipeline collects them.
     artifacts: dict[str, Path] = field(default_factory=dict)
+    # Why the step left the model as it was (auto kept the input, no node was quantized,
+    # no layer was pruned); None when it changed it. The verdict calls such a job
+    # "unchanged", never "improved".
+    unchanged_reason: str | None = None
 
 
 def _head(arrays: Mapping[str, np.ndarray], rows: int | None) -> Mapping[str, np.ndarray]:

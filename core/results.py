@@ -26,22 +26,60 @@ class ModelMetrics(BaseModel):
     metric_value: float
     # Change vs the original model (metric_value - original); 0 for the original itself.
     metric_change: float = 0.0
+    # how many eval rows the metric was measured on (the job's held-out rows)
+    metric_rows: int | None = None
+    # the same metric on the selection rows, which the steps chose on: the gap to
+    # metric_value is how much the choices flattered themselves
+    selection_metric_value: float | None = None
 
 
 class StepResult(BaseModel):
     index: int
     method: str
+    # measured on the held-out eval rows, like the verdict
     metrics: ModelMetrics
     duration_s: float
     # Method-specific facts, e.g. the quantization mode, op types, opset upgrade.
     details: dict[str, Any] = Field(default_factory=dict)
+    # Why the step left the model as it was (None: it changed it).
+    unchanged_reason: str | None = None
+    # The step's output judged like the verdict judges the final model, on the held-out
+    # rows: the metric checks only (its latency was timed alone, not interleaved).
+    metric_checks: list[TargetCheck] = Field(default_factory=list)
+
+
+TargetName = Literal[
+    "max_metric_drop", "default_metric_guard", "max_latency_ms", "max_size_bytes", "not_slower"
+]
+# What a finished job came to, for people and for CI gates (distinct from its state):
+# improved: smaller and/or faster, every target met; unchanged: the result is the input,
+# or nothing measurable changed; targets_missed: some check failed (each is listed);
+# failed / cancelled: the job has no result (set on the job's record, not here).
+Outcome = Literal["improved", "unchanged", "targets_missed", "failed", "cancelled"]
 
 
 class TargetCheck(BaseModel):
-    target: Literal["max_metric_drop", "max_latency_ms", "max_size_bytes", "not_slower"]
+    target: TargetName
     limit: float
     measured: float
     met: bool
+    # the deployment batch size a latency check holds at (None: not a latency check)
+    batch_size: int | None = None
+    # how the limit is meant, when it is not plain ("relative drop", the tolerance)
+    note: str | None = None
+
+
+class SpeedAtBatch(BaseModel):
+    """The final model against the original at one deployment batch size, timed
+    interleaved (core.timing): ratio of lower quartiles, below 1 is faster."""
+
+    batch_size: int
+    ratio: float
+    tolerance: float
+    median_ms: float
+    original_median_ms: float
+    faster: bool
+    slower: bool
 
 
 class Verdict(BaseModel):
@@ -49,8 +87,35 @@ class Verdict(BaseModel):
     checks: list[TargetCheck]
     # Speed/size/metric of the final model relative to the original, for people.
     size_ratio: float
+    # at the job's batch_size (every deployment batch size: `speed`)
     latency_ratio: float
     metric_change: float
+    outcome: Outcome = "targets_missed"
+    outcome_reason: str = ""
+    speed: list[SpeedAtBatch] = Field(default_factory=list)
+    # the eval rows the verdict's metric was measured on (the held-out rows)
+    metric_rows: int | None = None
+
+
+class Note(BaseModel):
+    """Something the user should know about how a figure was obtained."""
+
+    code: str
+    message: str
+
+
+class EvaluationRecord(BaseModel):
+    """Which eval rows chose and which judged (core.evaluation), and what each served."""
+
+    rows: int
+    selection_rows: int
+    held_out_rows: int
+    held_out_fraction: float
+    seed: int
+    split: bool
+    note: str | None = None
+    # the original's metric on the selection rows (what every step's choices compared to)
+    original_selection_metric: float | None = None
 
 
 class PipelineResult(BaseModel):
@@ -59,3 +124,5 @@ class PipelineResult(BaseModel):
     final: ModelMetrics
     verdict: Verdict
     manifest: dict[str, Any]
+    evaluation: EvaluationRecord | None = None
+    notes: list[Note] = Field(default_factory=list)

@@ -42,6 +42,11 @@ class TaskSpec(StrictModel):
     labels: str = "label"
 
 
+# Without max_metric_drop, a result whose metric fell by more than this share of the
+# original's is still no success (Intel Neural Compressor's default tolerance).
+DEFAULT_METRIC_GUARD_RELATIVE = 0.01
+
+
 class Targets(StrictModel):
     """Limits the final model must meet; each is checked against measured values."""
 
@@ -49,10 +54,15 @@ class Targets(StrictModel):
     # or relative to the original's metric when `metric_drop_mode` is "relative".
     max_metric_drop: float | None = Field(default=None, ge=0)
     metric_drop_mode: Literal["absolute", "relative"] = "absolute"
+    # Without max_metric_drop the verdict still refuses a metric that fell by more than
+    # DEFAULT_METRIC_GUARD_RELATIVE of the original's ("default_metric_guard"); false
+    # turns that guard off, for a user who truly accepts any drop.
+    metric_guard: bool = True
+    # Checked at every deployment batch size (JobSpec.batch_sizes).
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_size_bytes: int | None = Field(default=None, gt=0)
-    # A final model slower than the original at the job's batch size misses the implicit
-    # "not slower" target unless the user allows it (e.g. FP16 for size alone).
+    # A final model slower than the original at any deployment batch size misses the
+    # implicit "not_slower" target unless the user allows it (e.g. FP16 for size alone).
     allow_slower: bool = False
 
 
@@ -551,7 +561,8 @@ class JobSpec(StrictModel):
 
     model_id: str = Field(min_length=1, max_length=64)
     # Evaluation data is required: every metric is measured on it, and the result must run
-    # on it before a job may succeed. Calibration falls back to it when not given.
+    # on it before a job may succeed. Calibration falls back to the training data, else
+    # to it (the record then says eval doubled as calibration).
     eval_dataset_id: str = Field(min_length=1, max_length=64)
     calibration_dataset_id: str | None = Field(default=None, max_length=64)
     # Training data for steps that train (QAT, and later pruning fine-tuning, distillation).
@@ -560,12 +571,42 @@ class JobSpec(StrictModel):
     steps: list[Step] = Field(min_length=1, max_length=16)
     targets: Targets = Field(default_factory=Targets)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # Latency is measured at batch 1 and at this batch size.
+    # The batch size a step's own timing uses (auto's candidates, a search's latency
+    # cost, a student sized by latency) when it needs one; latency is judged at every
+    # deployment batch size below.
     batch_size: int = Field(default=1, ge=1, le=4096)
+    # The batch sizes the model will be served at: "not_slower" and max_latency_ms must
+    # hold at each. None: 1 and batch_size.
+    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        default=None, min_length=1, max_length=8
+    )
+    # The share of eval rows held out from every choice a step makes; the verdict and
+    # the reported metrics are measured on them only (core.evaluation). 0: no split.
+    held_out_fraction: float = Field(default=0.5, ge=0.0, le=0.9)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     # A memory ceiling for this job on the worker, below the service's own (which wins
     # when it is lower); a job that needs more fails with `memory_limit_exceeded`.
     max_memory_bytes: int | None = Field(default=None, gt=0, le=2**50)
+
+    @model_validator(mode="after")
+    def _batch_size_is_deployed(self) -> JobSpec:
+        if self.batch_sizes is None:
+            return self
+        if len(set(self.batch_sizes)) != len(self.batch_sizes):
+            raise ValueError(f"batch_sizes must be distinct, got {self.batch_sizes}")
+        if "batch_size" not in self.model_fields_set:
+            # the largest deployment batch is the one a step's own timing should see
+            self.batch_size = max(self.batch_sizes)
+        elif self.batch_size not in self.batch_sizes:
+            raise ValueError(
+                f"batch_size {self.batch_size} is not among batch_sizes {self.batch_sizes}: "
+                "add it, or leave batch_size unset (it then defaults to the largest)"
+            )
+        return self
+
+    def deployment_batch_sizes(self) -> list[int]:
+        """The batch sizes latency is judged at, ascending."""
+        return sorted(set(self.batch_sizes or [1, self.batch_size]))
 
     @model_validator(mode="after")
     def _training_steps_need_training_data(self) -> JobSpec:
@@ -626,3 +667,26 @@ class JobSpec(StrictModel):
     def dataset_ids(self) -> list[str]:
         ids = [self.eval_dataset_id, self.calibration_dataset_id, self.train_dataset_id]
         return list(dict.fromkeys(i for i in ids if i))
+
+
+def check_submission(spec: JobSpec) -> None:
+    """Rules a new submission must follow on top of the spec's own validation; raises
+    ValueError saying what to write instead.
+
+    Kept out of JobSpec's validators on purpose: jobs stored before a rule existed must
+    still be read back (the API answers them, the worker runs them).
+    """
+    drop = spec.targets.max_metric_drop
+    if drop is not None and drop >= 1:
+        # Every metric here lives on a 0..1 scale (accuracy, agreement, cosine), and a
+        # relative drop of 1 is all of it: 1 is a typo for one point, never a limit.
+        raise ValueError(
+            f"targets.max_metric_drop {drop:g} would allow a drop of {drop * 100:g} points, "
+            "i.e. any result: one point is 0.01 (the CLI also takes 1%); to accept any drop, "
+            "leave max_metric_drop unset and set targets.metric_guard to false"
+        )
+    if spec.train_dataset_id is not None and spec.train_dataset_id == spec.eval_dataset_id:
+        raise ValueError(
+            "train_dataset_id and eval_dataset_id name the same dataset: a model trained on "
+            "its eval rows scores itself; upload separate training and eval splits"
+        )

@@ -166,7 +166,21 @@ def prune(model_path: Path, config: PruneConfig, data: StepData, ctx: RunContext
     if sensitivity is not None:
         details["sensitivity"] = sensitivity
     ctx.report_step(1.0, f"{config.kind} pruning done", kind=config.kind)
-    return StepOutput(model_path=output_path, details=details)
+    return StepOutput(
+        model_path=output_path, details=details, unchanged_reason=nothing_pruned(details)
+    )
+
+
+def nothing_pruned(details: dict[str, Any]) -> str | None:
+    """Why the step pruned nothing (no weight zeroed, no channel or head removed), or None."""
+    after, before = details["parameters"], details["parameters_original"]
+    if after["total"] < before["total"] or after["nonzero"] < before["nonzero"]:
+        return None
+    tuned = " (the weights were only fine-tuned)" if details["fine_tune"]["epochs"] else ""
+    return (
+        "no weight, channel or head was removed: every layer was skipped or its sparsity "
+        f"was 0{tuned}"
+    )
 
 
 def _prune_heads_first(

@@ -3,9 +3,9 @@
 The promise: the quantized model is never slower than its input, nor collapsed in
 accuracy, without the report saying so. Every candidate is produced by a registered mode
 and measured on this worker: its metric against the job's original model (on the eval
-data, scored as `core.measure.score` scores the job), its size, and its latency at batch 1
-and at the job's batch size, timed interleaved against the step's input in one process
-so the ratio is fair.
+data, scored as `core.measure.score` scores the job), its size, and its latency at every
+deployment batch size, timed interleaved against the step's input in one process so the
+ratio is fair.
 
 Decision rules, in order:
 
@@ -20,23 +20,23 @@ Decision rules, in order:
    mode is registered. Recurrent models: dynamic per-channel and per-tensor
    (DynamicQuantizeLSTM), static QDQ. FP16 brings no speed on the CPU: it is tried only
    when asked for, or when size is the only target.
-2. A candidate is "slower" when its latency at the job's batch size exceeds the input's
-   by more than the measurement noise (`LATENCY_TOLERANCE`, widened to what timing the
-   input against itself showed, at most `MAX_LATENCY_TOLERANCE`). Ratios compare lower
-   quartiles of runs interleaved A B, B A ... (see `LatencyComparison`); the table also
-   shows the medians. Slower candidates are never chosen unless `allow_slower` is set.
-   Only the job's batch size decides (INT8 that loses at batch 1 can win at 32: field
-   notes); the chosen model's other batch sizes where it is slower are listed in
-   "slower_than_input_at_batch_sizes".
+2. A candidate is "slower" when, at any deployment batch size (`JobSpec.batch_sizes`:
+   1 and the job's batch size by default), its latency exceeds the input's by more than
+   the noise: the project's one timing rule (core.timing), the very code the verdict
+   judges the final model with. Each candidate is timed interleaved with the input and
+   a second session of the input (A B A', B A' A, ...); ratios compare lower quartiles;
+   the tolerance is what the input showed against itself, within 3%..10%. Slower
+   candidates are never chosen unless `allow_slower` is set: INT8 that wins at batch 32
+   but loses at batch 1 is slower for a user who serves at both. Speed is ranked by the
+   geometric mean of the ratios over the deployment batch sizes.
 3. Among the rest, those meeting every target win; of them the fastest (the lowest
    latency ratio to the input; candidates within the noise tolerance of the fastest
    count as equally fast, and then the smaller metric drop, to `METRIC_RESOLUTION`, then
    the smaller file wins).
    The reason names faster candidates that were passed over and the targets they miss.
-4. The metric target is `targets.max_metric_drop` (absolute or relative to the original's
-   metric). Without one, auto still refuses to call a collapse a success: a default
-   guard of `DEFAULT_RELATIVE_METRIC_GUARD` relative drop (Intel Neural Compressor's
-   default tolerance) applies, reported as "default_metric_guard".
+4. The metric target is the verdict's (core.verdict.metric_checks): `max_metric_drop`
+   (absolute or relative to the original's metric); without one a default guard of a
+   1% relative drop ("default_metric_guard"), unless `targets.metric_guard` is false.
 5. When no fast candidate meets the metric target, the nodes of the fastest INT8
    candidate (QDQ or dynamic before QOperator) are ranked once by the error each adds
    (`core.quantize.sensitivity`, on a few calibration batches) and the most sensitive
@@ -49,18 +49,14 @@ Decision rules, in order:
    size target, then size; details say which targets were missed and by what.
 7. When every candidate is slower than the input and `allow_slower` is false, the input
    is returned unchanged (details: "returned_input_unchanged", and the table shows the
-   fastest candidate and its ratio). `AutoQuantize.allow_slower` promises "a model slower
-   than the step's input only when the user says so", and a latency regression is the
-   one failure the verdict does not flag unless the job set `max_latency_ms`; a user who
-   wants the smaller file anyway sets `allow_slower: true`, and then the chosen model is
-   marked `slower_than_input: true`.
+   fastest candidate and its ratio); the job's outcome is then "unchanged", never
+   "improved". A user who wants the smaller file anyway sets `allow_slower: true`, and
+   then the chosen model is marked `slower_than_input: true`.
 
-Metrics are measured on a seeded half of the eval rows (`split_eval_rows`), against the
-original's metric on the same rows; every decision above uses that half only. The chosen
-model's metric on the other half is reported as "held_out" and must meet the metric
-target too for "targets_met" (choosing the best of several candidates on the rows it is
-then reported on would flatter it). The pipeline measures the step's output on every
-eval row afterwards, as for any step.
+Metrics are measured on `data.eval_arrays`: in a job, the selection rows of the job's
+eval split (core.evaluation). The job's verdict judges the chosen model on the held-out
+rows, which no decision here saw; the details' `met_on_selection_rows` is this step's
+own view and is labelled as such.
 
 Measurement, candidate production and the sensitivity ranking are parameters of `tune`,
 so the decisions can be tested with controlled measurements. Progress is reported per
@@ -72,7 +68,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,10 +78,11 @@ import onnx
 import onnxruntime as ort
 
 from core.context import MeasureSettings, RunContext
-from core.data import Feeds, model_feeds, pinned_batch_size, sample_count, select_rows, take_rows
+from core.data import Feeds, model_feeds, pinned_batch_size, sample_count, take_rows
 from core.errors import EngineError, JobCancelled, StepFailed, UnsupportedModel
 from core.formats import iter_nodes, load_model
 from core.measure import (
+    compare_to_original,
     compute_outputs,
     eval_batch_size,
     file_size,
@@ -94,6 +90,7 @@ from core.measure import (
     open_session,
     score,
     session_inputs,
+    time_sessions,
 )
 from core.quantize.common import (
     PER_CHANNEL_MIN_OPSET,
@@ -117,16 +114,9 @@ from core.spec import (
     StaticQuantize,
     Targets,
 )
+from core.timing import MIN_TOLERANCE, SpeedComparison
+from core.verdict import metric_checks
 
-# Eval sets with fewer than twice this many rows are not split (see split_eval_rows).
-MIN_HELD_OUT_ROWS = 32
-# A ratio up to 1.03 counts as "as fast as the input": interleaved medians of the same
-# model on a shared 2-core machine differ by about that much.
-LATENCY_TOLERANCE = 0.03
-# The noise allowance never grows past this, however noisy the self-comparison was.
-MAX_LATENCY_TOLERANCE = 0.10
-# Without a metric target: at most a 1% relative drop (Intel Neural Compressor's default).
-DEFAULT_RELATIVE_METRIC_GUARD = 0.01
 # Metric drops that differ by less than this count as equal when breaking speed ties.
 METRIC_RESOLUTION = 1e-4
 # Sensitivity runs on a few calibration batches: enough to rank nodes, cheap to run.
@@ -369,39 +359,17 @@ def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Ca
 
 
 @dataclass(frozen=True)
-class LatencyComparison:
-    """One model's median latency next to the input's, timed interleaved.
-
-    `ratio` is what decisions use: the ratio of the two lower quartiles when the
-    measurer gives it (`quartile_ratio`), else of the medians. A busy worker preempts
-    short runs at random, and preemption only ever adds time: on a 2-core machine at
-    load 4, medians of the same model timed against itself came out 0.2x-1.8x apart,
-    lower quartiles within about 10%.
-    """
-
-    batch_size: int
-    median_ms: float
-    input_median_ms: float
-    quartile_ratio: float | None = None
-
-    @property
-    def ratio(self) -> float:
-        if self.quartile_ratio is not None:
-            return self.quartile_ratio
-        return self.median_ms / max(self.input_median_ms, _TINY)
-
-
-@dataclass(frozen=True)
 class Measurement:
     size_bytes: int
     metric_name: str
     metric_value: float
-    latency: tuple[LatencyComparison, ...]
+    # against the step's input at each deployment batch size (core.timing's rule)
+    latency: tuple[SpeedComparison, ...]
     # the job's original model's metric on the same rows (None: the measurer does not
     # know it, and the original's metric on the whole eval data is the baseline)
     reference_metric: float | None = None
 
-    def at(self, batch_size: int) -> LatencyComparison:
+    def at(self, batch_size: int) -> SpeedComparison:
         for latency in self.latency:
             if latency.batch_size == batch_size:
                 return latency
@@ -422,21 +390,26 @@ class Criteria:
     targets: Targets
     baseline_metric: float  # the job's original model's metric
     input_size_bytes: int
-    decision_batch: int  # the batch size latency is judged at
+    batch_sizes: tuple[int, ...]  # the deployment batch sizes latency is judged at
     allow_slower: bool = False
-    tolerance: float = LATENCY_TOLERANCE
+    # the noise the input showed against itself: candidates closer than this are equally fast
+    tolerance: float = MIN_TOLERANCE
 
     @property
     def metric_criterion(self) -> MetricCriterion | None:
-        if self.targets.max_metric_drop is not None:
-            return MetricCriterion(
-                "max_metric_drop", self.targets.max_metric_drop, self.targets.metric_drop_mode
-            )
-        if abs(self.baseline_metric) > _TINY:
-            return MetricCriterion(
-                "default_metric_guard", DEFAULT_RELATIVE_METRIC_GUARD, "relative"
-            )
-        return None  # e.g. neg_mse against the reference: 0 for the original, no scale
+        """The metric check the verdict will make (core.verdict.metric_checks)."""
+        checks = metric_checks(self.baseline_metric, self.baseline_metric, self.targets)
+        if not checks:
+            return None  # the guard is off, or has no scale (an original metric of 0)
+        mode: Literal["absolute", "relative"] = (
+            self.targets.metric_drop_mode
+            if checks[0].target == "max_metric_drop"
+            else "relative"
+        )
+        key: Literal["max_metric_drop", "default_metric_guard"] = (
+            "max_metric_drop" if checks[0].target == "max_metric_drop" else "default_metric_guard"
+        )
+        return MetricCriterion(key, checks[0].limit, mode)
 
 
 @dataclass(frozen=True)
@@ -444,9 +417,11 @@ class Judgement:
     metric_change: float  # value - original's value (higher-is-better metrics)
     metric_drop: float | None  # in the metric criterion's units; None without one
     metric_excess: float  # how far the drop is over its limit (0 when within)
-    latency_ms: float  # at the decision batch size
-    latency_ratio: float  # vs the input, interleaved
-    slower: bool
+    latency_ms: float  # median at the largest deployment batch size
+    # vs the input, interleaved: the geometric mean over the deployment batch sizes
+    latency_ratio: float
+    slower: bool  # slower than the input at some deployment batch size
+    slower_at: tuple[int, ...]  # the batch sizes it is slower at
     met: dict[str, bool]  # per target set, the metric guard, and not_slower_than_input
 
     @property
@@ -475,33 +450,44 @@ def metric_drop(value: float, baseline: float, criterion: MetricCriterion) -> fl
 
 
 def judge(measurement: Measurement, criteria: Criteria) -> Judgement:
-    """Check one measured candidate against the targets (pure)."""
-    latency = measurement.at(criteria.decision_batch)
+    """Check one measured candidate against the targets, by the verdict's own rules
+    (core.verdict for the metric, core.timing for "slower"), at every deployment batch
+    size (pure)."""
     change = measurement.metric_value - criteria.baseline_metric
     met: dict[str, bool] = {}
     drop: float | None = None
     excess = 0.0
-    criterion = criteria.metric_criterion
-    if criterion is not None:
-        drop = metric_drop(measurement.metric_value, criteria.baseline_metric, criterion)
-        excess = max(drop - criterion.limit, 0.0)
-        met[criterion.key] = drop <= criterion.limit
+    value = measurement.metric_value
+    for check in metric_checks(criteria.baseline_metric, value, criteria.targets):
+        drop = check.measured
+        excess = max(drop - check.limit, 0.0)
+        met[check.target] = check.met
+    latencies = [measurement.at(batch) for batch in criteria.batch_sizes]
     targets = criteria.targets
     if targets.max_latency_ms is not None:
-        met["max_latency_ms"] = latency.median_ms <= targets.max_latency_ms
+        limit = targets.max_latency_ms
+        met["max_latency_ms"] = all(lat.median_ms <= limit for lat in latencies)
     if targets.max_size_bytes is not None:
         met["max_size_bytes"] = measurement.size_bytes <= targets.max_size_bytes
-    slower = latency.ratio > 1.0 + criteria.tolerance
-    met["not_slower_than_input"] = not slower
+    slower_at = tuple(lat.batch_size for lat in latencies if lat.slower)
+    met["not_slower_than_input"] = not slower_at
+    ratio = float(np.exp(np.mean([np.log(max(lat.ratio, _TINY)) for lat in latencies])))
     return Judgement(
         metric_change=change,
         metric_drop=drop,
         metric_excess=excess,
-        latency_ms=latency.median_ms,
-        latency_ratio=latency.ratio,
-        slower=slower,
+        latency_ms=latencies[-1].median_ms,
+        latency_ratio=ratio,
+        slower=bool(slower_at),
+        slower_at=slower_at,
         met=met,
     )
+
+
+def _as_the_baseline(judgement: Judgement) -> Judgement:
+    """The input judged against itself: never "slower" than itself, whatever the noise."""
+    met = dict(judgement.met) | {"not_slower_than_input": True}
+    return dataclasses.replace(judgement, slower=False, slower_at=(), met=met)
 
 
 @dataclass
@@ -540,8 +526,10 @@ class Outcome:
                     {
                         "batch_size": lat.batch_size,
                         "median_ms": lat.median_ms,
-                        "input_median_ms": lat.input_median_ms,
+                        "input_median_ms": lat.baseline_median_ms,
                         "ratio": lat.ratio,
+                        "tolerance": lat.tolerance,
+                        "slower": lat.slower,
                     }
                     for lat in m.latency
                 ],
@@ -567,15 +555,17 @@ def choose(outcomes: Sequence[Outcome], criteria: Criteria) -> Decision:
     measured = [(i, o, o.judgement) for i, o in enumerate(outcomes) if o.judgement and o.usable]
     if not measured:
         return Decision(None, "no candidate could be produced and measured")
-    batch = criteria.decision_batch
+    batch = "/".join(str(size) for size in criteria.batch_sizes)
     eligible = [(i, o, j) for i, o, j in measured if criteria.allow_slower or not j.slower]
     if not eligible:
         _, fastest, j = min(measured, key=lambda item: item[2].latency_ratio)
         return Decision(
             None,
-            f"every candidate was slower than the input at batch {batch} (the fastest, "
-            f"{fastest.candidate.name}, took {j.latency_ratio:.2f}x the input's time) and "
-            "allow_slower is false: the input is returned unchanged",
+            f"every candidate was slower than the input at some deployment batch size (the "
+            f"fastest, {fastest.candidate.name}, took {j.latency_ratio:.2f}x the input's time "
+            f"over batch {batch}, slower at batch "
+            f"{'/'.join(map(str, j.slower_at))}) and allow_slower is false: the input is "
+            "returned unchanged",
         )
     meeting = [(i, o, j) for i, o, j in eligible if j.targets_ok]
     if meeting:
@@ -682,58 +672,29 @@ def fallback_sizes(ranked: int, max_nodes: int) -> list[int]:
 # --- measuring on the worker -----------------------------------------------------------------
 
 MeasureFn = Callable[[Path], Measurement]
-# a model file -> (metric name, its metric, the original's metric) on the held-out rows
-HeldOutFn = Callable[[Path], tuple[str, float, float]]
 ProduceFn = Callable[[Candidate, Path, Path, RunContext], dict[str, Any]]
 # (the float32 model the quantizer saw, the quantized model) -> nodes, most sensitive first
 RankFn = Callable[[Path, Path], list[NodeSensitivity]]
 ProgressFn = Callable[[float, str, dict[str, Any]], None]
 
 
-@dataclass(frozen=True)
-class EvalSplit:
-    """Which eval rows the tuner chooses on, and which it only reports the choice on."""
-
-    selection: np.ndarray  # sorted row indices
-    held_out: np.ndarray  # sorted row indices; empty when the eval data is too small
-
-
-def split_eval_rows(rows: int, seed: int) -> EvalSplit:
-    """A seeded split of `rows` eval rows into two halves (the selection gets the odd
-    row): random, since eval files are often sorted by class; the same for the same seed.
-
-    Choosing among candidates on the data the winner is then reported on flatters it
-    (the winner is partly the luckiest); the held-out half gives an unbiased figure.
-    Fewer than 2 * MIN_HELD_OUT_ROWS rows are not split: every row selects.
-    """
-    if rows < 2 * MIN_HELD_OUT_ROWS:
-        return EvalSplit(np.arange(rows), np.arange(0))
-    order = np.random.default_rng(seed).permutation(rows)
-    held_out = rows // 2
-    return EvalSplit(np.sort(order[held_out:]), np.sort(order[:held_out]))
-
-
 class WorkerMeasure:
     """Measures a model file against the step's input on this worker: its metric vs the
-    job's original (reference outputs and scoring as the pipeline does) on the eval
-    `rows` (all by default), its size, and its latency at batch 1 and the job's batch
-    size, interleaved with the input."""
+    job's original (reference outputs and scoring as the pipeline does) on the step's
+    eval rows (in a job: the selection rows of the job's split), its size, and its
+    latency at every deployment batch size, timed interleaved with the input and a
+    second session of it by the verdict's own code (core.measure.compare_to_original)."""
 
-    def __init__(
-        self, input_path: Path, data: StepData, ctx: RunContext, rows: np.ndarray | None = None
-    ) -> None:
+    def __init__(self, input_path: Path, data: StepData, ctx: RunContext) -> None:
         self._input_path = input_path
         self._data = data
         self._ctx = ctx
         self._feeds: Feeds = model_feeds(data.eval_arrays, data.inputs, data.task)
-        self._rows = np.arange(sample_count(self._feeds)) if rows is None else rows
-        self._metric_feeds: Feeds = select_rows(self._feeds, self._rows)
-        self._batch_sizes = latency_batch_sizes(data.inputs, data.batch_size)
+        self._batch_sizes = latency_batch_sizes(data.inputs, data.deployment_batch_sizes())
         task = data.task
         labels = data.eval_arrays.get(task.labels) if task.kind != "embedding" else None
-        self._labels = None if labels is None else np.asarray(labels)[self._rows]
-        reference = data.reference_outputs
-        self._reference = None if reference is None else reference[self._rows]
+        self._labels = None if labels is None else np.asarray(labels)
+        self._reference = data.reference_outputs
 
     def __call__(self, path: Path) -> Measurement:
         metric_name, metric_value = self.metric(path)
@@ -751,25 +712,18 @@ class WorkerMeasure:
             self._reference = self._outputs(self._input_path)
         return score(self._data.task, self._reference, self._labels, self._reference)[1]
 
-    def latency(self, path: Path) -> tuple[LatencyComparison, ...]:
-        """Latency at each batch size, timed interleaved with the input's."""
-        settings, device = self._ctx.measure, self._ctx.device
-        sessions = [open_session(p, settings, device) for p in (self._input_path, path)]
-        latency = []
-        for rows in self._batch_sizes:
-            self._ctx.check_cancelled()
-            before, after = time_interleaved(sessions, take_rows(self._feeds, rows), settings)
-            latency.append(
-                LatencyComparison(
-                    rows,
-                    float(np.median(after)),
-                    float(np.median(before)),
-                    quartile_ratio=float(
-                        np.percentile(after, 25) / max(np.percentile(before, 25), _TINY)
-                    ),
-                )
-            )
-        return tuple(latency)
+    def latency(self, path: Path) -> tuple[SpeedComparison, ...]:
+        """Latency at each deployment batch size against the input's."""
+        (comparisons,) = compare_to_original(
+            self._input_path,
+            [path],
+            self._feeds,
+            self._batch_sizes,
+            self._ctx.measure,
+            self._ctx.device,
+            check_cancelled=self._ctx.check_cancelled,
+        )
+        return tuple(comparisons)
 
     def metric(self, path: Path) -> tuple[str, float]:
         """The task metric on these eval rows, against the original's outputs."""
@@ -790,7 +744,7 @@ class WorkerMeasure:
         output_name = self._data.task.output or session.get_outputs()[0].name
         outputs = compute_outputs(
             session,
-            self._metric_feeds,
+            self._feeds,
             output_name,
             eval_batch_size(session_inputs(session)),
             self._ctx.check_cancelled,
@@ -803,29 +757,8 @@ class WorkerMeasure:
 def time_interleaved(
     sessions: Sequence[ort.InferenceSession], feeds: Feeds, settings: MeasureSettings
 ) -> list[list[float]]:
-    """Run times in ms per session, interleaved, alternating which runs first (A B, B A,
-    ...) so that neither model always follows the other (caches, frequency steps)."""
-    for session in sessions:
-        for _ in range(settings.warmup_runs):
-            session.run(None, feeds)
-    times_ms: list[list[float]] = [[] for _ in sessions]
-    for round_index in range(settings.runs):
-        order = range(len(sessions)) if round_index % 2 == 0 else reversed(range(len(sessions)))
-        for index in order:
-            start = time.perf_counter()
-            sessions[index].run(None, feeds)
-            times_ms[index].append((time.perf_counter() - start) * 1000.0)
-    return times_ms
-
-
-def held_out_metric(measure: WorkerMeasure) -> HeldOutFn:
-    """The metric of a model, and the original's, on the rows `measure` scores."""
-
-    def metric(path: Path) -> tuple[str, float, float]:
-        name, value = measure.metric(path)
-        return name, value, measure.reference_metric()
-
-    return metric
+    """Run times in ms per session, by the project's one timing rule (core.timing)."""
+    return time_sessions(sessions, feeds, settings)
 
 
 def produce_with_mode(data: StepData) -> ProduceFn:
@@ -892,33 +825,24 @@ def tune(
     produce: ProduceFn | None = None,
     rank: RankFn | None = None,
     progress: ProgressFn | None = None,
-    held_out: HeldOutFn | None = None,
     available_modes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Try candidates, measure each, write the best to `output_path`; return the evidence.
 
-    Candidates are judged on a seeded half of the eval rows (`split_eval_rows`); the
-    chosen one's metric on the other half is reported as "held_out" and counts towards
-    "targets_met". Raises StepFailed (UnsupportedModel when every failure was one) when
-    no candidate could be produced and measured; JobCancelled as soon as the job is
-    cancelled.
+    Candidates are judged on `data.eval_arrays` (in a job: the selection rows of the
+    job's eval split; the verdict judges the result on the held-out rows). Raises
+    StepFailed (UnsupportedModel when every failure was one) when no candidate could be
+    produced and measured; JobCancelled as soon as the job is cancelled.
     """
-    split = split_eval_rows(
-        sample_count(model_feeds(data.eval_arrays, data.inputs, data.task)), ctx.seed
-    )
-    if held_out is None and len(split.held_out):
-        held_out = held_out_metric(WorkerMeasure(model_path, data, ctx, rows=split.held_out))
     tuner = _Tuner(
         model_path=model_path,
         config=config,
         data=data,
         ctx=ctx,
-        measure=measure or WorkerMeasure(model_path, data, ctx, rows=split.selection),
+        measure=measure or WorkerMeasure(model_path, data, ctx),
         produce=produce or produce_with_mode(data),
         rank=rank or rank_with_calibration(data, ctx),
         progress=progress or step_progress(ctx),
-        held_out=held_out,
-        split=split,
     )
     return tuner.run(
         output_path, registered_modes() if available_modes is None else available_modes
@@ -935,8 +859,6 @@ class _Tuner:
     produce: ProduceFn
     rank: RankFn
     progress: ProgressFn
-    held_out: HeldOutFn | None = None
-    split: EvalSplit | None = None
     outcomes: list[Outcome] = field(default_factory=list)
     criteria: Criteria = field(init=False)
     _digests: dict[str, Outcome] = field(default_factory=dict)
@@ -958,7 +880,7 @@ class _Tuner:
             "measured",
             path=self.model_path,
             measurement=input_measurement,
-            judgement=judge(input_measurement, dataclasses.replace(self.criteria, tolerance=1e9)),
+            judgement=_as_the_baseline(judge(input_measurement, self.criteria)),
         )
 
         steps = len(candidates) + 1
@@ -1000,15 +922,13 @@ class _Tuner:
             if original is not None
             else input_measurement.metric_value
         )
-        decision_batch = pinned_batch_size(self.data.inputs) or self.data.batch_size
-        # The input timed against itself shows this machine's noise right now.
-        self_ratio = input_measurement.at(decision_batch).ratio
-        tolerance = min(max(LATENCY_TOLERANCE, abs(self_ratio - 1.0)), MAX_LATENCY_TOLERANCE)
+        # The input timed against a second session of itself shows this machine's noise.
+        tolerance = max(lat.tolerance for lat in input_measurement.latency)
         return Criteria(
             targets=self.data.targets,
             baseline_metric=baseline,
             input_size_bytes=file_size(self.model_path),
-            decision_batch=decision_batch,
+            batch_sizes=tuple(lat.batch_size for lat in input_measurement.latency),
             # the job-level permission covers every step
             allow_slower=self.config.allow_slower or self.data.targets.allow_slower,
             tolerance=tolerance,
@@ -1181,32 +1101,6 @@ class _Tuner:
             fallback["stopped"] = stopped
         return sensitivity, fallback
 
-    def _held_out_report(self, chosen: Outcome) -> dict[str, Any]:
-        """The chosen model's metric on the eval rows no decision was made on, judged
-        against the metric criterion with the original's metric on those rows."""
-        if self.held_out is None:
-            return {
-                "rows": 0,
-                "note": f"fewer than {2 * MIN_HELD_OUT_ROWS} eval rows: every row was used "
-                "to choose, none held out",
-            }
-        path = chosen.path if chosen.path is not None else self.model_path
-        self.ctx.check_cancelled()
-        metric_name, value, baseline = self.held_out(path)
-        report: dict[str, Any] = {
-            "rows": None if self.split is None else len(self.split.held_out),
-            "metric_name": metric_name,
-            "metric_value": value,
-            "metric_baseline": baseline,
-            "metric_change": value - baseline,
-        }
-        criterion = self.criteria.metric_criterion
-        if criterion is not None:
-            drop = metric_drop(value, baseline, criterion)
-            report["metric_drop"] = drop
-            report["met"] = drop <= criterion.limit
-        return report
-
     def _nothing_worked(self) -> EngineError:
         reasons = "; ".join(f"{o.candidate.name}: {o.note}" for o in self.outcomes)
         notes = [o.note or "" for o in self.outcomes]
@@ -1232,32 +1126,28 @@ class _Tuner:
         met = dict(judgement.met)
         required = [k for k in met if k != "not_slower_than_input" or not criteria.allow_slower]
         criterion = criteria.metric_criterion
-        held_out = self._held_out_report(chosen)
         details: dict[str, Any] = {
             "mode": "auto",
             "model_kind": profile.kind,
             "op_histogram": profile.op_histogram,
-            "decision_batch_size": criteria.decision_batch,
+            "batch_sizes": list(criteria.batch_sizes),
             "latency_tolerance": criteria.tolerance,
             "metric_baseline": criteria.baseline_metric,
             "metric_criterion": dataclasses.asdict(criterion) if criterion else None,
+            # the rows every choice here was made on; the job's verdict judges the result
+            # on the held-out rows, which this step never saw
             "metric_rows": {
-                "selection": None if self.split is None else len(self.split.selection),
-                "held_out": None if self.split is None else len(self.split.held_out),
+                "selection": sample_count(
+                    model_feeds(self.data.eval_arrays, self.data.inputs, self.data.task)
+                )
             },
             "candidates": [input_row] + [o.row(size) for o in self.outcomes],
             "chosen": chosen.candidate.name,
             "chosen_reason": decision.reason,
-            "met": met,
-            "targets_met": all(met[k] for k in required) and held_out.get("met", True),
-            "held_out": held_out,
+            "met_on_selection_rows": met,
+            "targets_met_on_selection_rows": all(met[k] for k in required),
             "slower_than_input": judgement.slower,
-            # measured, not decided on: e.g. static INT8 can lose at batch 1 and win at 32
-            "slower_than_input_at_batch_sizes": [
-                lat.batch_size
-                for lat in (chosen.measurement.latency if chosen.measurement else ())
-                if chosen is not input_outcome and lat.ratio > 1.0 + criteria.tolerance
-            ],
+            "slower_than_input_at_batch_sizes": list(judgement.slower_at),
             "returned_input_unchanged": chosen is input_outcome,
             "nodes_to_exclude": chosen.candidate.nodes_to_exclude,
             "chosen_details": chosen.mode_details,
@@ -1276,7 +1166,6 @@ __all__ = [
     "Criteria",
     "Decision",
     "Judgement",
-    "LatencyComparison",
     "Measurement",
     "ModelProfile",
     "Outcome",

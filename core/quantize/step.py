@@ -37,7 +37,10 @@ def quantize(
 
     validate_runs(output_path, data, ctx.device, what=f"the {config.mode}-quantized model")
     details["quantized_node_counts"] = count_quantized_nodes(load_model(output_path))
-    returned_input = details.get("returned_input_unchanged", False)
-    if config.mode != "fp16" and not details["quantized_node_counts"] and not returned_input:
-        details["warning"] = "no node was quantized: the model has none of the op types listed"
-    return StepOutput(model_path=output_path, details=details)
+    unchanged: str | None = None
+    if details.get("returned_input_unchanged", False):
+        unchanged = f"auto quantization kept the input: {details.get('chosen_reason', '')}"
+    elif config.mode != "fp16" and not details["quantized_node_counts"]:
+        unchanged = "no node was quantized: the model has none of the op types the mode quantizes"
+        details["warning"] = unchanged
+    return StepOutput(model_path=output_path, details=details, unchanged_reason=unchanged)

@@ -20,10 +20,8 @@ from core.formats import inspect_model, load_model
 from core.measure import file_size, measure_model_with_outputs
 from core.pipeline import run
 from core.quantize.auto import (
-    DEFAULT_RELATIVE_METRIC_GUARD,
     Candidate,
     Criteria,
-    LatencyComparison,
     Measurement,
     ModelProfile,
     Outcome,
@@ -34,11 +32,19 @@ from core.quantize.auto import (
     plan_candidates,
     profile_model,
     shallow_convolutions,
-    split_eval_rows,
     tune,
 )
 from core.registry import StepData
-from core.spec import AutoQuantize, DynamicQuantize, JobSpec, StaticQuantize, Targets, TaskSpec
+from core.spec import (
+    DEFAULT_METRIC_GUARD_RELATIVE,
+    AutoQuantize,
+    DynamicQuantize,
+    JobSpec,
+    StaticQuantize,
+    Targets,
+    TaskSpec,
+)
+from core.timing import SpeedComparison
 
 TASK = TaskSpec()
 BATCH = 32
@@ -79,9 +85,22 @@ def candidate_name(path: Path) -> str:
     return path.parent.name.split("-", 1)[1] if path.parent.parent.name == "candidates" else ""
 
 
-def scripted_latency(path: Path, script: Script) -> tuple[LatencyComparison, ...]:
+def comparison(batch_size: int, ratio: float, tolerance: float = 0.03) -> SpeedComparison:
+    return SpeedComparison(
+        batch_size=batch_size,
+        median_ms=10.0 * ratio,
+        p95_ms=10.0 * ratio,
+        baseline_median_ms=10.0,
+        baseline_p95_ms=10.0,
+        ratio=ratio,
+        tolerance=tolerance,
+        runs=3,
+    )
+
+
+def scripted_latency(path: Path, script: Script) -> tuple[SpeedComparison, ...]:
     ratio = script.get(candidate_name(path), (1.0, 0.0))[0]
-    return tuple(LatencyComparison(b, 10.0 * ratio, 10.0) for b in (1, BATCH))
+    return tuple(comparison(b, ratio) for b in (1, BATCH))
 
 
 def scripted_measure(data: StepData, script: Script) -> Callable[[Path], Measurement]:
@@ -262,18 +281,6 @@ def test_a_fallback_variant_keeps_its_base_exclusions_and_adds_the_ranked_nodes(
     assert variant.base == base.name
 
 
-def test_the_eval_rows_split_into_seeded_disjoint_halves_unless_there_are_few() -> None:
-    split = split_eval_rows(101, seed=7)
-    assert (len(split.selection), len(split.held_out)) == (51, 50)
-    assert sorted([*split.selection, *split.held_out]) == list(range(101))
-    again = split_eval_rows(101, seed=7)
-    assert np.array_equal(split.selection, again.selection)
-    assert not np.array_equal(split.selection, split_eval_rows(101, seed=8).selection)
-    assert not np.array_equal(split.selection, np.arange(51))  # shuffled: files sort by class
-    small = split_eval_rows(63, seed=7)
-    assert np.array_equal(small.selection, np.arange(63)) and len(small.held_out) == 0
-
-
 def test_fallback_sizes_double_up_to_the_cap() -> None:
     assert fallback_sizes(ranked=4, max_nodes=16) == [1, 2, 4]
     assert fallback_sizes(ranked=100, max_nodes=16) == [1, 2, 4, 8, 16]
@@ -284,9 +291,21 @@ def test_fallback_sizes_double_up_to_the_cap() -> None:
 # --- which one is kept (pure decisions) ----------------------------------------------------
 
 
-def outcome(name: str, ratio: float, drop: float, size: int, criteria: Criteria) -> Outcome:
+def outcome(
+    name: str,
+    ratio: float,
+    drop: float,
+    size: int,
+    criteria: Criteria,
+    ratio_at_1: float | None = None,
+) -> Outcome:
+    """A measured candidate: `ratio` at the criteria's largest batch size, `ratio_at_1`
+    (default: the same) at batch 1."""
+    ratios = {b: ratio for b in criteria.batch_sizes} | (
+        {1: ratio_at_1} if ratio_at_1 is not None else {}
+    )
     measurement = Measurement(
-        size, "accuracy", 0.9 - drop, (LatencyComparison(criteria.decision_batch, 10 * ratio, 10),)
+        size, "accuracy", 0.9 - drop, tuple(comparison(b, r) for b, r in sorted(ratios.items()))
     )
     return Outcome(
         Candidate(name, None),
@@ -298,7 +317,7 @@ def outcome(name: str, ratio: float, drop: float, size: int, criteria: Criteria)
 
 def criteria(**targets: Any) -> Criteria:
     return Criteria(
-        Targets(**targets), baseline_metric=0.9, input_size_bytes=1000, decision_batch=8
+        Targets(**targets), baseline_metric=0.9, input_size_bytes=1000, batch_sizes=(8,)
     )
 
 
@@ -357,7 +376,26 @@ def test_without_a_metric_target_a_default_guard_refuses_a_collapse() -> None:
         "not_slower_than_input": True,
     }
     assert c.metric_criterion is not None
-    assert c.metric_criterion.limit == DEFAULT_RELATIVE_METRIC_GUARD
+    assert c.metric_criterion.limit == DEFAULT_METRIC_GUARD_RELATIVE
+
+
+def test_with_the_guard_off_auto_has_no_metric_criterion() -> None:
+    c = criteria(metric_guard=False)
+    assert c.metric_criterion is None
+    collapsed = outcome("collapsed", 0.4, 0.3, 300, c)
+    assert collapsed.judgement is not None and collapsed.judgement.metric_ok
+
+
+def test_a_candidate_slower_at_any_deployment_batch_size_is_not_chosen() -> None:
+    # static INT8 on a small CNN: faster at 64, 1.65x slower at 1
+    c = Criteria(Targets(), baseline_metric=0.9, input_size_bytes=1000, batch_sizes=(1, 64))
+    outcomes = [
+        outcome("static", 0.6, 0.0, 300, c, ratio_at_1=1.65),
+        outcome("dynamic", 0.95, 0.0, 700, c),
+    ]
+    static = outcomes[0].judgement
+    assert static is not None and static.slower and static.slower_at == (1,)
+    assert chosen(outcomes, c) == "dynamic"
 
 
 def test_when_no_candidate_meets_every_target_the_metric_comes_first_then_speed() -> None:
@@ -378,7 +416,7 @@ def test_relative_metric_drop_is_judged_against_the_original() -> None:
         Targets(max_metric_drop=0.1, metric_drop_mode="relative"),
         baseline_metric=0.5,
         input_size_bytes=1000,
-        decision_batch=1,
+        batch_sizes=(1,),
     )
     ok = outcome("ok", 0.5, 0.04, 300, c)  # 0.9-0.04 vs baseline 0.5: a gain
     judgement = ok.judgement
@@ -416,7 +454,8 @@ def test_auto_on_the_digits_cnn_picks_a_static_candidate_and_reports_every_one(
     assert details["model_kind"] == "conv"
     assert details["chosen"] == "static-qdq-per-channel"
     assert details["chosen_reason"].startswith("static-qdq-per-channel meets every target")
-    assert details["targets_met"] is True and details["slower_than_input"] is False
+    assert details["targets_met_on_selection_rows"] is True
+    assert details["slower_than_input"] is False
     rows = rows_by_name(details)
     assert list(rows) == ["input", *script]
     assert [row["name"] for row in details["candidates"] if row["chosen"]] == [details["chosen"]]
@@ -475,8 +514,8 @@ def test_an_impossible_metric_target_runs_the_fallback_and_says_it_is_not_met(
     assert widest["status"] == "measured"
     assert widest["options"]["nodes_to_exclude"] == ranked[:3]
     assert widest["base"] == "static-qdq-per-channel"
-    assert details["targets_met"] is False
-    assert details["met"]["max_metric_drop"] is False
+    assert details["targets_met_on_selection_rows"] is False
+    assert details["met_on_selection_rows"]["max_metric_drop"] is False
     assert details["chosen_reason"].startswith("no candidate meets every target")
 
 
@@ -511,65 +550,38 @@ def test_the_fallback_stops_at_the_fewest_float32_nodes_that_meet_the_target(
     assert details["chosen"] == "static-qdq-per-channel-fp32x3"
     assert details["nodes_to_exclude"] == fallback["nodes_to_exclude"]
     assert len(details["nodes_to_exclude"]) == 3
-    assert details["targets_met"] is True
+    assert details["targets_met_on_selection_rows"] is True
 
 
-def test_candidates_are_judged_on_one_half_of_the_eval_rows_and_the_choice_on_the_other(
+def test_candidates_are_judged_on_the_rows_the_step_is_given(
     cnn_onnx: Path, digits_data: StepData, tmp_path: Path
 ) -> None:
-    ctx = context(tmp_path)
-    details = tune(
-        cnn_onnx,
-        tmp_path / "model.onnx",
-        auto(candidate_modes=["dynamic"]),
+    rows = np.arange(0, 200, 2)  # what the pipeline hands a step: the selection rows
+    data = dataclasses.replace(
         digits_data,
-        ctx,
-        produce=copy_as_candidate,  # the input itself: its metric is the original's
+        eval_arrays={name: array[rows] for name, array in digits_data.eval_arrays.items()},
+        reference_outputs=None if digits_data.reference_outputs is None
+        else digits_data.reference_outputs[rows],
     )
-
-    labels, reference = digits_data.eval_arrays["label"], digits_data.reference_outputs
-    assert reference is not None
-    split = split_eval_rows(len(labels), ctx.seed)
-
-    def original_accuracy(rows: np.ndarray) -> float:
-        return float(np.mean(np.argmax(reference[rows], axis=1) == labels[rows]))
-
-    assert details["metric_rows"] == {
-        "selection": len(split.selection),
-        "held_out": len(split.held_out),
-    }
-    # the baseline is the original on the same rows, not on the whole eval data
-    assert details["metric_baseline"] == pytest.approx(original_accuracy(split.selection))
-    assert rows_by_name(details)["dynamic-per-channel"]["metric_value"] == pytest.approx(
-        original_accuracy(split.selection)
-    )
-    held_out = details["held_out"]
-    assert held_out["rows"] == len(split.held_out)
-    assert held_out["metric_baseline"] == pytest.approx(original_accuracy(split.held_out))
-    assert held_out["metric_value"] == pytest.approx(original_accuracy(split.held_out))
-    assert held_out["met"] is True and details["targets_met"] is True
-
-
-def test_a_choice_that_misses_the_metric_target_on_held_out_rows_is_not_called_a_success(
-    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
-) -> None:
-    data = with_targets(digits_data, max_metric_drop=0.01)
     details = tune(
         cnn_onnx,
         tmp_path / "model.onnx",
         auto(candidate_modes=["dynamic"]),
         data,
         context(tmp_path),
-        measure=scripted_measure(data, {"dynamic-per-channel": (0.5, 0.0)}),
-        produce=copy_as_candidate,
-        held_out=lambda path: ("accuracy", 0.80, 0.95),  # 15 points below the original
+        produce=copy_as_candidate,  # the input itself: its metric is the original's
     )
 
-    assert details["chosen"] == "dynamic-per-channel"
-    assert details["met"]["max_metric_drop"] is True  # on the rows it was chosen on
-    assert details["held_out"]["metric_drop"] == pytest.approx(0.15)
-    assert details["held_out"]["met"] is False
-    assert details["targets_met"] is False
+    labels, reference = data.eval_arrays["label"], data.reference_outputs
+    assert reference is not None
+    original_accuracy = float(np.mean(np.argmax(reference, axis=1) == labels))
+    assert details["metric_rows"] == {"selection": len(rows)}
+    # the baseline is the original on the same rows, not on the whole eval data
+    assert details["metric_baseline"] == pytest.approx(original_accuracy)
+    assert rows_by_name(details)["dynamic-per-channel"]["metric_value"] == pytest.approx(
+        original_accuracy
+    )
+    assert "held_out" not in details  # the job's verdict holds out rows, not the step
 
 
 # --- speed rules, with stand-in candidates --------------------------------------------------
@@ -652,8 +664,8 @@ def test_allow_slower_returns_the_fastest_and_marks_it_slower(
 
     assert details["chosen"] == "dynamic-per-channel"
     assert details["slower_than_input"] is True
-    assert details["met"]["not_slower_than_input"] is False
-    assert details["targets_met"] is True  # allow_slower: speed is not required
+    assert details["met_on_selection_rows"]["not_slower_than_input"] is False
+    assert details["targets_met_on_selection_rows"] is True  # allow_slower: speed not required
     assert "allow_slower permits" in details["chosen_reason"]
 
 
@@ -762,14 +774,9 @@ def test_a_job_with_the_default_mode_runs_auto_and_returns_the_chosen_model(
         assert chosen["met"]["not_slower_than_input"] is True
         assert result.final.size_bytes == chosen["size_bytes"]
         assert details["quantized_node_counts"]  # the step counted the chosen model's nodes
-    # the tuner scored its choice on one half of the eval rows and confirmed it on the
-    # other; with the same data, reference and score, the halves make the pipeline's figure
-    rows = details["metric_rows"]
-    selection = rows_by_name(details)[details["chosen"]]["metric_value"]
-    held_out = details["held_out"]
-    assert held_out["rows"] == rows["held_out"] > 0
-    combined = (selection * rows["selection"] + held_out["metric_value"] * rows["held_out"]) / (
-        rows["selection"] + rows["held_out"]
-    )
-    assert result.steps[0].metrics.metric_value == pytest.approx(combined)
+    # the tuner chose on the selection rows; the pipeline reports the held-out rows
+    evaluation = result.evaluation
+    assert evaluation is not None and evaluation.split
+    assert details["metric_rows"] == {"selection": evaluation.selection_rows}
+    assert result.steps[0].metrics.metric_rows == evaluation.held_out_rows
     assert np.isfinite(result.verdict.latency_ratio)

