@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api.schemas import JobError, JobState, WebhookUrl, job_url
-from core.spec import JobSpec
+from core.results import Outcome
+from core.spec import JobSpec, check_submission
 from store.batches import BatchCounts
 from store.tables import BatchRow, JobRow
 
@@ -25,6 +26,11 @@ class JobTemplate(JobSpec):
     model_id: str = Field(
         default="", max_length=0, description="leave out: the batch's model_ids fill it in"
     )
+
+    @model_validator(mode="after")
+    def _follows_the_submission_rules(self) -> JobTemplate:
+        check_submission(self)
+        return self
 
 
 class BatchIn(BaseModel):
@@ -67,6 +73,9 @@ class BatchJob(BaseModel):
     progress: float
     current_step: str | None
     targets_met: bool | None = Field(description="the verdict, once the job succeeded")
+    outcome: Outcome | None = Field(
+        default=None, description="what the job came to, once final (see GET /v1/jobs/{id})"
+    )
     error: JobError | None
     url: str
 
@@ -83,6 +92,7 @@ class BatchJob(BaseModel):
             progress=row.progress,
             current_step=row.current_step,
             targets_met=verdict.get("targets_met"),
+            outcome=row.outcome,  # type: ignore[arg-type]  # validated against Outcome
             error=error,
             url=job_url(row.id),
         )

@@ -146,11 +146,13 @@ def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
         dataset_ref = getattr(spec, role)
         if dataset_ref:
             roles.setdefault(dataset_ref, role)
+    digests: dict[str, str] = {}
     for dataset_id in spec.dataset_ids():
         try:
             dataset_row = catalog.get_dataset(session, dataset_id, tenant_id=tenant_id)
         except NotFound:
             raise UnknownReference("dataset", dataset_id) from None
+        digests[dataset_id] = dataset_row.sha256
         dataset = DatasetInfo.model_validate(dataset_row.info)
         try:
             # Labels are optional everywhere: without them the metric is agreement
@@ -158,6 +160,22 @@ def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
             check_compatible(model, dataset, spec.task, need_labels=False)
         except IncompatibleData as exc:
             raise IncompatibleData(f"{roles[dataset_id]} {dataset_id!r}: {exc}") from exc
+    check_no_leakage(spec, digests)
+
+
+def check_no_leakage(spec: JobSpec, digests: dict[str, str]) -> None:
+    """Training data that is the eval data under another id (the same bytes) would let a
+    trained model score itself: refused, naming both fields."""
+    if spec.train_dataset_id is None:
+        return
+    if digests.get(spec.train_dataset_id) == digests.get(spec.eval_dataset_id):
+        raise InvalidSpec(
+            f"train_dataset_id {spec.train_dataset_id!r} and eval_dataset_id "
+            f"{spec.eval_dataset_id!r} hold the same file (sha256 "
+            f"{digests[spec.eval_dataset_id][:12]}...): a model trained on its eval rows "
+            "scores itself; upload separate training and eval splits",
+            code="data_leakage",
+        )
 
 
 def enqueue(sessions: sessionmaker[Session], queue: JobQueue, job_id: str, queue_name: str) -> bool:
@@ -179,10 +197,18 @@ def enqueue(sessions: sessionmaker[Session], queue: JobQueue, job_id: str, queue
 
 
 def list_jobs(
-    session: Session, *, tenant_id: str, state: str | None, limit: int, cursor: str | None
+    session: Session,
+    *,
+    tenant_id: str,
+    state: str | None,
+    limit: int,
+    cursor: str | None,
+    outcome: str | None = None,
 ) -> tuple[list[JobRow], str | None]:
     """Raises store.jobs.InvalidCursor for a cursor this service did not issue."""
-    return jobs.list_jobs(session, tenant_id=tenant_id, state=state, limit=limit, cursor=cursor)
+    return jobs.list_jobs(
+        session, tenant_id=tenant_id, state=state, outcome=outcome, limit=limit, cursor=cursor
+    )
 
 
 def list_events(

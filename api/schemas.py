@@ -7,12 +7,13 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
 from core.data import DatasetInfo
 from core.formats import ModelInfo
-from core.results import PipelineResult
-from core.spec import JobSpec
+from core.results import Outcome, PipelineResult
+from core.spec import JobSpec, check_submission
+from store import jobs
 from store.tables import ApiKeyRow, ArtifactRow, DatasetRow, JobEventRow, JobRow, ModelRow
 
 # Mirrors store.jobs.STATES (a test keeps the two equal); a Literal documents the values.
@@ -116,6 +117,10 @@ class JobOut(BaseModel):
     links: JobLinks
     webhook_url: str | None = None
     batch_id: str | None = None
+    # What the job came to once final (improved, unchanged, targets_missed, failed,
+    # cancelled), and why in words; null while it runs.
+    outcome: Outcome | None = None
+    outcome_reason: str | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> JobOut:
@@ -144,6 +149,8 @@ class JobOut(BaseModel):
             ),
             webhook_url=row.webhook_url,
             batch_id=row.batch_id,
+            outcome=row.outcome,  # type: ignore[arg-type]  # validated against Outcome
+            outcome_reason=jobs.outcome_reason(row),
         )
 
 
@@ -313,6 +320,11 @@ class JobRequest(JobSpec):
         description="POSTed the job record when the job ends, signed with the submitting "
         "key's webhook secret (header `Squeeze-Signature`)",
     )
+
+    @model_validator(mode="after")
+    def _follows_the_submission_rules(self) -> JobRequest:
+        check_submission(self)
+        return self
 
     def job_spec(self) -> JobSpec:
         return JobSpec.model_validate(self.model_dump(exclude={"webhook_url"}))

@@ -150,7 +150,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def list_jobs(
-    session: Session, *, tenant_id: str, state: str | None, limit: int, cursor: str | None
+    session: Session,
+    *,
+    tenant_id: str,
+    state: str | None,
+    limit: int,
+    cursor: str | None,
+    outcome: str | None = None,
 ) -> tuple[list[JobRow], str | None]:
     """The tenant's jobs, newest first; the cursor is opaque to clients (created_at and
     id of the last row)."""
@@ -161,6 +167,8 @@ def list_jobs(
     )
     if state is not None:
         query = query.where(JobRow.state == state)
+    if outcome is not None:
+        query = query.where(JobRow.outcome == outcome)
     if cursor is not None:
         created_at, job_id = decode_cursor(cursor)
         query = query.where(
@@ -330,6 +338,7 @@ def finish(
     }
     if result is not None:
         values["result"] = result
+    values["outcome"] = outcome_of(state, result)
     if state == "succeeded":
         values["progress"] = 1.0
         values["current_step"] = None
@@ -357,6 +366,29 @@ def finish(
     return True
 
 
+def outcome_of(state: str, result: dict[str, Any] | None) -> str | None:
+    """What a final job came to: the verdict's outcome for a success (None for a result
+    from before outcomes existed), else the state (failed, cancelled)."""
+    if state != "succeeded":
+        return state if state in FINAL_STATES else None
+    verdict = (result or {}).get("verdict") or {}
+    outcome = verdict.get("outcome")
+    return outcome if isinstance(outcome, str) else None
+
+
+def outcome_reason(job: JobRow) -> str | None:
+    """The outcome in words: the verdict's reason for a success, the error for a failure."""
+    if job.state == "succeeded":
+        verdict = (job.result or {}).get("verdict") or {}
+        reason = verdict.get("outcome_reason")
+        return reason if isinstance(reason, str) and reason else None
+    if job.state == "failed":
+        return job.error_message or job.error_code
+    if job.state == "cancelled":
+        return "cancelled on request" if job.cancel_requested else "cancelled"
+    return None
+
+
 def release(session: Session, job_id: str, attempt: int, reason: str) -> bool:
     """Put a running attempt's job back in the queue (its worker is shutting down);
     False when the attempt no longer owns the job."""
@@ -380,7 +412,9 @@ def request_cancel(session: Session, job_id: str, *, tenant_id: str | None) -> J
     session.execute(
         update(JobRow)
         .where(JobRow.id == job_id, JobRow.state == "queued")
-        .values(state="cancelled", finished_at=utcnow(), cancel_requested=True)
+        .values(
+            state="cancelled", outcome="cancelled", finished_at=utcnow(), cancel_requested=True
+        )
         .execution_options(synchronize_session=False)
     )
     session.execute(
@@ -415,7 +449,9 @@ def reap(session: Session, *, requeue_queued_after_s: float, max_attempts: int) 
             session.execute(
                 update(JobRow)
                 .where(_owned(job.id, job.attempt))
-                .values(state="cancelled", finished_at=now, lease_expires_at=None)
+                .values(
+                    state="cancelled", outcome="cancelled", finished_at=now, lease_expires_at=None
+                )
                 .execution_options(synchronize_session=False)
             )
             add_event(session, job.id, job.attempt, "cancelled", "cancelled (worker lost)")
@@ -425,6 +461,7 @@ def reap(session: Session, *, requeue_queued_after_s: float, max_attempts: int) 
                 .where(_owned(job.id, job.attempt))
                 .values(
                     state="failed",
+                    outcome="failed",
                     finished_at=now,
                     lease_expires_at=None,
                     error_code="attempts_exhausted",

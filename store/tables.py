@@ -115,6 +115,7 @@ class JobRow(Base):
     __table_args__ = (
         Index("ix_jobs_state_created", "state", "created_at"),
         Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+        Index("ix_jobs_tenant_outcome", "tenant_id", "outcome"),
         # Idempotency keys are the client's: two tenants may pick the same one.
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
     )
@@ -152,6 +153,10 @@ class JobRow(Base):
     )
     # The steps' methods joined by "+" ("prune+quantize"): the label of job metrics.
     method: Mapped[str | None] = mapped_column(String(200), default=None)
+    # What a final job came to (core.results.Outcome: improved, unchanged,
+    # targets_missed, failed, cancelled); None while it runs, and for successes recorded
+    # before outcomes existed.
+    outcome: Mapped[str | None] = mapped_column(String(20), default=None)
 
 
 class BatchRow(Base):

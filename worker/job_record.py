@@ -10,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from store.jobs import outcome_reason
 from store.tables import JobRow
 
 
@@ -44,6 +45,8 @@ def job_record(job: JobRow) -> dict[str, Any]:
         },
         "webhook_url": job.webhook_url,
         "batch_id": job.batch_id,
+        "outcome": job.outcome,
+        "outcome_reason": outcome_reason(job),
     }
 
 

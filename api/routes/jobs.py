@@ -22,6 +22,7 @@ from api.schemas import (
     JobState,
     job_url,
 )
+from core.results import Outcome
 from store import jobs
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401))
@@ -80,12 +81,19 @@ def list_jobs(
     caller: CallerDep,
     session: SessionDep,
     state: JobState | None = None,
+    outcome: Outcome | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobList:
-    """Newest first; follow `next_cursor` for the next page."""
+    """Newest first; follow `next_cursor` for the next page. `outcome` keeps the final
+    jobs that came to it (improved, unchanged, targets_missed, failed, cancelled)."""
     rows, next_cursor = job_service.list_jobs(
-        session, tenant_id=caller.tenant_id, state=state, limit=limit, cursor=cursor
+        session,
+        tenant_id=caller.tenant_id,
+        state=state,
+        outcome=outcome,
+        limit=limit,
+        cursor=cursor,
     )
     return JobList(items=[JobOut.from_row(row) for row in rows], next_cursor=next_cursor)
 

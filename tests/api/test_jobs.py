@@ -225,6 +225,60 @@ def test_dataset_without_the_models_input_is_refused(
     assert_problem(response, 422, "incompatible_data")
 
 
+@pytest.mark.parametrize("drop", [1, 1.0, 5])
+def test_a_max_metric_drop_of_1_or_more_is_refused_with_how_to_write_one_point(
+    api: Api, uploaded: Uploaded, drop: float
+) -> None:
+    response = api.submit(uploaded.spec(targets={"max_metric_drop": drop}))
+
+    body = assert_problem(response, 422, "invalid_request")
+    assert "one point is 0.01" in body["detail"] or "one point is 0.01" in json.dumps(body)
+    assert api.row_counts()["jobs"] == 0
+
+
+def test_training_data_that_is_the_eval_dataset_is_refused(api: Api, uploaded: Uploaded) -> None:
+    response = api.submit(
+        uploaded.spec(
+            train_dataset_id=uploaded.dataset_id,
+            steps=[{"method": "prune", "sparsity": 0.5}],
+        )
+    )
+
+    body = assert_problem(response, 422, "invalid_request")
+    assert "train_dataset_id and eval_dataset_id name the same dataset" in json.dumps(body)
+    assert api.row_counts()["jobs"] == 0
+
+
+def test_training_data_with_the_eval_data_s_bytes_is_refused_naming_both_fields(
+    api: Api, uploaded: Uploaded, dataset_file: Path, tmp_path: Path
+) -> None:
+    # the same file uploaded twice: content-addressed, two ids, one sha256
+    copy = tmp_path / "copy.npz"
+    copy.write_bytes(dataset_file.read_bytes())
+    again = api.dataset_id(copy)
+    assert again != uploaded.dataset_id
+
+    response = api.submit(
+        uploaded.spec(train_dataset_id=again, steps=[{"method": "prune", "sparsity": 0.5}])
+    )
+
+    body = assert_problem(response, 422, "data_leakage")
+    assert "train_dataset_id" in body["detail"] and "eval_dataset_id" in body["detail"]
+    assert api.row_counts()["jobs"] == 0
+
+
+def test_batch_sizes_name_every_deployment_batch_and_batch_size_follows(
+    api: Api, uploaded: Uploaded
+) -> None:
+    job = submitted(api, uploaded, batch_sizes=[1, 16, 64])
+    assert job["spec"]["batch_sizes"] == [1, 16, 64]
+    assert job["spec"]["batch_size"] == 64  # unset: the largest deployment batch
+
+    response = api.submit(uploaded.spec(batch_sizes=[1, 16], batch_size=32))
+    body = assert_problem(response, 422, "invalid_request")
+    assert "batch_size 32 is not among batch_sizes" in json.dumps(body)
+
+
 # --- reading and listing ---------------------------------------------------------------
 
 

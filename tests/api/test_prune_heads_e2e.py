@@ -22,8 +22,10 @@ def test_a_structured_prune_with_head_sparsity_removes_heads(api: Api, tmp_path:
     model = export_onnx(bert_style(), FEEDS["input"], tmp_path / "bert.onnx")
     rng = np.random.default_rng(0)
     inputs = rng.random((64, LENGTH, FEATURES), dtype=np.float32)
-    data = write_npz(tmp_path / "data.npz", input=inputs, label=rng.integers(0, CLASSES, 64))
-    dataset_id = api.dataset_id(data)
+    labels = rng.integers(0, CLASSES, 64)
+    # separate splits: training data that is the eval data is refused (data_leakage)
+    train = write_npz(tmp_path / "train.npz", input=inputs[:32], label=labels[:32])
+    evaluation = write_npz(tmp_path / "eval.npz", input=inputs[32:], label=labels[32:])
     step = {
         "method": "prune",
         "kind": "structured",
@@ -33,8 +35,8 @@ def test_a_structured_prune_with_head_sparsity_removes_heads(api: Api, tmp_path:
     }
     spec = {
         "model_id": api.model_id(model),
-        "eval_dataset_id": dataset_id,
-        "train_dataset_id": dataset_id,
+        "eval_dataset_id": api.dataset_id(evaluation),
+        "train_dataset_id": api.dataset_id(train),
         "steps": [step],
         "batch_size": len(FEEDS["input"]),
     }

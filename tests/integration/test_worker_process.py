@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from core.evaluation import split_eval_rows
 from squeeze.examples import digits_arrays
 from tests.conftest import DigitsFiles
 from tests.integration.conftest import DeploymentFactory, download
@@ -35,10 +36,14 @@ def test_full_flow_produces_a_smaller_model_that_runs(
     assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
     session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
     images, labels = digits_arrays("test")
-    accuracy = float((session.run(None, {"input": images})[0].argmax(1) == labels).mean())
-    assert accuracy > 0.9
-    # The stored metric is the one measured on the worker, on the same eval data.
-    assert job["result"]["final"]["metric_value"] == pytest.approx(accuracy, abs=1e-6)
+    correct = session.run(None, {"input": images})[0].argmax(1) == labels
+    assert float(correct.mean()) > 0.9
+    # The stored metric is the one measured on the worker, on the job's held-out eval rows.
+    spec = job["spec"]
+    held_out = split_eval_rows(len(labels), spec["seed"], spec["held_out_fraction"]).held_out
+    final = job["result"]["final"]
+    assert final["metric_rows"] == len(held_out) == job["result"]["evaluation"]["held_out_rows"]
+    assert final["metric_value"] == pytest.approx(float(correct[held_out].mean()), abs=1e-6)
 
     report = download(deployment, job["id"], "report.json").json()
     assert report["final"]["size_bytes"] == len(model_bytes)
