@@ -288,7 +288,9 @@ def list_(cli: Cli) -> int:
             ]
             cli.print(render.table(["batch", "state", "jobs", "progress", "created"], rows))
         return exit_codes.OK
-    jobs = cli.client.list_jobs(state=cli.args.state, limit=cli.args.limit)
+    jobs = cli.client.list_jobs(
+        state=cli.args.state, outcome=cli.args.outcome, limit=cli.args.limit
+    )
     if cli.json:
         cli.print_json(jobs)
     else:

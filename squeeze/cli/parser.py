@@ -7,7 +7,7 @@ import os
 
 from squeeze.cli import commands
 from squeeze.cli.exit_codes import EPILOG
-from squeeze.cli.specs import parse_drop, parse_size
+from squeeze.cli.specs import parse_batch_sizes, parse_drop, parse_size
 from squeeze.client.client import DEFAULT_URL
 
 DESCRIPTION = """squeeze: compress neural networks with the squeeze service.
@@ -67,9 +67,26 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
     )
     task.add_argument("--max-latency-ms", type=float, metavar="MS")
     task.add_argument("--max-size", type=parse_size, metavar="SIZE", help="e.g. 300KB, 5MB")
-    task.add_argument("--allow-slower", action="store_true")
+    task.add_argument(
+        "--no-metric-guard",
+        action="store_true",
+        help="without --max-drop, accept any metric drop (the default guard refuses a "
+        "relative drop above 1%%)",
+    )
+    task.add_argument(
+        "--allow-slower", action="store_true", help="accept a result slower at some batch size"
+    )
     task.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    task.add_argument("--batch-size", type=int, metavar="N", help="latency batch size")
+    task.add_argument(
+        "--batch-size", type=int, metavar="N", help="the job's batch size (latency at 1 and N)"
+    )
+    task.add_argument(
+        "--batch-sizes",
+        type=parse_batch_sizes,
+        metavar="N,M",
+        help="every batch size the model is served at (default: 1 and --batch-size); "
+        "not slower and --max-latency-ms must hold at each",
+    )
     task.add_argument("--seed", type=int)
     run = parser.add_argument_group("submission")
     run.add_argument("--webhook-url", metavar="URL", help="POSTed the job record when it ends")
@@ -162,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", "the newest jobs (or batches)")
     p.add_argument(
         "--state", choices=["queued", "running", "succeeded", "failed", "cancelled"]
+    )
+    p.add_argument(
+        "--outcome",
+        choices=["improved", "unchanged", "targets_missed", "failed", "cancelled"],
+        help="only final jobs that came to this",
     )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--batches", action="store_true", help="list batches instead of jobs")

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from squeeze.client.models import Batch, Job, JobResult, Metrics
+from squeeze.client.models import Batch, Job, JobError, JobResult, Metrics
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -31,13 +31,29 @@ def when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
+OUTCOME_WORDS = {
+    "improved": "improved",
+    "unchanged": "UNCHANGED",
+    "targets_missed": "targets MISSED",
+}
+
+
 def outcome(job: Job) -> str:
-    """`succeeded, targets met` / `failed: code` / the state."""
-    if job.state == "succeeded" and job.targets_met is not None:
-        return f"succeeded, targets {'met' if job.targets_met else 'MISSED'}"
-    if job.error is not None:
-        return f"{job.state}: {job.error.code}"
-    return job.state
+    """`succeeded: improved` / `succeeded: UNCHANGED` / `succeeded: targets MISSED` /
+    `failed: code` / the state."""
+    return state_words(job.state, job.outcome, job.targets_met, job.error)
+
+
+def state_words(
+    state: str, job_outcome: str | None, targets_met: bool | None, error: JobError | None
+) -> str:
+    if state == "succeeded" and job_outcome in OUTCOME_WORDS:
+        return f"succeeded: {OUTCOME_WORDS[job_outcome]}"
+    if state == "succeeded" and targets_met is not None:  # a service from before outcomes
+        return f"succeeded, targets {'met' if targets_met else 'MISSED'}"
+    if error is not None:
+        return f"{state}: {error.code}"
+    return state
 
 
 def method(spec: dict[str, Any]) -> str:
@@ -61,6 +77,8 @@ def job_status(job: Job) -> str:
         ("started", when(job.started_at)),
         ("finished", when(job.finished_at)),
     ]
+    if job.outcome_reason and job.state == "succeeded":
+        rows.append(("outcome", job.outcome_reason))
     if job.batch_id:
         rows.append(("batch", job.batch_id))
     if job.error is not None:
@@ -88,12 +106,7 @@ def batch_status(batch: Batch, names: dict[str, str] | None = None) -> str:
         return head
     rows = []
     for job in batch.jobs:
-        if job.error is not None:
-            state = f"{job.state}: {job.error.code}"
-        elif job.targets_met is not None:
-            state = f"{job.state}, targets {'met' if job.targets_met else 'MISSED'}"
-        else:
-            state = job.state
+        state = state_words(job.state, job.outcome, job.targets_met, job.error)
         model = (names or {}).get(job.model_id, job.model_id)
         rows.append([job.id, model, state, f"{job.progress:.0%}"])
     return head + "\n\n" + table(["job", "model", "state", "progress"], rows)
@@ -116,8 +129,8 @@ def _metrics_row(label: str, metrics: Metrics, batch_sizes: Sequence[int]) -> li
 
 
 def report(job: Job, result: JobResult) -> str:
-    """The before/after table from the job's stored metrics, and the verdict."""
-    batch_sizes = sorted({1, int(job.spec.get("batch_size", 1))})
+    """The before/after table from the job's stored metrics, the outcome and every check."""
+    batch_sizes = sorted({lat.batch_size for lat in result.final.latency}) or [1]
     headers = ["model", "size", "params"]
     headers += [f"latency b{b} ms (med/p95)" for b in batch_sizes]
     headers.append(result.original.metric_name)
@@ -128,19 +141,37 @@ def report(job: Job, result: JobResult) -> str:
         rows.append(_metrics_row(label, step.metrics, batch_sizes))
     rows.append(_metrics_row("final (re-measured)", result.final, batch_sizes))
     verdict = result.verdict
+    speed = ", ".join(
+        f"b{entry.batch_size} {entry.ratio:.3f}" for entry in verdict.speed
+    ) or f"{verdict.latency_ratio:.3f}"
     lines = [
         f"job {job.id}: {outcome(job)}",
+    ]
+    if verdict.outcome_reason:
+        lines.append(f"  {verdict.outcome_reason}")
+    lines += [
         "",
         table(headers, rows),
         "",
-        f"size ratio {verdict.size_ratio:.3f}, latency ratio (b{batch_sizes[-1]}) "
-        f"{verdict.latency_ratio:.3f}, metric change {verdict.metric_change:+.4f}",
+        f"size ratio {verdict.size_ratio:.3f}, latency ratio {speed}, "
+        f"metric change {verdict.metric_change:+.4f}",
     ]
+    if result.evaluation is not None:
+        evaluation = result.evaluation
+        lines.append(
+            f"metric on {evaluation.held_out_rows} held-out eval rows; steps chose on "
+            f"{evaluation.selection_rows} others"
+            if evaluation.split
+            else f"metric on all {evaluation.rows} eval rows (not split)"
+        )
     for check in verdict.checks:
         state = "met" if check.met else "NOT met"
+        where = f" at batch {check.batch_size}" if check.batch_size is not None else ""
         lines.append(
-            f"target {check.target}: limit {_number(check.limit)}, "
+            f"target {check.target}{where}: limit {_number(check.limit)}, "
             f"measured {_number(check.measured)} -> {state}"
         )
     lines.append(f"targets met: {'yes' if verdict.targets_met else 'NO'}")
+    for note in result.notes:
+        lines.append(f"note ({note.code}): {note.message}")
     return "\n".join(lines)

@@ -37,14 +37,36 @@ def load_spec(path: Path) -> dict[str, Any]:
 
 
 def parse_drop(text: str) -> float:
-    """`1%` -> 0.01 (one accuracy point), `0.01` -> 0.01."""
+    """`1%` -> 0.01 (one accuracy point), `0.01` -> 0.01; `1` (100 points, any result) is
+    refused as the typo for one point it always is."""
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number or percentage: {text!r}") from None
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"a metric drop between 0 and 100%: {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"not a number or percentage: {text!r}; one accuracy point is 1% or 0.01"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a metric drop cannot be negative: {text!r}")
+    if value >= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text} would allow a drop of {value * 100:g} points, i.e. any result; write one "
+            "point as 1% or 0.01 (to accept any drop, leave --max-drop out and pass "
+            "--no-metric-guard)"
+        )
     return value
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """`1,32` -> [1, 32]: the batch sizes the model is served at."""
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"batch sizes as a comma-separated list of whole numbers, e.g. 1,32: {text!r}"
+        ) from None
+    if not sizes or any(size < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"batch sizes must be 1 or more: {text!r}")
+    return list(dict.fromkeys(sizes))
 
 
 def parse_size(text: str) -> int:
@@ -78,6 +100,10 @@ def targets_from(args: argparse.Namespace) -> dict[str, Any]:
         targets["max_size_bytes"] = args.max_size
     if args.allow_slower:
         targets["allow_slower"] = True
+    if args.no_metric_guard:
+        if args.max_drop is not None:
+            raise SpecError("--no-metric-guard and --max-drop contradict each other: pick one")
+        targets["metric_guard"] = False
     return targets
 
 
@@ -94,7 +120,7 @@ def common_fields(args: argparse.Namespace) -> dict[str, Any]:
     targets = targets_from(args)
     if targets:
         spec["targets"] = targets
-    for name in ("device", "batch_size", "seed"):
+    for name in ("device", "batch_size", "batch_sizes", "seed"):
         value = getattr(args, name)
         if value is not None:
             spec[name] = value

@@ -254,9 +254,17 @@ class Client(AbstractContextManager["Client"]):
         return self._get(f"/v1/jobs/{_job_id(job)}", Job)
 
     def list_jobs(
-        self, *, state: str | None = None, limit: int = 20, cursor: str | None = None
+        self,
+        *,
+        state: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+        outcome: str | None = None,
     ) -> JobPage:
-        return self._get("/v1/jobs", JobPage, state=state, limit=limit, cursor=cursor)
+        """`outcome`: improved, unchanged, targets_missed, failed or cancelled."""
+        return self._get(
+            "/v1/jobs", JobPage, state=state, outcome=outcome, limit=limit, cursor=cursor
+        )
 
     def iter_jobs(self, *, state: str | None = None, page_size: int = 100) -> Iterator[Job]:
         """Every job, newest first, following the cursor."""

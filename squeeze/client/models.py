@@ -50,9 +50,19 @@ class Metrics(Wire):
     metric_name: str
     metric_value: float
     metric_change: float = 0.0
+    metric_rows: int | None = None
 
     def latency_at(self, batch_size: int) -> Latency | None:
         return next((item for item in self.latency if item.batch_size == batch_size), None)
+
+
+class TargetCheck(Wire):
+    target: str
+    limit: float
+    measured: float
+    met: bool
+    batch_size: int | None = None
+    note: str | None = None
 
 
 class StepResult(Wire):
@@ -61,13 +71,18 @@ class StepResult(Wire):
     metrics: Metrics
     duration_s: float
     details: dict[str, Any] = Field(default_factory=dict)
+    unchanged_reason: str | None = None
+    metric_checks: list[TargetCheck] = Field(default_factory=list)
 
 
-class TargetCheck(Wire):
-    target: str
-    limit: float
-    measured: float
-    met: bool
+class SpeedAtBatch(Wire):
+    batch_size: int
+    ratio: float
+    tolerance: float
+    median_ms: float
+    original_median_ms: float
+    faster: bool
+    slower: bool
 
 
 class Verdict(Wire):
@@ -76,6 +91,26 @@ class Verdict(Wire):
     size_ratio: float
     latency_ratio: float
     metric_change: float
+    # improved | unchanged | targets_missed (a verdict exists only for a success)
+    outcome: str | None = None
+    outcome_reason: str = ""
+    speed: list[SpeedAtBatch] = Field(default_factory=list)
+    metric_rows: int | None = None
+
+
+class Note(Wire):
+    code: str
+    message: str
+
+
+class Evaluation(Wire):
+    rows: int
+    selection_rows: int
+    held_out_rows: int
+    held_out_fraction: float
+    seed: int
+    split: bool
+    note: str | None = None
 
 
 class JobResult(Wire):
@@ -84,6 +119,8 @@ class JobResult(Wire):
     final: Metrics
     verdict: Verdict
     manifest: dict[str, Any] = Field(default_factory=dict)
+    evaluation: Evaluation | None = None
+    notes: list[Note] = Field(default_factory=list)
 
 
 class JobError(Wire):
@@ -107,6 +144,9 @@ class Job(Wire):
     links: dict[str, str] = Field(default_factory=dict)
     webhook_url: str | None = None
     batch_id: str | None = None
+    # improved | unchanged | targets_missed | failed | cancelled, once final
+    outcome: str | None = None
+    outcome_reason: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -198,6 +238,7 @@ class BatchJob(Wire):
     progress: float
     current_step: str | None = None
     targets_met: bool | None = None
+    outcome: str | None = None
     error: JobError | None = None
     url: str
 

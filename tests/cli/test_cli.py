@@ -3,20 +3,24 @@ progress output, JSON for scripts, and the documented exit codes."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
 
 from squeeze.cli.progress import Display, JobWatcher
+from squeeze.cli.specs import parse_drop
 from squeeze.client.models import Job, JobResult
 from tests.cli.conftest import Live
+from tests.factories import digits_arrays
 
-EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_TARGETS_MISSED = 0, 1, 2, 3
+EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_TARGETS_MISSED, EXIT_UNCHANGED = 0, 1, 2, 3, 4
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ def test_quantize_uploads_submits_watches_and_downloads_in_one_command(quantized
     assert f"saved {quantized.output}" in quantized.out
     assert "original" in quantized.out and "after 1: quantize static" in quantized.out
     assert "targets met: yes" in quantized.out
+    assert f"{quantized.job_id}: succeeded: improved" in quantized.out
     ort.InferenceSession(str(quantized.output), providers=["CPUExecutionProvider"])
 
 
@@ -94,7 +99,8 @@ def test_download_status_and_list_read_the_job(
     assert code == EXIT_OK and Path(out.strip()) == tmp_path / "model.onnx"
     assert (tmp_path / "model.onnx").read_bytes() == quantized.output.read_bytes()
     code, out, _ = live.run("status", quantized.job_id)
-    assert code == EXIT_OK and "succeeded, targets met" in out
+    assert code == EXIT_OK and "succeeded: improved" in out
+    assert "x smaller" in out  # the outcome's reason, in words
     code, out, _ = live.run("list")
     assert quantized.job_id in out and out.splitlines()[0].split() == [
         "job", "state", "progress", "method", "created"
@@ -121,6 +127,44 @@ def test_a_missed_target_exits_3(live: Live, quantized: Run, tmp_path: Path) -> 
     assert "targets met: NO" in out
 
 
+def test_a_result_that_changed_nothing_exits_4(
+    live: Live, quantized: Run, tmp_path: Path
+) -> None:
+    spec = tmp_path / "spec.yaml"
+    # the CNN has no LSTM: dynamic quantization of LSTMs only quantizes nothing
+    spec.write_text(
+        yaml.safe_dump({"steps": [{"method": "quantize", "mode": "dynamic", "op_types": ["LSTM"]}]})
+    )
+    earlier = json.loads(live.run("status", quantized.job_id, "--json")[1])["spec"]
+    # --allow-slower: the quantizer's graph clean-up may move the timing by noise, and
+    # this test is about the outcome, not speed
+    code, out, _ = live.run(
+        "submit", str(spec), "--model", earlier["model_id"], "--eval", earlier["eval_dataset_id"],
+        "--allow-slower",
+    )  # fmt: skip
+    assert code == EXIT_UNCHANGED, out
+    assert "succeeded: UNCHANGED" in out and "no node was quantized" in out
+    code, out, _ = live.run("list", "--outcome", "unchanged", "--json")
+    assert [item["outcome"] for item in json.loads(out)["items"]] == ["unchanged"]
+
+
+def test_eval_data_without_labels_says_the_metric_is_agreement(
+    live: Live, quantized: Run, tmp_path: Path
+) -> None:
+    images, _ = digits_arrays("test")
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, input=images)
+    earlier = json.loads(live.run("status", quantized.job_id, "--json")[1])["spec"]
+    _, out, _ = live.run(
+        "quantize", earlier["model_id"], "--mode", "fp16", "--eval", str(unlabelled),
+        "--allow-slower", "--detach",
+    )  # fmt: skip
+    job_id = next(word for word in out.split() if word.startswith("job_"))
+    _, out, _ = live.run("watch", job_id)
+    assert "note (metric_without_labels)" in out
+    assert "agreement with the original" in out and "--labels NAME" in out
+
+
 def test_a_failed_job_exits_1(live: Live, quantized: Run, data_files: tuple[Path, Path]) -> None:
     # quantizing the already quantized result fails in the worker (already_quantized)
     _, data = data_files
@@ -145,6 +189,15 @@ def test_a_cancelled_job_exits_1(live: Live, data_files: tuple[Path, Path]) -> N
     assert live.run("status", job_id)[0] == EXIT_JOB_FAILED
 
 
+def test_a_max_drop_of_1_is_refused_with_how_to_write_one_point() -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as raised:
+        parse_drop("1")
+    message = str(raised.value)
+    assert "1 would allow a drop of 100 points" in message
+    assert "write one point as 1% or 0.01" in message
+    assert parse_drop("1%") == parse_drop("0.01") == 0.01
+
+
 def test_usage_and_api_errors_exit_2(live: Live, tmp_path: Path) -> None:
     code, _, err = live.run("status", "job_missing")
     assert code == EXIT_ERROR and "not_found (404)" in err
@@ -152,6 +205,8 @@ def test_usage_and_api_errors_exit_2(live: Live, tmp_path: Path) -> None:
     code, _, err = live.run("quantize", str(tmp_path / "absent.onnx"), "--eval", "x")
     assert code == EXIT_ERROR and "no such file" in err
     code, _, err = live.run("quantize", "mdl_x", "--eval", "ds_x", "--max-drop", "150%")
+    assert code == EXIT_ERROR
+    code, _, err = live.run("quantize", "mdl_x", "--eval", "ds_x", "--max-drop", "1")
     assert code == EXIT_ERROR
     bad = tmp_path / "bad.yaml"
     bad.write_text("- not\n- a mapping\n")
