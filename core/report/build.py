@@ -42,21 +42,22 @@ def build_report(record: JobRecord) -> Report:
         final = None
         notes.append(_progress_note(record, len(steps)))
 
+    batch_sizes = report_batch_sizes(spec, original)
     rows: list[MetricsRow] = []
     if original is not None:
-        rows.append(metrics_row("original", "original", original, original, spec.batch_size))
+        rows.append(metrics_row("original", "original", original, original, batch_sizes))
         rows += [
             metrics_row(
                 f"after step {s.index + 1}: {_label(labels, s.index, s.method)}",
                 "step",
                 s.metrics,
                 original,
-                spec.batch_size,
+                batch_sizes,
             )
             for s in steps
         ]
         if final is not None:
-            rows.append(metrics_row("final", "final", final, original, spec.batch_size))
+            rows.append(metrics_row("final", "final", final, original, batch_sizes))
 
     sections: list[StepSection] = [
         step_section(
@@ -73,6 +74,11 @@ def build_report(record: JobRecord) -> Report:
             size_ratio=v.size_ratio,
             latency_ratio=v.latency_ratio,
             metric_change=v.metric_change,
+            outcome=v.outcome,
+            outcome_reason=v.outcome_reason,
+            speed=v.speed,
+            evaluation=record.result.evaluation,
+            notes=record.result.notes,
         )
     error = None
     if record.error_code is not None:
@@ -80,7 +86,7 @@ def build_report(record: JobRecord) -> Report:
             code=record.error_code, message=record.error_message or record.error_code
         )
     return Report(
-        job=job_section(record, labels),
+        job=job_section(record, labels, batch_sizes),
         complete=record.result is not None,
         error=error,
         comparison=rows,
@@ -103,7 +109,14 @@ def _label(labels: list[str], index: int, method: str) -> str:
     return labels[index] if 0 <= index < len(labels) else method
 
 
-def job_section(record: JobRecord, labels: list[str]) -> JobSection:
+def report_batch_sizes(spec: JobSpec, original: ModelMetrics | None) -> list[int]:
+    """The batch sizes the original was timed at (a pinned model: its one), else the
+    spec's deployment batch sizes; each is one latency column, never twice."""
+    measured = sorted({lat.batch_size for lat in original.latency}) if original else []
+    return measured or spec.deployment_batch_sizes()
+
+
+def job_section(record: JobRecord, labels: list[str], batch_sizes: list[int]) -> JobSection:
     spec: JobSpec = record.spec
     return JobSection(
         id=record.id,
@@ -119,13 +132,14 @@ def job_section(record: JobRecord, labels: list[str]) -> JobSection:
         model_filename=record.model_filename,
         task=spec.task.kind,
         batch_size=spec.batch_size,
+        batch_sizes=batch_sizes,
         steps=labels,
         targets=spec.targets.model_dump(exclude_defaults=True),
     )
 
 
 def metrics_row(
-    label: str, role: str, metrics: ModelMetrics, original: ModelMetrics, batch_size: int
+    label: str, role: str, metrics: ModelMetrics, original: ModelMetrics, batch_sizes: list[int]
 ) -> MetricsRow:
     return MetricsRow(
         label=label,
@@ -133,8 +147,7 @@ def metrics_row(
         size_bytes=metrics.size_bytes,
         size_ratio=metrics.size_bytes / max(original.size_bytes, 1),
         parameters=metrics.parameters,
-        latency_batch_1=latency_at(metrics, 1),
-        latency_job_batch=latency_at(metrics, batch_size),
+        latency=[latency_at(metrics, batch_size) for batch_size in batch_sizes],
         metric_name=metrics.metric_name,
         metric_value=metrics.metric_value,
         metric_change=metrics.metric_change,

@@ -12,7 +12,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from core.results import PipelineResult, TargetCheck
+from core.results import (
+    EvaluationRecord,
+    Note,
+    Outcome,
+    PipelineResult,
+    SpeedAtBatch,
+    TargetCheck,
+)
 from core.spec import JobSpec
 
 # --- the input ------------------------------------------------------------------------------
@@ -182,8 +189,8 @@ class MetricsRow(BaseModel):
     size_bytes: int
     size_ratio: float
     parameters: int
-    latency_batch_1: LatencyCell | None
-    latency_job_batch: LatencyCell | None
+    # one cell per deployment batch size (JobSection.batch_sizes), None where unmeasured
+    latency: list[LatencyCell | None] = Field(default_factory=list)
     metric_name: str
     metric_value: float
     metric_change: float
@@ -210,6 +217,12 @@ class VerdictSection(BaseModel):
     size_ratio: float
     latency_ratio: float
     metric_change: float
+    outcome: Outcome | None = None
+    outcome_reason: str = ""
+    speed: list[SpeedAtBatch] = Field(default_factory=list)
+    # the eval rows the verdict and every reported metric were measured on
+    evaluation: EvaluationRecord | None = None
+    notes: list[Note] = Field(default_factory=list)
 
 
 class JobSection(BaseModel):
@@ -226,6 +239,8 @@ class JobSection(BaseModel):
     model_filename: str | None
     task: str
     batch_size: int
+    # the deployment batch sizes latency is judged at (the comparison's columns)
+    batch_sizes: list[int] = Field(default_factory=list)
     steps: list[str]
     targets: dict[str, Any]
 

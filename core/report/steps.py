@@ -126,7 +126,9 @@ def candidates_plot(details: Details) -> CandidatesPlot | None:
     """Auto quantization's candidates table (the input's row included)."""
     if "candidates" not in details:
         return None
-    batch = details.get("decision_batch_size")
+    sizes = details.get("batch_sizes")
+    # the largest deployment batch size (older details name one decision batch size)
+    batch = max(sizes) if isinstance(sizes, list) and sizes else details.get("decision_batch_size")
     rows = _candidates.validate_python(details["candidates"])
     points, unmeasured = [], []
     for row in rows:
@@ -317,12 +319,12 @@ def _part(details: Details, key: str) -> Details:
 
 
 def quantize_facts(details: Details) -> list[Fact]:
-    held_out = _part(details, "held_out")
+    rows = _part(details, "metric_rows")
     return [
         *_fact("mode", details.get("mode")),
         *_fact("chosen candidate", details.get("chosen")),
         *_fact("why", details.get("chosen_reason")),
-        *_fact("metric change on held-out rows", held_out.get("metric_change")),
+        *_fact("candidates compared on eval rows (selection)", rows.get("selection")),
         *_fact("nodes kept in FP32", details.get("nodes_to_exclude")),
         *_fact("returned the input unchanged", details.get("returned_input_unchanged") or None),
         *_fact("warning", details.get("warning")),

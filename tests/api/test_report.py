@@ -179,9 +179,25 @@ def test_the_html_report_has_the_verdict_per_target(finished: Finished) -> None:
     verdict = finished.auto["result"]["verdict"]
     rows = table_rows(report(finished.api, finished.auto["id"]).text, "sq-verdict")
     assert rows[1:] == [
-        [c["target"], f"{c['limit']:.4f}", f"{c['measured']:.4f}", "met" if c["met"] else "missed"]
+        [
+            c["target"],
+            "" if c["batch_size"] is None else str(c["batch_size"]),
+            f"{c['limit']:.4f}",
+            f"{c['measured']:.4f}",
+            "met" if c["met"] else "missed",
+        ]
         for c in verdict["checks"]
     ]
+
+
+def test_the_html_report_names_the_outcome_and_the_held_out_rows(finished: Finished) -> None:
+    result = finished.auto["result"]
+    html = report(finished.api, finished.auto["id"]).text
+    outcome = result["verdict"]["outcome"]
+    assert f'data-field="outcome">{outcome.replace("_", " ")}</span>' in html
+    assert str(escape(result["verdict"]["outcome_reason"])) in html  # as Jinja escapes it
+    held_out = result["evaluation"]["held_out_rows"]
+    assert f"measured on {held_out} held-out eval rows" in html
 
 
 def test_a_quantize_auto_report_plots_every_measured_candidate(finished: Finished) -> None:

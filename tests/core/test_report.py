@@ -170,8 +170,11 @@ def test_a_running_job_is_reported_from_its_progress_events() -> None:
         ("original", 1.0),
         ("after step 1: quantize (static)", 0.25),
     ]
-    assert report.comparison[1].latency_job_batch is not None
-    assert report.comparison[1].latency_job_batch.median_ms == 3.0
+    # one latency column per deployment batch size: 1 and the job's 4
+    assert report.job.batch_sizes == [1, 4]
+    cells = report.comparison[1].latency
+    assert [cell.batch_size if cell else None for cell in cells] == [1, 4]
+    assert cells[1] is not None and cells[1].median_ms == 3.0
     assert report.job.last_message == "step 1/1 (quantize): done"
     assert "1 of 1 steps finished" in report.notes[0]
 

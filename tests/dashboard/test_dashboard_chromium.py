@@ -68,8 +68,22 @@ def test_the_job_list_shows_each_job_with_its_state_and_changes(
     assert f"{verdict['size_ratio']:.3f}x" in rows[finished["id"]]
     assert f"{verdict['latency_ratio']:.3f}x" in rows[finished["id"]]
     assert "quantize (auto)" in rows[finished["id"]]
+    # the outcome in words, with its reason on hover; none yet for the queued job
+    assert f'data-outcome="{finished["outcome"]}"' in rows[finished["id"]]
+    assert "data-outcome" not in rows[queued["id"]]
     assert served.admin_key not in dom  # the key left the URL and is never shown
     keep(browser.screenshot(served.dashboard(), tmp_path / "jobs.png"), "dashboard-jobs.png")
+
+
+def test_the_job_list_filters_by_outcome(served: Served, browser: Browser) -> None:
+    finished = served.finished_job
+    outcome = finished["outcome"]
+    other = "unchanged" if outcome != "unchanged" else "improved"
+    shown = browser.dump_dom(served.dashboard(f"?outcome={outcome}"))
+    assert f'data-job-id="{finished["id"]}"' in shown
+    assert f'data-job-id="{served.queued_job["id"]}"' not in shown  # not final: no outcome
+    hidden = browser.dump_dom(served.dashboard(f"?outcome={other}"))
+    assert f'data-job-id="{finished["id"]}"' not in hidden
 
 
 def test_the_job_page_shows_the_report_with_its_plots(served: Served, browser: Browser) -> None:

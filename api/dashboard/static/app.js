@@ -150,24 +150,41 @@ function showKeyForm(message) {
 
 // --- the job list ----------------------------------------------------------------------
 
-async function showJobList() {
-  const state = new URLSearchParams(window.location.search).get("state") || "";
-  const filter = el("select", { "aria-label": "state", onchange: (event) => {
+function queryFilter(name, values, everyLabel) {
+  const current = new URLSearchParams(window.location.search).get(name) || "";
+  const select = el("select", { "aria-label": name, name, onchange: (event) => {
     const params = new URLSearchParams(window.location.search);
-    if (event.target.value) params.set("state", event.target.value);
-    else params.delete("state");
+    if (event.target.value) params.set(name, event.target.value);
+    else params.delete(name);
     window.history.pushState(null, "", `?${params}`);
     route();
-  } }, ["", "queued", "running", "succeeded", "failed", "cancelled"].map((value) =>
-    el("option", { value, selected: value === state }, value || "every state")));
+  } }, ["", ...values].map((value) =>
+    el("option", { value, selected: value === current }, value ? value.replace("_", " ") : everyLabel)));
+  return [current, select];
+}
+
+// What a final job came to: improved, unchanged, targets missed, failed, cancelled.
+function outcomeBadge(job) {
+  if (!job.outcome) return "–";
+  const shown = el("span", { class: `badge ${job.outcome}`, "data-outcome": job.outcome,
+    title: job.outcome_reason || "" }, job.outcome.replace("_", " "));
+  return shown;
+}
+
+async function showJobList() {
+  const [state, filter] = queryFilter("state",
+    ["queued", "running", "succeeded", "failed", "cancelled"], "every state");
+  const [outcome, outcomeFilter] = queryFilter("outcome",
+    ["improved", "unchanged", "targets_missed", "failed", "cancelled"], "every outcome");
   const body = el("tbody");
   const more = el("button", { type: "button", hidden: true }, "Load more");
   main().replaceChildren(
     el("h1", {}, "Jobs"),
-    el("div", { class: "toolbar" }, filter, el("span", { class: "muted", id: "list-status" })),
+    el("div", { class: "toolbar" }, filter, outcomeFilter,
+      el("span", { class: "muted", id: "list-status" })),
     el("table", { class: "jobs" },
       el("thead", {}, el("tr", {}, ["job", "submitted", "state", "progress", "steps",
-        "size ratio", "latency ratio", "metric change", "targets"].map((h) => el("th", {}, h)))),
+        "size ratio", "latency ratio", "metric change", "outcome"].map((h) => el("th", {}, h)))),
       body),
     more);
 
@@ -176,6 +193,7 @@ async function showJobList() {
   async function load(append) {
     const query = new URLSearchParams({ limit: String(append ? 20 : Math.max(20, shown)) });
     if (state) query.set("state", state);
+    if (outcome) query.set("outcome", outcome);
     if (append && cursor) query.set("cursor", cursor);
     const page = await getJson(`v1/jobs?${query}`);
     const rows = page.items.map(jobRow);
@@ -213,7 +231,7 @@ function jobRow(job) {
     el("td", { class: "num", title: `final latency / original latency at batch ${job.spec.batch_size}` },
       fmt.ratio(verdict && verdict.latency_ratio)),
     el("td", { class: "num" }, fmt.change(verdict && verdict.metric_change)),
-    el("td", {}, verdict ? badge(verdict.targets_met ? "met" : "missed") : "–"));
+    el("td", {}, outcomeBadge(job)));
 }
 
 // --- one job ---------------------------------------------------------------------------
@@ -289,6 +307,9 @@ function renderStatus(container, job) {
         showError(error, container);
       }
     } }, "Cancel"));
+  }
+  if (job.outcome && job.state === "succeeded") {
+    parts.push(el("span", { id: "job-outcome" }, outcomeBadge(job), " ", job.outcome_reason || ""));
   }
   if (job.error) parts.push(el("span", { class: "error" }, `${job.error.code}: ${job.error.message}`));
   container.replaceChildren(...parts.filter(Boolean));
