@@ -90,9 +90,7 @@ def convert(onnx_path: Path) -> Any:
 
 def fp32_ir(onnx_path: Path, out_dir: Path) -> Candidate:
     """The model as OpenVINO IR, weights and compute in FP32."""
-    prepared = save_ir(
-        convert(onnx_path), out_dir, details={"converted": True, "precision": "f32"}
-    )
+    prepared = save_ir(convert(onnx_path), out_dir, details={"converted": True, "precision": "f32"})
     return Candidate("openvino-fp32", prepared, {"precision": "f32", "weights": "fp32"})
 
 
@@ -256,7 +254,9 @@ def quantize_with_fallback(
     is a row of `details["tries"]`.
     """
     opener = open_runner or _open
-    base_metric = validate(opener(reference), samples) if reference_metric is None else reference_metric
+    base_metric = (
+        validate(opener(reference), samples) if reference_metric is None else reference_metric
+    )
     tries: list[dict[str, Any]] = []
     results: dict[int, tuple[PreparedModel, float]] = {}
 
@@ -330,7 +330,9 @@ def nncf_int8_with_fallback(
 
     def quantize(names: Sequence[str]) -> PreparedModel:
         folder = out_dir / f"try-{next(counter)}"
-        return nncf_int8(onnx_path, batches, folder, ignored=names, subset_size=subset_size).prepared
+        return nncf_int8(
+            onnx_path, batches, folder, ignored=names, subset_size=subset_size
+        ).prepared
 
     def rank(fp32: PreparedModel, quantized: PreparedModel) -> list[str]:
         return [name for name, _ in rank_by_added_error(fp32, quantized, batches[:rank_samples])]
@@ -381,7 +383,10 @@ def rank_by_added_error(
     ):
         model.add_outputs([ops[name].output(0) for name in wanted])
         compiled = core.compile_model(model, "CPU", compile_config(fp32, _VALIDATION_SETTINGS))
-        ports = {name: compiled.outputs[len(compiled.outputs) - len(wanted) + i] for i, name in enumerate(wanted)}
+        ports = {
+            name: compiled.outputs[len(compiled.outputs) - len(wanted) + i]
+            for i, name in enumerate(wanted)
+        }
         request = compiled.create_infer_request()
         collected: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
         for batch in batches:
@@ -466,13 +471,19 @@ def compress_weights(
         else:
             try:
                 compressed = nncf.compress_weights(
-                    model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size, ratio=ratio
+                    model,
+                    mode=nncf.CompressWeightsMode.INT4_SYM,
+                    group_size=group_size,
+                    ratio=ratio,
                 )
                 details.update(group_size=group_size, ratio=ratio)
             except Exception as exc:
                 log.info("INT4 with group %s failed (%s); per-channel", group_size, exc)
                 compressed = nncf.compress_weights(
-                    convert(onnx_path), mode=nncf.CompressWeightsMode.INT4_SYM, group_size=-1, ratio=ratio
+                    convert(onnx_path),
+                    mode=nncf.CompressWeightsMode.INT4_SYM,
+                    group_size=-1,
+                    ratio=ratio,
                 )
                 details.update(group_size=-1, ratio=ratio, group_fallback=short_reason(exc))
     except Exception as exc:

@@ -35,9 +35,7 @@ def _openvino() -> Any:
     try:
         import openvino
     except ImportError as exc:
-        raise RuntimeUnavailable(
-            "OpenVINO is not installed here (pip install openvino)"
-        ) from exc
+        raise RuntimeUnavailable("OpenVINO is not installed here (pip install openvino)") from exc
     return openvino
 
 
@@ -111,8 +109,7 @@ class OpenVinoRuntime:
             )
         except Exception as exc:
             raise RuntimeUnsupportedModel(
-                f"OpenVINO's CPU plugin cannot compile {prepared.entry.name}: "
-                f"{_reason(exc)}"
+                f"OpenVINO's CPU plugin cannot compile {prepared.entry.name}: {_reason(exc)}"
             ) from exc
         return OpenVinoRunner(compiled)
 

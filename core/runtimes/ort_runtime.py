@@ -88,7 +88,7 @@ class OnnxRuntime:
         return True  # a dependency of core itself
 
     def devices(self) -> list[str]:
-        """"cpu", and "cuda" when this build has the CUDA provider and a session on it
+        """ "cpu", and "cuda" when this build has the CUDA provider and a session on it
         really runs there (onnxruntime-gpu lists the provider on machines with no GPU)."""
         found = ["cpu"]
         if CUDA in ort.get_available_providers() and cuda_session_works():

@@ -7,10 +7,10 @@ runtime adapter's `open` applies. What each runtime honours:
 | setting | ONNX Runtime | OpenVINO (CPU plugin) |
 | --- | --- | --- |
 | `threads` | `intra_op_num_threads` (inter-op 1) | `INFERENCE_NUM_THREADS` |
-| `runtime_defaults=True` | thread spinning left on (ORT's default) | nothing else set (the plugin's own streams and pinning) |
-| `runtime_defaults=False` | `session.intra_op/inter_op.allow_spinning = 0` | `NUM_STREAMS=1`, `ENABLE_CPU_PINNING=NO` |
+| `runtime_defaults=True` | spinning left on (ORT's default) | the plugin's own streams, pinning |
+| `runtime_defaults=False` | `allow_spinning = 0` (intra, inter) | `NUM_STREAMS=1`, no CPU pinning |
 | `performance_hint` | ignored | `PERFORMANCE_HINT` (LATENCY by default) |
-| `use_tensorrt` | TensorRT execution provider first on `cuda` (refused when absent) | ignored |
+| `use_tensorrt` | TensorRT provider first on `cuda` (refused when absent) | ignored |
 | `batch_sizes` | the rows per timed run (the runner takes any batch the model admits) | same |
 
 Why both modes exist: users deploy with the runtime's defaults (ONNX Runtime's spinning
@@ -34,13 +34,17 @@ Device = Literal["cpu", "cuda"]
 PerformanceHint = Literal["LATENCY", "THROUGHPUT"]
 
 
+def _default_threads() -> list[int | Literal["worker"]]:
+    return ["worker", 1]
+
+
 class DeploymentSettings(BaseModel):
     """How the model will be deployed: the sessions latency is measured under."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     threads: list[ThreadCount] = Field(
-        default_factory=lambda: ["worker", 1],
+        default_factory=_default_threads,
         min_length=1,
         max_length=8,
         description='thread counts to measure at; "worker" is what the worker has',
@@ -63,7 +67,9 @@ class DeploymentSettings(BaseModel):
             raise ValueError("each value may appear once")
         return values
 
-    def resolve(self, device: Device = "cpu", worker_threads: int | None = None) -> list[RunSettings]:
+    def resolve(
+        self, device: Device = "cpu", worker_threads: int | None = None
+    ) -> list[RunSettings]:
         """One RunSettings per distinct thread count, "worker" resolved to
         `worker_threads` (default: the CPUs this process may use)."""
         available = worker_threads if worker_threads is not None else usable_cpus()

@@ -38,7 +38,9 @@ def transformer_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return transformer_onnx(tmp_path_factory.mktemp("rt") / "transformer.onnx")
 
 
-def outputs_of(runtime_name: str, model: Path, folder: Path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+def outputs_of(
+    runtime_name: str, model: Path, folder: Path, feeds: dict[str, np.ndarray]
+) -> list[np.ndarray]:
     runtime = get_runtime(runtime_name)
     runner = runtime.open(runtime.prepare(model, folder / runtime_name), ONE_THREAD)
     return runner.run(feeds)
@@ -70,7 +72,9 @@ def test_onnx_runtime_and_openvino_agree_on_an_attention_model(
     np.testing.assert_allclose(ov_logits, ort_logits, rtol=1e-4, atol=1e-4)
 
 
-def test_a_runner_names_its_inputs_and_outputs_in_model_order(cnn_file: Path, tmp_path: Path) -> None:
+def test_a_runner_names_its_inputs_and_outputs_in_model_order(
+    cnn_file: Path, tmp_path: Path
+) -> None:
     for name in RUNTIMES:
         runtime = get_runtime(name)
         runner = runtime.open(runtime.prepare(cnn_file, tmp_path / name), ONE_THREAD)
@@ -88,7 +92,9 @@ def test_openvino_ir_is_xml_and_bin_saved_as_an_artifact_that_reloads(
     assert runtime.size_bytes(prepared) == sum(path.stat().st_size for path in saved)
     # FP32 weights: the .bin holds every float of the ONNX model's weights
     assert saved[1].stat().st_size >= 0.95 * (cnn_file.stat().st_size - 2000)
-    reloaded = type(prepared)(runtime="openvino", files=tuple(saved), open_config=prepared.open_config)
+    reloaded = type(prepared)(
+        runtime="openvino", files=tuple(saved), open_config=prepared.open_config
+    )
     images, _ = digits_arrays("test")
     np.testing.assert_array_equal(
         runtime.open(reloaded, ONE_THREAD).run({"input": images[:4]})[0],
@@ -195,7 +201,10 @@ def test_openvino_gets_its_threads_hint_and_fp32_precision(cnn_file: Path, tmp_p
     assert config["INFERENCE_PRECISION_HINT"] == "f32"
     runner = get_runtime("openvino").open(prepared, RunSettings(threads=2))
     assert int(runner.compiled.get_property("INFERENCE_NUM_THREADS")) == 2  # type: ignore[attr-defined]
-    assert str(runner.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("f32", "<Type: 'float32'>")  # type: ignore[attr-defined]
+    assert str(runner.compiled.get_property("INFERENCE_PRECISION_HINT")) in (
+        "f32",
+        "<Type: 'float32'>",
+    )  # type: ignore[attr-defined]
 
 
 def test_cuda_needs_onnx_runtime_with_the_cuda_provider() -> None:
