@@ -65,3 +65,19 @@ def digits_files(
         evaluation=save_npz(folder / "eval.npz", x_test, y_test),
         torch_parameters=sum(p.numel() for p in model.parameters()),
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where ONNX Runtime and torch both reach a GPU and are
+    skipped elsewhere with what is missing (scripts/gpu-check.sh runs them on a GPU)."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    from core.devices import detect
+
+    report = detect(with_runtimes=False)
+    if report.cuda:
+        return
+    skip = pytest.mark.skip(reason="no GPU here: " + "; ".join(report.missing_for_cuda()))
+    for item in marked:
+        item.add_marker(skip)
