@@ -188,7 +188,9 @@ def _torch_cuda() -> tuple[str | None, bool, list[Gpu]]:
     gpus = []
     for index in range(torch.cuda.device_count()):
         properties = torch.cuda.get_device_properties(index)
-        gpus.append(Gpu(index=index, name=str(properties.name), memory_bytes=int(properties.total_memory)))
+        gpus.append(
+            Gpu(index=index, name=str(properties.name), memory_bytes=int(properties.total_memory))
+        )
     return build, True, gpus
 
 
