@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -74,7 +75,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        env[f"SQUEEZE_{name.upper()}"] = str(value)
+        # pydantic-settings reads lists and dicts from the environment as JSON
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        env[f"SQUEEZE_{name.upper()}"] = text
     return env
 
 
@@ -94,6 +97,8 @@ def fast_test_settings(data_dir: Path, **overrides: object) -> Settings:
         "broker_visibility_timeout_s": 360,
         "measure_warmup_runs": 2,
         "measure_runs": 5,
+        # workers start alongside the tests' API: a test that checks workers turns it on
+        "absent_worker_policy": "off",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
