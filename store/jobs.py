@@ -484,13 +484,13 @@ def reap(
             )
         )
     )
+    if queues is not None and absent_worker_expiry_s is not None:
+        _expire_unserved(session, queues, absent_worker_expiry_s, now)
     for job in stale:
         service = None if queues is None else queues.get(job.queue)
         if queues is not None and (service is None or service.live == 0):
             # Nothing consumes the queue: a message sent again would only wait beside the
-            # first. The job expires once the queue has been unserved long enough.
-            if absent_worker_expiry_s is not None:
-                _expire_if_unserved(session, job, service, absent_worker_expiry_s, now)
+            # first (the job expires instead, above).
             continue
         if service is not None and service.saturated:
             continue  # every live worker is busy: the job waits its turn, it is not lost
@@ -529,17 +529,31 @@ def reap(
     return to_enqueue
 
 
-def _expire_if_unserved(
-    session: Session,
-    job: JobRow,
-    service: QueueService | None,
-    expiry_s: float,
-    now: datetime,
+def _expire_unserved(
+    session: Session, queues: Mapping[str, QueueService], expiry_s: float, now: datetime
 ) -> None:
-    last_seen = service.last_seen_at if service is not None else None
-    unserved_since = max(job.created_at, last_seen) if last_seen is not None else job.created_at
-    if now - unserved_since < timedelta(seconds=expiry_s):
-        return
+    """Fail the queued jobs of queues no live worker consumes once the queue has been
+    unserved for `expiry_s` (counted from the job's creation or the queue's last beat,
+    whichever is later). Queues with queued jobs but absent from `queues` count as
+    unserved and never seen."""
+    cutoff = now - timedelta(seconds=expiry_s)
+    served = [name for name, service in queues.items() if service.live > 0]
+    candidates = session.scalars(
+        select(JobRow).where(
+            JobRow.state == "queued", JobRow.created_at < cutoff, JobRow.queue.not_in(served)
+        )
+    )
+    for job in list(candidates):
+        service = queues.get(job.queue)
+        if service is not None and service.live > 0:
+            continue
+        last_seen = service.last_seen_at if service is not None else None
+        if last_seen is not None and last_seen >= cutoff:
+            continue
+        _expire(session, job, expiry_s, now)
+
+
+def _expire(session: Session, job: JobRow, expiry_s: float, now: datetime) -> None:
     _fail_queued(
         session,
         job,

@@ -112,6 +112,8 @@ class WorkerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # the queues it consumes (default: the settings' cpu and gpu queues)
+    queues: list[str] | None = None
 
     def start(self) -> WorkerProcess:
         env = {
@@ -130,7 +132,7 @@ class WorkerProcess:
                 "worker.main",
                 "worker",
                 "-Q",
-                f"{self.settings.queue_cpu},{self.settings.queue_gpu}",
+                ",".join(self.queues or [self.settings.queue_cpu, self.settings.queue_gpu]),
                 "--concurrency",
                 "1",
                 "--loglevel",
