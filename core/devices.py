@@ -56,9 +56,16 @@ class DeviceReport:
         """A job may run on "cuda": measurement and training both reach the GPU."""
         return self.onnxruntime_cuda and self.torch_cuda
 
+    # TensorRT's own libraries are installed (the provider alone is always listed)
+    tensorrt_libraries: bool = False
+
     @property
     def tensorrt(self) -> bool:
-        return self.onnxruntime_cuda and TENSORRT_PROVIDER in self.onnxruntime_providers
+        return (
+            self.onnxruntime_cuda
+            and TENSORRT_PROVIDER in self.onnxruntime_providers
+            and self.tensorrt_libraries
+        )
 
     def devices(self) -> list[str]:
         return ["cpu", "cuda"] if self.cuda else ["cpu"]
@@ -96,6 +103,7 @@ class DeviceReport:
             gpus=[Gpu(**gpu) for gpu in data.get("gpus", [])],
             runtimes={k: list(v) for k, v in data.get("runtimes", {}).items()},
             error=data.get("error"),
+            tensorrt_libraries=bool(data.get("tensorrt_libraries", False)),
         )
 
 
@@ -116,6 +124,7 @@ def detect(*, with_runtimes: bool = True) -> DeviceReport:
         torch_cuda=torch_cuda,
         gpus=gpus,
         runtimes=runtimes,
+        tensorrt_libraries=tensorrt_installed(),
     )
 
 
@@ -169,6 +178,12 @@ def probe_in_subprocess(timeout_s: float = 120.0) -> DeviceReport:
             runtimes={name: ["cpu"] for name in available_runtimes()},
             error=f"{type(exc).__name__}: {str(stderr).strip()[-300:] or exc}",
         )
+
+
+def tensorrt_installed() -> bool:
+    from core.runtimes.ort_runtime import tensorrt_installed as installed
+
+    return installed()
 
 
 def _ort_cuda_works() -> bool:

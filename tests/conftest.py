@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     report = detect(with_runtimes=False)
     if report.cuda:
         return
-    skip = pytest.mark.skip(reason="no GPU here: " + "; ".join(report.missing_for_cuda()))
+    reason = "no GPU here: " + "; ".join(report.missing_for_cuda())
+    if os.environ.get("SQUEEZE_REQUIRE_GPU") == "1":  # scripts/gpu-check.sh
+        raise pytest.UsageError(f"SQUEEZE_REQUIRE_GPU=1 but {reason}")
+    skip = pytest.mark.skip(reason=reason)
     for item in marked:
         item.add_marker(skip)

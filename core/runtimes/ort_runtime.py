@@ -7,6 +7,9 @@ provider stays as the fallback for ops the GPU providers lack, as ONNX Runtime d
 
 from __future__ import annotations
 
+import ctypes.util
+import functools
+import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,13 +41,36 @@ def providers(settings: RunSettings, available: list[str] | None = None) -> list
         )
     chosen = [CUDA, CPU]
     if settings.use_tensorrt:
-        if TENSORRT not in offered:
+        if TENSORRT not in offered or not tensorrt_installed():
             raise RuntimeUnavailable(
-                f"TensorRT was asked for but ONNX Runtime here has no {TENSORRT}; "
-                f"available: {offered}"
+                f"TensorRT was asked for but ONNX Runtime here has no usable {TENSORRT} "
+                f"(listed: {TENSORRT in offered}; the TensorRT libraries, pip package "
+                "`tensorrt`, must be installed too)"
             )
         chosen.insert(0, TENSORRT)
     return chosen
+
+
+def tensorrt_installed() -> bool:
+    """onnxruntime-gpu lists the TensorRT provider whether or not TensorRT's own libraries
+    (libnvinfer) are there; they come from the `tensorrt` package or the system."""
+    return (
+        importlib.util.find_spec("tensorrt") is not None
+        or ctypes.util.find_library("nvinfer") is not None
+    )
+
+
+@functools.cache
+def preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels (which the lock's torch
+    pulls in) before the CUDA provider looks for them: onnxruntime-gpu finds them there
+    only through `preload_dlls` (or after torch was imported)."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        try:
+            preload()
+        except Exception:  # a CPU build or no nvidia wheels: the session reports it
+            return
 
 
 def session_options(settings: RunSettings) -> ort.SessionOptions:
@@ -110,6 +136,8 @@ class OnnxRuntime:
 
     def open(self, prepared: PreparedModel, settings: RunSettings) -> OrtRunner:
         chosen = providers(settings)
+        if settings.device == "cuda":
+            preload_cuda_libraries()
         try:
             session = ort.InferenceSession(
                 str(prepared.entry), session_options(settings), providers=chosen
@@ -144,6 +172,7 @@ def cuda_session_works() -> bool:
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    preload_cuda_libraries()
     try:
         session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, CPU])
     except Exception:

@@ -214,7 +214,12 @@ def test_cuda_needs_onnx_runtime_with_the_cuda_provider() -> None:
     assert "onnxruntime-gpu" in str(caught.value)
 
 
-def test_cuda_sessions_keep_the_cpu_provider_as_fallback_and_tensorrt_first_when_asked() -> None:
+def test_cuda_sessions_keep_the_cpu_provider_as_fallback_and_tensorrt_first_when_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.runtimes import ort_runtime
+
+    monkeypatch.setattr(ort_runtime, "tensorrt_installed", lambda: True)
     offered = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
     assert providers(RunSettings(device="cuda"), offered) == [
         "CUDAExecutionProvider",
@@ -225,3 +230,15 @@ def test_cuda_sessions_keep_the_cpu_provider_as_fallback_and_tensorrt_first_when
     )
     with pytest.raises(EngineError, match="TensorRT"):
         providers(RunSettings(device="cuda", use_tensorrt=True), offered[1:])
+
+
+def test_a_listed_tensorrt_provider_without_tensorrts_libraries_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from core.runtimes import ort_runtime
+
+    monkeypatch.setattr(ort_runtime, "tensorrt_installed", lambda: False)
+    offered = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(EngineError) as caught:
+        providers(RunSettings(device="cuda", use_tensorrt=True), offered)
+    assert caught.value.code == "runtime_unavailable" and "tensorrt" in str(caught.value)
