@@ -203,3 +203,13 @@ def test_a_replayed_submission_is_answered_even_after_the_worker_left(
         workers.mark_stopped(session, worker_id)
     again = checked.submit(uploaded.spec(), key="same")
     assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+
+
+def test_metrics_count_live_workers_per_queue(checked: Api) -> None:
+    from tests.api.test_metrics import scrape
+
+    register(checked, "gpu", ["cpu", "cuda"])
+    register(checked, "cpu", ["cpu"], age_s=3600)
+    samples = scrape(checked)
+    assert samples[("squeeze_workers_live", (("queue", "gpu"),))] == 1
+    assert samples[("squeeze_workers_live", (("queue", "cpu"),))] == 0
