@@ -509,12 +509,15 @@ def reap(
                 f"{job.queue!r} claimed it ({service.live if service else 'unknown'} live)",
             )
             continue
-        session.execute(
+        sent = session.execute(
             update(JobRow)
-            .where(JobRow.id == job.id, JobRow.state == "queued")
+            # conditioned on the count read: a concurrent reaper's pass re-sends it once
+            .where(JobRow.id == job.id, JobRow.state == "queued", JobRow.resends == job.resends)
             .values(enqueued_at=now, resends=JobRow.resends + 1)
             .execution_options(synchronize_session=False)
         )
+        if sent.rowcount != 1:  # type: ignore[attr-defined]
+            continue
         resend = job.resends + 1
         add_event(
             session,
