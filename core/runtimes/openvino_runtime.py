@@ -69,7 +69,9 @@ class OpenVinoRunner:
 
     def run(self, feeds: Feeds) -> list[np.ndarray]:
         # share_outputs=False: the arrays are copies, not views a later run overwrites
-        results = self.request.infer(dict(feeds), share_inputs=True, share_outputs=False)
+        # share_inputs: no copy of a contiguous array (a strided one is made contiguous)
+        inputs = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        results = self.request.infer(inputs, share_inputs=True, share_outputs=False)
         return [np.asarray(results[port]) for port in self.compiled.outputs]
 
 
