@@ -31,6 +31,7 @@ from api.routes import (
     reports,
     tenants,
     webhooks,
+    workers,
 )
 from squeeze.logs import configure_logging
 from squeeze.settings import Settings, get_settings
@@ -115,6 +116,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         jobs.router,
         batches.router,
         webhooks.router,
+        workers.router,
         metrics.router,
         reports.router,
         dashboard.router,

@@ -18,6 +18,7 @@ from api.batch_schemas import BatchDetail, BatchIn, BatchJob, BatchList, BatchOu
 from api.errors import BatchTooLarge
 from api.job_service import check_references, method_label, spec_sha256
 from api.quotas import check_job_slot
+from api.worker_check import check_workers, record_waiting, requirement_for
 from squeeze.settings import Settings
 from store import batches, jobs, webhooks
 from store.tables import BatchRow, JobRow
@@ -72,6 +73,12 @@ def submit_batch(
     for spec in specs:
         check_references(session, spec, tenant_id)
     check_job_slot(session, tenant_id, settings, needed=len(specs))
+    waiting = {
+        spec.device: check_workers(
+            session, requirement_for(spec.device, queue.queue_for(spec.device)), settings
+        )
+        for spec in specs
+    }
     batch, created = batches.create_batch(
         session,
         tenant_id=tenant_id,
@@ -98,6 +105,9 @@ def submit_batch(
         )
         if body.webhook_url is not None:
             webhooks.watch_job(session, job.id, body.webhook_url)
+        reason = waiting[spec.device]
+        if reason is not None:
+            record_waiting(session, job.id, reason, settings)
         created_jobs.append(job)
     return BatchSubmission(batch, created_jobs, True)
 

@@ -100,3 +100,33 @@ class BatchTooLarge(ApiError):
     """A batch naming more models than `SQUEEZE_MAX_BATCH_JOBS`."""
 
     code = "batch_too_large"
+
+
+class NoWorkerForTarget(ApiError):
+    """No live worker consumes the job's queue with the device (and runtime) it needs."""
+
+    code = "no_worker_for_target"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        queue: str,
+        device: str | None,
+        runtime: str | None,
+        available: list[dict[str, Any]],
+    ) -> None:
+        super().__init__(message)
+        self.queue = queue
+        self.device = device
+        self.runtime = runtime
+        self.available = available
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "device": self.device,
+            "runtime": self.runtime,
+            "available": self.available,
+        }

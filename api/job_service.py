@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import InvalidSpec, UnknownReference
 from api.quotas import check_job_slot
+from api.worker_check import check_workers, record_waiting, requirement_for
 from core.data import DatasetInfo, check_compatible
 from core.errors import IncompatibleData
 from core.formats import ModelInfo
@@ -73,14 +74,23 @@ def submit_job(
     Raises UnknownReference for a model or dataset the tenant never uploaded,
     IncompatibleData when a dataset cannot feed the model, IdempotencyConflict when the
     key was used for a different spec, QuotaExceeded when the tenant has its quota of
-    active jobs (a replay is answered even then). The caller commits, then calls
+    active jobs (a replay is answered even then), NoWorkerForTarget when no live worker
+    serves the job's queue and device (settings.absent_worker_policy "refuse"; under
+    "queue" the job is accepted and its events say so). The caller commits, then calls
     `enqueue` when `created`.
     """
     request_sha256 = request_hash(spec, webhook_url)
     check_time_budgets(spec, settings)
     check_references(session, spec, tenant_id)
-    if idempotency_key is None or not jobs.has_idempotency_key(session, tenant_id, idempotency_key):
+    replay = idempotency_key is not None and jobs.has_idempotency_key(
+        session, tenant_id, idempotency_key
+    )
+    waiting = None
+    if not replay:
         check_job_slot(session, tenant_id, settings)
+        waiting = check_workers(
+            session, requirement_for(spec.device, queue.queue_for(spec.device)), settings
+        )
     job, created = jobs.create_job(
         session,
         tenant_id=tenant_id,
@@ -94,6 +104,8 @@ def submit_job(
     )
     if created and webhook_url is not None:
         webhooks.watch_job(session, job.id, webhook_url)
+    if created and waiting is not None:
+        record_waiting(session, job.id, waiting, settings)
     return Submission(job=job, created=created)
 
 

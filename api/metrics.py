@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeeze.settings import Settings
-from store import metrics
+from store import metrics, workers
 from store.jobs import STATES
 from worker.enqueue import JobQueue
 
@@ -43,6 +43,11 @@ class DatabaseCollector(Collector):
             by_state = metrics.jobs_by_state(session)
             queued = metrics.queued_by_queue(session)
             durations = metrics.duration_histograms(session, DURATION_BUCKETS_S)
+            live = workers.live_counts(
+                session,
+                sorted({self.settings.queue_cpu, self.settings.queue_gpu, *queued}),
+                dead_after_s=self.settings.worker_dead_after_s,
+            )
         jobs = GaugeMetricFamily("squeeze_jobs", "Jobs by state", labels=["state"])
         for state in sorted(STATES):
             jobs.add_metric([state], by_state.get(state, 0))
@@ -54,6 +59,12 @@ class DatabaseCollector(Collector):
         for name in queue_names:
             depth.add_metric([name], queued.get(name, 0))
         yield depth
+        live_workers = GaugeMetricFamily(
+            "squeeze_workers_live", "Live workers consuming each queue", labels=["queue"]
+        )
+        for name in queue_names:
+            live_workers.add_metric([name], live.get(name, 0))
+        yield live_workers
         yield from self._broker_lengths(queue_names)
         histogram = HistogramMetricFamily(
             "squeeze_job_duration_seconds",

@@ -27,6 +27,7 @@ from api.errors import (
     InvalidSpec,
     InvalidUpload,
     NotReady,
+    NoWorkerForTarget,
     PayloadTooLarge,
     QuotaExceeded,
     Unauthenticated,
@@ -115,6 +116,7 @@ RULES: dict[type[Exception], Rule] = {
     Forbidden: Rule(403, "Forbidden"),
     QuotaExceeded: Rule(429, "Quota exceeded"),
     BatchTooLarge: Rule(422, "Batch too large"),
+    NoWorkerForTarget: Rule(422, "No worker for the job"),
     # Nobody reads this answer; mapping it keeps a dropped upload out of the error log.
     ClientDisconnect: Rule(400, "Client disconnected", "client_disconnected"),
 }

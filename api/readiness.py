@@ -1,28 +1,66 @@
-"""Readiness: the service can serve requests only when its database and broker answer."""
+"""Readiness: the service can serve requests only when its database and broker answer.
+
+It also says how many live workers consume each queue. A queue with none is a warning
+(the answer stays 200: the API serves, and submissions for that queue are refused or
+expire by `absent_worker_policy`), unless the queue is in
+`settings.ready_requires_workers_for`, where it makes readiness 503 (a supervisor that
+restarts a dead embedded worker watches that).
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import NotReady
+from squeeze.settings import Settings
+from store import workers
 from store.db import ping
 from worker.enqueue import JobQueue
 
 logger = logging.getLogger(__name__)
 
 
-def check_ready(engine: Engine, queue: JobQueue) -> dict[str, str]:
-    """{"database": "ok", "broker": "ok"}; raises NotReady naming what failed."""
+@dataclass(frozen=True)
+class ReadinessReport:
+    checks: dict[str, str]
+    workers: dict[str, int]
+    warnings: list[str]
+
+
+def check_ready(
+    engine: Engine,
+    queue: JobQueue,
+    sessions: sessionmaker[Session] | None = None,
+    settings: Settings | None = None,
+) -> ReadinessReport:
+    """Database and broker checks ("ok" or why not) and live workers per queue; raises
+    NotReady naming what failed (a required queue without workers among them)."""
     checks = {
         "database": _run_check("database", lambda: ping(engine)),
         "broker": _run_check("broker", queue.ping),
     }
+    counts: dict[str, int] = {}
+    warnings: list[str] = []
+    if sessions is not None and settings is not None and checks["database"] == "ok":
+        names = sorted(
+            {settings.queue_cpu, settings.queue_gpu, *settings.ready_requires_workers_for}
+        )
+        with sessions() as session:
+            counts = workers.live_counts(session, names, dead_after_s=settings.worker_dead_after_s)
+        for name, live in counts.items():
+            if live:
+                continue
+            warnings.append(f"no live worker consumes queue {name!r}")
+            if name in settings.ready_requires_workers_for:
+                checks[f"workers:{name}"] = f"failed: no live worker consumes queue {name!r}"
     if any(status != "ok" for status in checks.values()):
         raise NotReady(checks)
-    return checks
+    return ReadinessReport(checks=checks, workers=counts, warnings=warnings)
 
 
 def _run_check(name: str, check: Callable[[], None]) -> str:

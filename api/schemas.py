@@ -215,6 +215,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
+    # live workers consuming each of the service's queues, and what is unserved
+    workers: dict[str, int] = {}
+    warnings: list[str] = []
 
 
 # --- tenants and API keys -------------------------------------------------------------

@@ -112,6 +112,8 @@ def service_env(data_dir: Path, profile: str) -> dict[str, str]:
         "SQUEEZE_QUOTA_CONCURRENT_JOBS": "100000",
         "SQUEEZE_MEASURE_RUNS": "10",
         "SQUEEZE_MEASURE_WARMUP_RUNS": "2",
+        # the pollers' and writers' jobs are submitted while no worker runs
+        "SQUEEZE_ABSENT_WORKER_POLICY": "off",
     }
     if profile == "deployment":
         sys.path.insert(0, str(ROOT))

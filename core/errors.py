@@ -63,3 +63,15 @@ def short_reason(exc: BaseException, limit: int = 500) -> str:
     """
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0][:limit]
+
+
+class RuntimeUnavailable(EngineError):
+    """A runtime or device this machine does not offer (not installed, no GPU)."""
+
+    code = "runtime_unavailable"
+
+
+class RuntimeUnsupportedModel(UnsupportedModel):
+    """A valid ONNX model that a runtime cannot convert, compile or run faithfully."""
+
+    code = "runtime_unsupported_model"

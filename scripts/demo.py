@@ -93,6 +93,8 @@ def service(data_dir: Path, port: int, log_dir: Path) -> Iterator[str]:
                 start_new_session=True,
             )
         )
+        # jobs are refused until a live worker consumes their queue (/readyz counts them)
+        wait_for_worker(base_url, processes[1])
         yield base_url
     finally:
         for process in reversed(processes):
@@ -124,6 +126,24 @@ def admin_client(base_url: str, data_dir: Path) -> httpx.Client:
     return httpx.Client(
         base_url=base_url, timeout=60, headers={"Authorization": f"Bearer {admin_key}"}
     )
+
+
+def wait_for_worker(
+    base_url: str, process: subprocess.Popen[bytes], queue: str = "cpu", timeout_s: float = 120
+) -> None:
+    """Until /readyz counts a live worker on `queue` (it registers once it is ready)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit("the worker exited during start-up; see its log")
+        try:
+            answer = httpx.get(f"{base_url}/readyz", timeout=2)
+            if answer.status_code == 200 and answer.json().get("workers", {}).get(queue, 0) > 0:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"no worker registered on queue {queue!r} within {timeout_s:.0f} s")
 
 
 def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:

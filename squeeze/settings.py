@@ -53,6 +53,29 @@ class Settings(BaseSettings):
     reaper_interval_s: float = Field(default=15.0, gt=0)
     requeue_queued_after_s: float = Field(default=300.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
+    # A queued job whose message is not claimed is sent again after requeue_queued_after_s,
+    # then after twice that, four times ... at most max_resends times; the next time it is
+    # due unclaimed it fails with `never_claimed`. Jobs of a queue whose live workers are
+    # all busy are waiting their turn: neither re-sent nor counted.
+    max_resends: int = Field(default=5, ge=0)
+
+    # Workers register in the database and beat every worker_heartbeat_s from their
+    # parent process; one silent for worker_dead_after_s counts as dead, and its row is
+    # deleted after worker_forget_after_s.
+    worker_heartbeat_s: float = Field(default=10.0, gt=0)
+    worker_dead_after_s: float = Field(default=60.0, gt=0)
+    worker_forget_after_s: float = Field(default=7 * 86400.0, gt=0)
+    # A job whose queue (and device) no live worker serves, at submission:
+    #   "refuse": 422 `no_worker_for_target` (the default);
+    #   "queue":  accepted, the job's events say so, and it fails `no_worker_available`
+    #             once its queue has had no live worker for absent_worker_expiry_s;
+    #   "off":    no check (tests that run jobs in-process; workers started on demand).
+    # The expiry applies under every policy: a job is never re-sent forever.
+    absent_worker_policy: Literal["refuse", "queue", "off"] = "refuse"
+    absent_worker_expiry_s: float = Field(default=3600.0, gt=0)
+    # Queues whose lack of a live worker makes /readyz answer 503 (by default readiness
+    # stays 200 and lists the unserved queues as warnings: the API itself can serve).
+    ready_requires_workers_for: list[str] = Field(default_factory=list)
 
     # How much memory one job may take on a worker beyond what the worker process held when
     # the job started (heap and anonymous mappings); None: no ceiling. A job spec may ask
@@ -113,6 +136,10 @@ class Settings(BaseSettings):
             raise ValueError("broker_visibility_timeout_s must exceed task_hard_time_limit_s")
         if self.heartbeat_s >= self.lease_s:
             raise ValueError("heartbeat_s must be shorter than lease_s")
+        if self.worker_heartbeat_s >= self.worker_dead_after_s:
+            raise ValueError("worker_heartbeat_s must be shorter than worker_dead_after_s")
+        if self.worker_forget_after_s <= self.worker_dead_after_s:
+            raise ValueError("worker_forget_after_s must exceed worker_dead_after_s")
         return self
 
     @property

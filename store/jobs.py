@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from store.ids import new_id
 from store.tables import ArtifactRow, JobEventRow, JobRow, utcnow
+from store.workers import QueueService
 
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
 STATES = frozenset({"queued", "running"}) | FINAL_STATES
@@ -260,6 +262,7 @@ def claim(session: Session, job_id: str, *, worker: str, lease_s: float) -> int 
             worker=worker,
             lease_expires_at=now + timedelta(seconds=lease_s),
             started_at=now,
+            resends=0,
         )
         .execution_options(synchronize_session=False)
     )
@@ -395,7 +398,9 @@ def release(session: Session, job_id: str, attempt: int, reason: str) -> bool:
     result = session.execute(
         update(JobRow)
         .where(_owned(job_id, attempt))
-        .values(state="queued", worker=None, lease_expires_at=None, enqueued_at=utcnow())
+        .values(
+            state="queued", worker=None, lease_expires_at=None, enqueued_at=utcnow(), resends=0
+        )
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -429,13 +434,32 @@ def request_cancel(session: Session, job_id: str, *, tenant_id: str | None) -> J
     return job
 
 
-def reap(session: Session, *, requeue_queued_after_s: float, max_attempts: int) -> list[JobRow]:
+def queued_queues(session: Session) -> list[str]:
+    """The queues that have queued jobs."""
+    return list(session.scalars(select(JobRow.queue).where(JobRow.state == "queued").distinct()))
+
+
+def reap(
+    session: Session,
+    *,
+    requeue_queued_after_s: float,
+    max_attempts: int,
+    max_resends: int | None = None,
+    queues: Mapping[str, QueueService] | None = None,
+    absent_worker_expiry_s: float | None = None,
+) -> list[JobRow]:
     """Recover jobs the broker alone would lose; returns the jobs to enqueue again.
 
     A running job whose lease expired belongs to a dead worker: it goes back to queued,
     or fails once its attempts are used up. A queued job whose message was sent long ago
     and never claimed (lost message, killed API between commit and send) is sent again;
     duplicates are harmless because `claim` runs a job once.
+
+    Re-sends back off (after requeue_queued_after_s, then twice that, ...) and stop after
+    `max_resends`: the job then fails `never_claimed`. With `queues` (the workers seen
+    per queue, store.workers.queue_services) a queue no live worker consumes gets no
+    re-sends, and its jobs fail `no_worker_available` once it has been unserved for
+    `absent_worker_expiry_s`; a queue whose live workers are all busy is left alone.
     """
     now = utcnow()
     expired = list(
@@ -474,7 +498,9 @@ def reap(session: Session, *, requeue_queued_after_s: float, max_attempts: int) 
             session.execute(
                 update(JobRow)
                 .where(_owned(job.id, job.attempt))
-                .values(state="queued", worker=None, lease_expires_at=None, enqueued_at=now)
+                .values(
+                    state="queued", worker=None, lease_expires_at=None, enqueued_at=now, resends=0
+                )
                 .execution_options(synchronize_session=False)
             )
             add_event(
@@ -495,15 +521,104 @@ def reap(session: Session, *, requeue_queued_after_s: float, max_attempts: int) 
             )
         )
     )
+    if queues is not None and absent_worker_expiry_s is not None:
+        _expire_unserved(session, queues, absent_worker_expiry_s, now)
     for job in stale:
-        session.execute(
+        service = None if queues is None else queues.get(job.queue)
+        if queues is not None and (service is None or service.live == 0):
+            # Nothing consumes the queue: a message sent again would only wait beside the
+            # first (the job expires instead, above).
+            continue
+        if service is not None and service.saturated:
+            continue  # every live worker is busy: the job waits its turn, it is not lost
+        sent_at = job.enqueued_at or job.created_at
+        due_at = sent_at + timedelta(seconds=requeue_queued_after_s * 2**job.resends)
+        if now < due_at:
+            continue
+        if max_resends is not None and job.resends >= max_resends:
+            _fail_queued(
+                session,
+                job,
+                now,
+                "never_claimed",
+                f"the job's message was sent {job.resends + 1} times since "
+                f"{job.created_at.isoformat(timespec='seconds')} and no worker on queue "
+                f"{job.queue!r} claimed it ({service.live if service else 'unknown'} live)",
+            )
+            continue
+        sent = session.execute(
             update(JobRow)
-            .where(JobRow.id == job.id, JobRow.state == "queued")
-            .values(enqueued_at=now)
+            # conditioned on the count read: a concurrent reaper's pass re-sends it once
+            .where(JobRow.id == job.id, JobRow.state == "queued", JobRow.resends == job.resends)
+            .values(enqueued_at=now, resends=JobRow.resends + 1)
             .execution_options(synchronize_session=False)
         )
+        if sent.rowcount != 1:  # type: ignore[attr-defined]
+            continue
+        resend = job.resends + 1
         add_event(
-            session, job.id, job.attempt, "requeued", "message not claimed in time: sent again"
+            session,
+            job.id,
+            job.attempt,
+            "requeued",
+            "message not claimed in time: sent again"
+            + (f" ({resend} of at most {max_resends})" if max_resends is not None else ""),
+            {"resend": resend, "max_resends": max_resends, "queue": job.queue},
         )
         to_enqueue.append(job)
     return to_enqueue
+
+
+def _expire_unserved(
+    session: Session, queues: Mapping[str, QueueService], expiry_s: float, now: datetime
+) -> None:
+    """Fail the queued jobs of queues no live worker consumes once the queue has been
+    unserved for `expiry_s` (counted from the job's creation or the queue's last beat,
+    whichever is later). Queues with queued jobs but absent from `queues` count as
+    unserved and never seen."""
+    cutoff = now - timedelta(seconds=expiry_s)
+    served = [name for name, service in queues.items() if service.live > 0]
+    candidates = session.scalars(
+        select(JobRow).where(
+            JobRow.state == "queued", JobRow.created_at < cutoff, JobRow.queue.not_in(served)
+        )
+    )
+    for job in list(candidates):
+        service = queues.get(job.queue)
+        if service is not None and service.live > 0:
+            continue
+        last_seen = service.last_seen_at if service is not None else None
+        if last_seen is not None and last_seen >= cutoff:
+            continue
+        _expire(session, job, expiry_s, now)
+
+
+def _expire(session: Session, job: JobRow, expiry_s: float, now: datetime) -> None:
+    _fail_queued(
+        session,
+        job,
+        now,
+        "no_worker_available",
+        f"no live worker consumed queue {job.queue!r} for {expiry_s:g} s "
+        "(absent_worker_expiry_s): start a worker on that queue, or submit the job for a "
+        "device a running worker has",
+    )
+
+
+def _fail_queued(session: Session, job: JobRow, now: datetime, code: str, message: str) -> None:
+    result = session.execute(
+        update(JobRow)
+        .where(JobRow.id == job.id, JobRow.state == "queued")
+        .values(
+            state="failed",
+            outcome="failed",
+            finished_at=now,
+            error_code=code,
+            error_message=message,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount == 1:  # type: ignore[attr-defined]
+        add_event(
+            session, job.id, job.attempt, "failed", f"failed: {message}", {"error_code": code}
+        )

@@ -44,7 +44,12 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
+    type_annotation_map = {
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+        list[dict[str, Any]]: JSON,
+        datetime: UTCDateTime(),
+    }
 
 
 class TenantRow(Base):
@@ -157,6 +162,9 @@ class JobRow(Base):
     # targets_missed, failed, cancelled); None while it runs, and for successes recorded
     # before outcomes existed.
     outcome: Mapped[str | None] = mapped_column(String(20), default=None)
+    # Messages the reaper sent again for this queued job since it was last claimed or
+    # requeued (bounded: settings.max_resends, then the job fails "never_claimed").
+    resends: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class BatchRow(Base):
@@ -225,3 +233,32 @@ class ArtifactRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerRow(Base):
+    """A worker process that said what it can do; it beats `heartbeat_at` from its parent.
+
+    One row per start (`id` is new each time): a worker whose beats stopped longer ago
+    than `settings.worker_dead_after_s` counts as dead, and its row is deleted after
+    `settings.worker_forget_after_s`; a clean shutdown sets `stopped_at`.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))  # the Celery node name
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    queues: Mapped[list[str]] = mapped_column(JSON)
+    concurrency: Mapped[int] = mapped_column(Integer, default=1)
+    # runtime name -> devices it offers here: {"onnxruntime": ["cpu", "cuda"], ...}
+    runtimes: Mapped[dict[str, Any]] = mapped_column(JSON)
+    devices: Mapped[list[str]] = mapped_column(JSON)
+    gpus: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    version: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    stopped_at: Mapped[datetime | None] = mapped_column(default=None)
+    # tasks running at the last beat (a queue whose live workers are all busy is waiting
+    # its turn, and the reaper neither re-sends its jobs nor counts them)
+    active: Mapped[int] = mapped_column(Integer, default=0)

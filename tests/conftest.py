@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,3 +66,22 @@ def digits_files(
         evaluation=save_npz(folder / "eval.npz", x_test, y_test),
         torch_parameters=sum(p.numel() for p in model.parameters()),
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `gpu` run where ONNX Runtime and torch both reach a GPU and are
+    skipped elsewhere with what is missing (scripts/gpu-check.sh runs them on a GPU)."""
+    marked = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not marked:
+        return
+    from core.devices import detect
+
+    report = detect(with_runtimes=False)
+    if report.cuda:
+        return
+    reason = "no GPU here: " + "; ".join(report.missing_for_cuda())
+    if os.environ.get("SQUEEZE_REQUIRE_GPU") == "1":  # scripts/gpu-check.sh
+        raise pytest.UsageError(f"SQUEEZE_REQUIRE_GPU=1 but {reason}")
+    skip = pytest.mark.skip(reason=reason)
+    for item in marked:
+        item.add_marker(skip)

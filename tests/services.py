@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -74,7 +75,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
             continue
         if isinstance(value, SecretStr):
             value = value.get_secret_value()
-        env[f"SQUEEZE_{name.upper()}"] = str(value)
+        # pydantic-settings reads lists and dicts from the environment as JSON
+        text = json.dumps(value) if isinstance(value, list | dict) else str(value)
+        env[f"SQUEEZE_{name.upper()}"] = text
     return env
 
 
@@ -94,6 +97,8 @@ def fast_test_settings(data_dir: Path, **overrides: object) -> Settings:
         "broker_visibility_timeout_s": 360,
         "measure_warmup_runs": 2,
         "measure_runs": 5,
+        # workers start alongside the tests' API: a test that checks workers turns it on
+        "absent_worker_policy": "off",
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -107,6 +112,8 @@ class WorkerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # the queues it consumes (default: the settings' cpu and gpu queues)
+    queues: list[str] | None = None
 
     def start(self) -> WorkerProcess:
         env = {
@@ -125,7 +132,7 @@ class WorkerProcess:
                 "worker.main",
                 "worker",
                 "-Q",
-                f"{self.settings.queue_cpu},{self.settings.queue_gpu}",
+                ",".join(self.queues or [self.settings.queue_cpu, self.settings.queue_gpu]),
                 "--concurrency",
                 "1",
                 "--loglevel",

@@ -32,7 +32,7 @@ def test_compose_runs_api_worker_redis_and_postgres() -> None:
 
 def test_compose_environment_names_are_settings_fields() -> None:
     fields = {f"SQUEEZE_{name.upper()}" for name in Settings.model_fields}
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "gpu-worker"):
         env = compose()["services"][name]["environment"]
         assert set(env) <= fields, f"{name}: unknown settings {set(env) - fields}"
         assert {"SQUEEZE_DATABASE_URL", "SQUEEZE_BROKER_URL", "SQUEEZE_DATA_DIR"} <= set(env)
@@ -79,7 +79,7 @@ def test_dockerfile_copies_every_package_and_the_migrations() -> None:
 
 def test_dockerfile_data_dir_matches_the_compose_volume() -> None:
     assert "SQUEEZE_DATA_DIR=/data" in dockerfile()
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "gpu-worker"):
         assert "squeeze-data:/data" in compose()["services"][name]["volumes"]
 
 
@@ -93,3 +93,58 @@ def locked_version(package: str) -> str:
 def test_dockerfile_installs_the_locked_torch_and_torchvision() -> None:
     for package in ("torch", "torchvision"):
         assert f"{package}=={locked_version(package)}" in dockerfile()
+
+
+# --- the GPU worker and the image's gpu target ---------------------------------------------------
+
+
+def dockerfile_stages() -> dict[str, str]:
+    """Stage name -> its text, split on the FROM lines."""
+    stages: dict[str, str] = {}
+    for block in re.split(r"^(?=FROM )", dockerfile(), flags=re.MULTILINE):
+        match = re.match(r"FROM \S+ AS (\S+)", block)
+        if match:
+            stages[match.group(1)] = block
+    return stages
+
+
+def test_the_default_image_is_the_cpu_target() -> None:
+    last = re.findall(r"^FROM \S+ AS (\S+)", dockerfile(), flags=re.MULTILINE)[-1]
+    assert last == "cpu"  # `build: .` without a target builds the last stage
+
+
+def test_compose_runs_a_gpu_worker_on_the_gpu_queue_with_the_nvidia_runtime() -> None:
+    service = compose()["services"]["gpu-worker"]
+    assert service["build"] == {"context": ".", "target": "gpu"}
+    assert "gpu" in dockerfile_stages()
+    command = service["command"]
+    assert command[command.index("-A") + 1] == "worker.main"
+    assert command[command.index("-Q") + 1] == Settings().queue_gpu
+    assert service["runtime"] == "nvidia"
+    (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert service["environment"] == compose()["services"]["worker"]["environment"]
+
+
+def test_the_gpu_target_swaps_onnxruntime_for_the_pinned_gpu_build() -> None:
+    gpu = dockerfile_stages()["gpu"]
+    assert "pip install --no-cache-dir -r requirements.lock" in gpu
+    assert "pip uninstall -y onnxruntime" in gpu and "requirements-gpu.txt" in gpu
+    pins = [
+        line
+        for line in (ROOT / "requirements-gpu.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert pins == ["onnxruntime-gpu==1.31.1"]
+    # the CPU target never installs the CUDA runtime wheels
+    assert "grep -vE '^(nvidia-|cuda-|triton==)'" in dockerfile_stages()["cpu"]
+
+
+def test_the_gpu_extra_is_declared_and_the_gpu_tests_marker_registered() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (extra,) = project["project"]["optional-dependencies"]["gpu"]
+    assert extra.startswith("onnxruntime-gpu[cuda,cudnn]")
+    markers = project["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(marker.startswith("gpu:") for marker in markers)

@@ -48,3 +48,20 @@ def test_celery_is_configured_for_no_lost_jobs() -> None:
     assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
     assert conf.task_soft_time_limit < conf.task_time_limit
     assert {queue.name for queue in conf.task_queues} == {"cpu", "gpu"}
+
+
+def test_a_worker_beats_more_often_than_it_is_declared_dead() -> None:
+    with pytest.raises(ValidationError, match="worker_heartbeat_s"):
+        Settings(worker_heartbeat_s=60, worker_dead_after_s=60)
+
+
+def test_jobs_no_live_worker_serves_are_refused_by_default() -> None:
+    assert Settings().absent_worker_policy == "refuse"
+    assert Settings().ready_requires_workers_for == []
+
+
+def test_queues_readiness_requires_are_read_from_the_environment_as_json(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SQUEEZE_READY_REQUIRES_WORKERS_FOR", '["cpu"]')
+    assert Settings().ready_requires_workers_for == ["cpu"]

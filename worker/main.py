@@ -14,6 +14,7 @@ from typing import Any
 from billiard.process import active_children
 from celery import signals
 from celery.exceptions import Reject
+from celery.worker import state as worker_state
 
 from squeeze.logs import configure_logging, job_id_var, log_context
 from squeeze.settings import get_settings
@@ -25,8 +26,9 @@ from worker.cleanup import clean_once
 from worker.enqueue import JobQueue
 from worker.limits import SHUTDOWN_SIGNAL, install_shutdown_handler
 from worker.periodic import Periodic
+from worker.presence import WorkerPresence
 from worker.reaper import reap_once
-from worker.runner import JobRunner
+from worker.runner import JobRunner, worker_name
 from worker.search_helper import SearchHelper
 from worker.webhooks import WebhookSender
 
@@ -35,6 +37,7 @@ app = make_celery()
 _runner: JobRunner | None = None
 _search_helper: SearchHelper | None = None
 _background: list[Periodic] = []
+_presence: WorkerPresence | None = None
 
 
 def get_runner() -> JobRunner:
@@ -88,15 +91,27 @@ def _prepare(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _start_background(**_: Any) -> None:
-    """The reaper, the retention cleanup and webhook deliveries, in the parent process
-    (every worker runs them; all are safe to run concurrently)."""
+def _start_background(sender: Any = None, **_: Any) -> None:
+    """The worker's presence (registration and heartbeat), the reaper, the retention
+    cleanup and webhook deliveries, in the parent process (every worker runs them; all
+    are safe to run concurrently)."""
+    global _presence
     settings = get_settings()
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     queue = JobQueue(settings, app)
     blobs = BlobStore(settings.blob_dir)
+    _presence = WorkerPresence(
+        sessions,
+        settings,
+        name=str(getattr(sender, "hostname", None) or worker_name()),
+        queues=consumed_queues(sender),
+        concurrency=pool_size(sender),
+        active=lambda: len(worker_state.active_requests),
+    )
     _background.extend(
         [
+            # first: the device probe runs in this thread, never blocking the consumer
+            Periodic("presence", settings.worker_heartbeat_s, _presence.run_once),
             Periodic(
                 "reaper", settings.reaper_interval_s, lambda: reap_once(sessions, queue, settings)
             ),
@@ -159,3 +174,25 @@ def _release_running_jobs(**_: Any) -> None:
 def _stop_background(**_: Any) -> None:
     for task in _background:
         task.stop()
+    if _presence is not None:
+        _presence.stop()
+
+
+def consumed_queues(consumer: Any) -> list[str]:
+    """The queues this worker consumes (`-Q`), from its consumer, else from the app."""
+    try:
+        names = [queue.name for queue in consumer.task_consumer.queues]
+    except AttributeError:
+        names = list(app.amqp.queues.consume_from or app.amqp.queues)
+    return sorted(set(names))
+
+
+def pool_size(consumer: Any) -> int:
+    """Pool processes (`--concurrency`): how many jobs this worker runs at once."""
+    for value in (
+        getattr(getattr(consumer, "controller", None), "concurrency", None),
+        getattr(getattr(consumer, "pool", None), "num_processes", None),
+    ):
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1

@@ -175,6 +175,21 @@ def prune_structured(
     return prune_channels(module, config, example_inputs, ctx, fine_tune, gradients)
 
 
+def module_device(module: nn.Module) -> torch.device:
+    """Where the module's parameters are (the CPU for a module without any)."""
+    import torch
+
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def on_device(tensors: Mapping[str, torch.Tensor], module: nn.Module) -> dict[str, torch.Tensor]:
+    """The example inputs on the module's device: on a CUDA job the fine-tuning between
+    rounds leaves the module on the GPU while the examples were made on the CPU."""
+    device = module_device(module)
+    return {name: tensor.to(device) for name, tensor in tensors.items()}
+
+
 def prune_channels(
     module: nn.Module,
     config: StructuredPrune,
@@ -192,8 +207,8 @@ def prune_channels(
     layers_before = {
         name: output_channels(layer) for name, layer in prunable_layers(module).items()
     }
-    macs_before, params_before = count_macs_and_params(module, example_inputs)
-    pruner = build_pruner(module, config, example_inputs)
+    macs_before, params_before = count_macs_and_params(module, on_device(example_inputs, module))
+    pruner = build_pruner(module, config, on_device(example_inputs, module))
     for round_index in range(1, config.iterations + 1):
         ctx.check_cancelled()
         if accumulate_gradients is not None:
@@ -208,7 +223,7 @@ def prune_channels(
         if fine_tune is not None and round_index < config.iterations:
             fine_tune(module)
     module.eval()
-    macs_after, params_after = count_macs_and_params(module, example_inputs)
+    macs_after, params_after = count_macs_and_params(module, on_device(example_inputs, module))
     layers_after = {name: output_channels(layer) for name, layer in prunable_layers(module).items()}
     channels = {name: [before, layers_after.get(name, 0)] for name, before in layers_before.items()}
     total_before = sum(before for before, _ in channels.values())
@@ -254,9 +269,12 @@ def taylor_gradients(
         for batch in _chunks(chosen, TAYLOR_BATCH_SIZE):
             if ctx is not None:
                 ctx.check_cancelled()
-            outputs = module(*(torch.from_numpy(array[batch]) for array in inputs))
+            # on the module's device: fine-tuning between rounds moves it (ctx.device)
+            device = module_device(module)
+            outputs = module(*(torch.from_numpy(array[batch]).to(device) for array in inputs))
             logits = outputs[0] if isinstance(outputs, tuple | list) else outputs
-            loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(targets[batch]))
+            truth = torch.from_numpy(targets[batch]).to(device)
+            loss = torch.nn.functional.cross_entropy(logits, truth)
             loss.backward()
 
     return accumulate

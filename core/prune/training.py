@@ -100,8 +100,9 @@ class FineTuner:
         """The step's metric of `module` on the eval data (vs. labels or the original)."""
         import torch
 
-        module.eval()
         device = torch.device(self.ctx.device)
+        # the module may come straight from the CPU (onnx2torch, a sensitivity copy)
+        module.to(device).eval()
         outputs = predict(
             module,  # type: ignore[arg-type]  # any module taking the inputs positionally
             self.evaluation.feeds,

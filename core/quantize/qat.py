@@ -141,7 +141,8 @@ def train_with_fake_quant(
     module = onnx_to_torch(model_path, ctx.work_dir / "torch").to(device)
     example = {name: array[:batch_size] for name, array in training.feeds.items()}
     program = capture(module, example, inputs, device=ctx.device)
-    prepared = prepare_qat_pt2e(program.module(), _quantizer(config.per_channel))
+    # the observers prepare inserts are made on the CPU: on a CUDA job they follow the module
+    prepared = prepare_qat_pt2e(program.module(), _quantizer(config.per_channel)).to(device)
     optimizer = torch.optim.Adam(prepared.parameters(), lr=config.learning_rate)
     shuffle = np.random.default_rng(ctx.seed)
     history: list[dict[str, Any]] = []
@@ -185,7 +186,28 @@ def train_with_fake_quant(
             metric_name=evaluation.metric_name,
         )
     move_exported_model_to_eval(prepared)
-    return convert_pt2e(prepared.to("cpu")), history
+    return convert_pt2e(graph_to_cpu(prepared)), history
+
+
+def graph_to_cpu(module: fx.GraphModule) -> fx.GraphModule:
+    """The module's weights and the devices its graph names, on the CPU.
+
+    A graph captured from a CUDA module can create tensors with `device=cuda` (factory
+    ops torch.export recorded); `.to("cpu")` moves only parameters and buffers, so those
+    kwargs are rewritten too (as torch.export's move_to_device_pass does), and the ONNX
+    export of the converted model runs on the CPU."""
+    import torch
+
+    module.to("cpu")
+    changed = False
+    for node in module.graph.nodes:
+        device = node.kwargs.get("device")
+        if device is not None and torch.device(device).type != "cpu":
+            node.kwargs = {**node.kwargs, "device": torch.device("cpu")}
+            changed = True
+    if changed:
+        module.recompile()
+    return module
 
 
 def _quantizer(per_channel: bool) -> Any:

@@ -136,6 +136,8 @@ def make_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ApiFac
 
     def build(**overrides: Any) -> Api:
         overrides.setdefault("admin_api_key", ADMIN_TOKEN)
+        # no worker runs here (jobs stay queued or run in-process): no submission check
+        overrides.setdefault("absent_worker_policy", "off")
         settings = Settings(data_dir=tmp_path / f"data{len(clients)}", **overrides)
         client = TestClient(
             create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}

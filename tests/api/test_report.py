@@ -65,6 +65,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> Iter
         settings = Settings(
             data_dir=folder / "data",
             admin_api_key=ADMIN_TOKEN,
+            absent_worker_policy="off",  # jobs run in-process here
             measure_warmup_runs=1,
             measure_runs=5,
         )

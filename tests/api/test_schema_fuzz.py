@@ -53,6 +53,7 @@ APP = create_app(
     Settings(
         data_dir=_DATA_DIR,
         admin_api_key=ADMIN_TOKEN,
+        absent_worker_policy="off",  # no worker runs here
         # Small caps: fuzzed uploads stay cheap.
         max_model_bytes=2_000_000,
         max_dataset_bytes=2_000_000,

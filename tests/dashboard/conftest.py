@@ -106,6 +106,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, digits_files: DigitsFiles) 
         "PYTHONPATH": str(ROOT),
         "SQUEEZE_DATA_DIR": str(settings.data_dir),
         "SQUEEZE_ADMIN_API_KEY": ADMIN_TOKEN,
+        "SQUEEZE_ABSENT_WORKER_POLICY": "off",  # jobs run in-process here
     }
     with log_path.open("wb") as log:
         # cwd outside the checkout: kombu's file-system transport writes ./control
