@@ -10,6 +10,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -38,7 +39,9 @@ class ArrayInfo(BaseModel):
 
 class DatasetInfo(BaseModel):
     arrays: dict[str, ArrayInfo]
-    samples: int
+    # the shared length of axis 0, None when the arrays differ there (samples on other
+    # axes, arrays fed whole: see core.spec.InputBinding)
+    samples: int | None
 
 
 def inspect_dataset(path: Path, max_uncompressed_bytes: int) -> DatasetInfo:
@@ -46,8 +49,8 @@ def inspect_dataset(path: Path, max_uncompressed_bytes: int) -> DatasetInfo:
 
     Raises InvalidDataset when the file is not a zip-based .npz, is empty, declares more
     than `max_uncompressed_bytes` (code "dataset_too_large"), holds arrays that need
-    pickle, non-numeric or 0-d arrays, corrupt members, or arrays whose first dimension
-    (the sample count) differs.
+    pickle, non-numeric or 0-d arrays, or corrupt members. Arrays may disagree on their
+    first dimension: which axis holds the samples is the job's to say.
     """
     # numpy.load picks the format from the first bytes, so a file must *start* as a zip:
     # is_zipfile alone also accepts a zip appended to some other file.
@@ -79,14 +82,11 @@ def inspect_dataset(path: Path, max_uncompressed_bytes: int) -> DatasetInfo:
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
         raise InvalidDataset(f"the .npz archive cannot be read: {exc}") from exc
 
-    sample_counts = {name: info.shape[0] for name, info in arrays.items()}
-    if len(set(sample_counts.values())) > 1:
-        listed = ", ".join(f"{name}: {count}" for name, count in sample_counts.items())
-        raise InvalidDataset(
-            f"arrays disagree on the number of samples (first dimension): {listed}",
-            code="inconsistent_samples",
-        )
-    samples = next(iter(sample_counts.values()))
+    # Arrays may hold their samples on another axis (a recurrent state is [layers, batch,
+    # hidden]) or be fed whole (a mask): which axis holds what is the job spec's to say,
+    # checked at submission. The upload only records the count when axis 0 agrees.
+    first_dims = {info.shape[0] for info in arrays.values()}
+    samples = first_dims.pop() if len(first_dims) == 1 else None
     if samples == 0:
         raise InvalidDataset("the dataset has no samples (first dimension is 0)")
     return DatasetInfo(arrays=arrays, samples=samples)
@@ -108,11 +108,15 @@ def check_compatible(
 ) -> None:
     """Raise IncompatibleData unless the dataset can feed the model and score the task.
 
-    Every model input needs an array (named like the input, or mapped by task.inputs);
-    array dims after the first must equal the model's fixed dims (symbolic or unknown
-    dims match anything; dim 0 is the batch); dtypes must cast within their kind (float64
-    to float32 is fine, float to int64 is not). Labels are required when `need_labels`
-    and are checked whenever present; task.output must name a model output.
+    Every model input is fed by its binding (core.spec.InputBinding: an array named like
+    the input unless task.inputs says otherwise, with its samples on `sample_axis`; an
+    array fed whole; or a constant). A per-sample array must have the model input's rank
+    and its fixed dims on every axis but the sample axis, where the model must not pin a
+    size other than a batch; an array or constant fed whole must match every fixed dim.
+    Every per-sample array must hold the same number of samples. Dtypes must cast within
+    their kind (float64 to float32 is fine, float to int64 is not). Labels are required
+    when `need_labels` and are checked whenever present; task.output must name a model
+    output. Messages name the input, the array and the axis.
     """
     input_names = {tensor.name for tensor in model.inputs}
     unknown_mapped = sorted(set(task.inputs) - input_names)
@@ -120,16 +124,35 @@ def check_compatible(
         raise IncompatibleData(
             f"task.inputs maps {unknown_mapped} but the model's inputs are {sorted(input_names)}"
         )
+    samples: dict[str, int] = {}
     for tensor in model.inputs:
-        array_name = task.inputs.get(tensor.name, tensor.name)
-        array = dataset.arrays.get(array_name)
+        binding = task.binding(tensor.name)
+        if binding.constant is not None:
+            _check_constant(tensor, binding.constant)
+            continue
+        assert binding.array is not None
+        array = dataset.arrays.get(binding.array)
         if array is None:
             raise IncompatibleData(
-                f"model input {tensor.name!r} needs an array named {array_name!r}; the dataset "
-                f"has {sorted(dataset.arrays)} (map names with task.inputs)"
+                f"model input {tensor.name!r} needs an array named {binding.array!r}; the "
+                f"dataset has {sorted(dataset.arrays)} (map names with task.inputs)"
             )
-        _check_shape(tensor, array_name, array)
-        _check_dtype(tensor, array_name, array)
+        if binding.per_sample:
+            _check_sample_axis(tensor, binding.array, array, binding.sample_axis)
+            samples[f"{binding.array} (axis {binding.sample_axis})"] = array.shape[
+                binding.sample_axis
+            ]
+        else:
+            _check_whole(tensor, binding.array, array.shape)
+        _check_dtype(tensor, binding.array, array)
+    if not samples:
+        raise IncompatibleData(
+            "every model input is a constant or an array fed whole: at least one input "
+            "must be split into samples (a per-sample array)"
+        )
+    if len(set(samples.values())) > 1:
+        listed = ", ".join(f"{name}: {count}" for name, count in samples.items())
+        raise IncompatibleData(f"the inputs' arrays disagree on the number of samples: {listed}")
 
     output_names = [tensor.name for tensor in model.outputs]
     if task.output is not None and task.output not in output_names:
@@ -145,6 +168,11 @@ def check_compatible(
                 f"{sorted(dataset.arrays)}"
             )
         return
+    count = next(iter(samples.values()))
+    if labels.shape[0] != count:
+        raise IncompatibleData(
+            f"labels {task.labels!r} hold {labels.shape[0]} samples (axis 0), the inputs {count}"
+        )
     if task.kind == "classification":
         if np.dtype(labels.dtype).kind not in "iu":
             raise IncompatibleData(
@@ -156,35 +184,116 @@ def check_compatible(
                 f"classification labels {task.labels!r} must hold one class per sample, "
                 f"got shape {labels.shape}"
             )
+    elif task.kind == "sequence":
+        if np.dtype(labels.dtype).kind not in "iu" or len(labels.shape) != 2:
+            raise IncompatibleData(
+                f"sequence labels {task.labels!r} must be integers of shape (samples, length), "
+                f"padded with -1; got {labels.dtype} {labels.shape}"
+            )
     elif np.dtype(labels.dtype).kind not in _NUMERIC_KINDS:
         raise IncompatibleData(f"labels {task.labels!r} must be numeric, got {labels.dtype}")
 
 
-def pinned_batch_size(inputs: list[TensorInfo]) -> int | None:
-    """The batch size the inputs pin in dim 0, or None when it is free (symbolic/unknown)."""
-    pinned = [
-        tensor.shape[0]
-        for tensor in inputs
-        if tensor.shape and isinstance(tensor.shape[0], int) and tensor.shape[0] > 0
-    ]
+@dataclass(frozen=True)
+class FeedLayout:
+    """How per-sample arrays (samples on axis 0, as every batching helper here keeps them)
+    become what the model takes: samples moved to each input's own axis, and the inputs
+    fed whole (constants, arrays fed unchanged) added to every batch."""
+
+    sample_axes: dict[str, int] = field(default_factory=dict)
+    whole: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def is_identity(self) -> bool:
+        return not self.sample_axes and not self.whole
+
+    def to_model(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.is_identity:
+            return dict(batch)
+        fed = {
+            name: (
+                np.ascontiguousarray(np.moveaxis(array, 0, self.sample_axes[name]))
+                if name in self.sample_axes
+                else array
+            )
+            for name, array in batch.items()
+        }
+        return fed | self.whole
+
+
+def feed_layout(arrays: Arrays, inputs: list[TensorInfo], task: TaskSpec) -> FeedLayout:
+    """The layout of `task`'s bindings over these arrays (see FeedLayout)."""
+    sample_axes: dict[str, int] = {}
+    whole: dict[str, np.ndarray] = {}
+    for tensor in inputs:
+        binding = task.binding(tensor.name)
+        if binding.constant is not None:
+            whole[tensor.name] = _constant_array(tensor, binding.constant)
+        elif not binding.per_sample:
+            assert binding.array is not None
+            whole[tensor.name] = _cast(tensor, arrays[binding.array])
+        elif binding.sample_axis:
+            sample_axes[tensor.name] = binding.sample_axis
+    return FeedLayout(sample_axes, whole)
+
+
+def pinned_batch_size(inputs: list[TensorInfo], task: TaskSpec | None = None) -> int | None:
+    """The batch size the per-sample inputs pin on their sample axis (dim 0 unless the
+    task binds another), or None when it is free (symbolic/unknown). Inputs fed whole
+    (constants) pin nothing."""
+    pinned = []
+    for tensor in inputs:
+        binding = task.binding(tensor.name) if task is not None else None
+        if binding is not None and not binding.splits_samples:
+            continue
+        axis = binding.sample_axis if binding is not None else 0
+        if tensor.shape and len(tensor.shape) > axis:
+            dim = tensor.shape[axis]
+            if isinstance(dim, int) and dim > 0:
+                pinned.append(dim)
     return min(pinned) if pinned else None
 
 
 def model_feeds(arrays: Arrays, inputs: list[TensorInfo], task: TaskSpec) -> Feeds:
-    """The arrays feeding each model input, keyed by input name and cast to its dtype.
+    """The per-sample arrays feeding the model's inputs, keyed by input name, cast to its
+    dtype, with the samples on axis 0 (the task's sample axes are moved there; inputs
+    fed whole are left to `feed_layout`).
 
     Casting happens once here so batches are views, not copies per run.
     """
     feeds: Feeds = {}
     for tensor in inputs:
-        array_name = task.inputs.get(tensor.name, tensor.name)
-        if array_name not in arrays:
+        binding = task.binding(tensor.name)
+        if not binding.splits_samples:
+            continue
+        assert binding.array is not None
+        if binding.array not in arrays:
             raise IncompatibleData(
-                f"model input {tensor.name!r} needs an array named {array_name!r}"
+                f"model input {tensor.name!r} needs an array named {binding.array!r}"
             )
-        # ascontiguousarray also makes big-endian or Fortran-ordered arrays native.
-        feeds[tensor.name] = np.ascontiguousarray(arrays[array_name], dtype=np.dtype(tensor.dtype))
+        array = arrays[binding.array]
+        if binding.sample_axis:
+            if array.ndim <= binding.sample_axis:
+                raise IncompatibleData(
+                    f"array {binding.array!r} of shape {list(array.shape)} has no axis "
+                    f"{binding.sample_axis} (task.inputs[{tensor.name!r}].sample_axis)"
+                )
+            array = np.moveaxis(array, binding.sample_axis, 0)
+        feeds[tensor.name] = _cast(tensor, array)
     return feeds
+
+
+def _cast(tensor: TensorInfo, array: np.ndarray) -> np.ndarray:
+    # ascontiguousarray also makes big-endian or Fortran-ordered arrays native.
+    return np.ascontiguousarray(array, dtype=np.dtype(tensor.dtype))
+
+
+def _constant_array(tensor: TensorInfo, value: object) -> np.ndarray:
+    array = np.array(value, dtype=np.dtype(tensor.dtype), order="C")
+    if tensor.shape is not None and len(tensor.shape) == 1 and array.ndim == 0:
+        array = array.reshape(1)  # a scalar for a [1] input
+    # (not ascontiguousarray: it turns a 0-d scalar into shape [1])
+    return array
 
 
 def sample_count(feeds: Feeds) -> int:
@@ -209,7 +318,9 @@ def select_rows(feeds: Feeds, indices: np.ndarray) -> Feeds:
     return {name: array[indices] for name, array in feeds.items()}
 
 
-def _check_shape(tensor: TensorInfo, array_name: str, array: ArrayInfo) -> None:
+def _check_sample_axis(tensor: TensorInfo, array_name: str, array: ArrayInfo, axis: int) -> None:
+    """A per-sample array: the input's rank, its fixed dims off the sample axis, and a
+    sample axis the model does not fix (else the samples would be some other dim)."""
     if tensor.shape is None:  # rank unknown: the model takes anything
         return
     if len(tensor.shape) != len(array.shape):
@@ -217,14 +328,62 @@ def _check_shape(tensor: TensorInfo, array_name: str, array: ArrayInfo) -> None:
             f"model input {tensor.name!r} has rank {len(tensor.shape)} "
             f"(shape {tensor.shape}) but array {array_name!r} has shape {array.shape}"
         )
-    for axis, (want, have) in enumerate(zip(tensor.shape, array.shape, strict=True)):
-        if axis == 0:
-            continue  # the batch: the engine feeds it in chunks of the batch size it picks
+    if axis >= len(tensor.shape):
+        raise IncompatibleData(
+            f"task.inputs[{tensor.name!r}].sample_axis is {axis}, but the input has rank "
+            f"{len(tensor.shape)}"
+        )
+    symbolic = [i for i, dim in enumerate(tensor.shape) if not (isinstance(dim, int) and dim > 0)]
+    for index, (want, have) in enumerate(zip(tensor.shape, array.shape, strict=True)):
+        if index == axis:
+            continue  # the samples: fed in chunks of the batch size the engine picks
         if isinstance(want, int) and want > 0 and want != have:
+            hint = ""
+            if symbolic and symbolic != [axis]:
+                hint = (
+                    f"; the model's variable axis is {symbolic[0]}: if the samples are "
+                    f"there, set task.inputs[{tensor.name!r}] to "
+                    f'{{"array": "{array_name}", "sample_axis": {symbolic[0]}}}'
+                )
             raise IncompatibleData(
                 f"model input {tensor.name!r} expects shape {tensor.shape} but array "
-                f"{array_name!r} has shape {array.shape} (dim {axis}: {want} != {have})"
+                f"{array_name!r} has shape {array.shape} (axis {index}: {want} != {have}, with "
+                f"the samples on axis {axis}){hint}"
             )
+    want = tensor.shape[axis]
+    if isinstance(want, int) and want > 0 and want != array.shape[axis] and symbolic:
+        raise IncompatibleData(
+            f"model input {tensor.name!r} fixes axis {axis} to {want}, so the samples cannot "
+            f"be there; its variable axis is {symbolic[0]}: set task.inputs[{tensor.name!r}] "
+            f'to {{"array": "{array_name}", "sample_axis": {symbolic[0]}}}'
+        )
+
+
+def _check_whole(tensor: TensorInfo, what: str, shape: list[int] | tuple[int, ...]) -> None:
+    """An array or constant fed unchanged to every batch: every fixed dim must match."""
+    if tensor.shape is None:
+        return
+    if len(tensor.shape) != len(shape):
+        raise IncompatibleData(
+            f"model input {tensor.name!r} has rank {len(tensor.shape)} (shape {tensor.shape}) "
+            f"but {what} fed to it whole has shape {list(shape)}"
+        )
+    for index, (want, have) in enumerate(zip(tensor.shape, shape, strict=True)):
+        if isinstance(want, int) and want > 0 and want != have:
+            raise IncompatibleData(
+                f"model input {tensor.name!r} expects shape {tensor.shape} but {what} fed to "
+                f"it whole has shape {list(shape)} (axis {index}: {want} != {have})"
+            )
+
+
+def _check_constant(tensor: TensorInfo, value: object) -> None:
+    try:
+        array = _constant_array(tensor, value)
+    except (TypeError, ValueError) as exc:
+        raise IncompatibleData(
+            f"the constant for model input {tensor.name!r} is not a {tensor.dtype} array: {exc}"
+        ) from exc
+    _check_whole(tensor, "the constant", array.shape)
 
 
 def _check_dtype(tensor: TensorInfo, array_name: str, array: ArrayInfo) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel
 
+from core.spec import TaskSpec
+
 # Fewer rows than this on either side make a split meaningless: below it every row
 # serves both (and the record says so).
 MIN_ROWS_PER_SIDE = 32
@@ -84,6 +86,19 @@ def split_eval_rows(rows: int, seed: int, held_out_fraction: float = 0.5) -> Eva
     return EvalSplit(everything, everything, record)
 
 
-def rows_of(arrays: Mapping[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The given rows of every per-sample array (axis 0)."""
-    return {name: np.asarray(array)[rows] for name, array in arrays.items()}
+def rows_of(
+    arrays: Mapping[str, np.ndarray], rows: np.ndarray, task: TaskSpec, samples: int
+) -> dict[str, np.ndarray]:
+    """The given rows of the dataset: every per-sample array along its sample axis
+    (task.inputs), the labels and any other array holding `samples` rows along axis 0;
+    arrays fed whole stay as they are."""
+    axes: dict[str, int | None] = {}
+    for name in task.inputs:
+        binding = task.binding(name)
+        if binding.array is not None:
+            axes[binding.array] = binding.sample_axis if binding.per_sample else None
+    taken: dict[str, np.ndarray] = {}
+    for name, array in arrays.items():
+        axis = axes.get(name, 0 if len(array) == samples else None)
+        taken[name] = array if axis is None else np.take(np.asarray(array), rows, axis=axis)
+    return taken

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
 
 from core.context import MeasureSettings
 from core.data import (
+    FeedLayout,
     Feeds,
+    feed_layout,
     iter_batches,
     model_feeds,
     pinned_batch_size,
@@ -26,7 +27,9 @@ from core.data import (
 from core.errors import IncompatibleData, StepFailed, short_reason
 from core.formats import TensorInfo, load_model, model_size_bytes
 from core.formats import count_parameters as _count_model_parameters
-from core.results import Latency, ModelMetrics
+from core.metrics import compute as compute_metric
+from core.metrics import judged_metric, reported_metrics
+from core.results import Latency, ModelMetrics, OutputComparison
 from core.spec import TaskSpec
 from core.timing import SpeedComparison, compare_runs, time_interleaved
 
@@ -35,7 +38,7 @@ DEFAULT_EVAL_BATCH = 64
 _COSINE_EPS = 1e-12
 
 CancelCheck = Callable[[], None]
-MetricName = Literal["accuracy", "agreement", "cosine_similarity", "neg_mse"]
+MetricName = str
 
 
 def providers_for(device: str) -> list[str]:
@@ -74,9 +77,9 @@ def session_inputs(session: ort.InferenceSession) -> list[TensorInfo]:
     ]
 
 
-def eval_batch_size(inputs: list[TensorInfo]) -> int:
+def eval_batch_size(inputs: list[TensorInfo], task: TaskSpec | None = None) -> int:
     """Rows per run for the metric: the model's pinned batch dim, else DEFAULT_EVAL_BATCH."""
-    return pinned_batch_size(inputs) or DEFAULT_EVAL_BATCH
+    return pinned_batch_size(inputs, task) or DEFAULT_EVAL_BATCH
 
 
 def file_size(path: Path) -> int:
@@ -111,17 +114,20 @@ def compare_to_original(
     settings: MeasureSettings,
     device: str,
     check_cancelled: CancelCheck | None = None,
+    layout: FeedLayout | None = None,
 ) -> list[list[SpeedComparison]]:
-    """Each candidate against the original at each batch size (rows taken from `feeds`),
-    timed interleaved with the original and a second session of it, which measures the
-    noise tolerance (core.timing). Result: per candidate, one comparison per batch size."""
+    """Each candidate against the original at each batch size (rows taken from `feeds`,
+    fed through `layout`), timed interleaved with the original and a second session of
+    it, which measures the noise tolerance (core.timing). Result: per candidate, one
+    comparison per batch size."""
+    layout = layout or FeedLayout()
     base, copy = open_session(original, settings, device), open_session(original, settings, device)
     others = [open_session(path, settings, device) for path in candidates]
     per_batch: list[list[SpeedComparison]] = []
     for rows in batch_sizes:
         if check_cancelled is not None:
             check_cancelled()
-        batch = take_rows(feeds, rows)
+        batch = layout.to_model(take_rows(feeds, rows))
         per_batch.append(
             compare_runs(
                 rows,
@@ -174,12 +180,19 @@ def compute_outputs(
     output_name: str,
     batch_size: int,
     check_cancelled: CancelCheck | None = None,
+    *,
+    layout: FeedLayout | None = None,
+    sample_axis: int = 0,
 ) -> np.ndarray:
-    """One output over all samples, run in batches and concatenated along dim 0.
+    """One output over all samples, run in batches and concatenated along its sample
+    axis, which comes back as axis 0.
 
-    A short last batch is padded by repeating rows, since a model with a pinned batch
-    dim cannot run it; the padding's outputs are dropped.
+    `feeds` hold the per-sample inputs with samples on axis 0; `layout` turns a batch
+    into what the model takes (the task's sample axes, inputs fed whole). A short last
+    batch is padded by repeating rows, since a model with a pinned batch dim cannot run
+    it; the padding's outputs are dropped.
     """
+    layout = layout or FeedLayout()
     chunks: list[np.ndarray] = []
     for batch in iter_batches(feeds, batch_size):
         if check_cancelled is not None:
@@ -187,8 +200,14 @@ def compute_outputs(
         rows = sample_count(batch)
         if rows < batch_size:
             batch = take_rows(batch, batch_size)
-        (output,) = session.run([output_name], batch)
-        chunks.append(np.asarray(output)[:rows])
+        (output,) = session.run([output_name], layout.to_model(batch))
+        array = np.asarray(output)
+        if array.ndim <= sample_axis:
+            raise IncompatibleData(
+                f"output {output_name!r} of shape {list(array.shape)} has no axis {sample_axis}"
+                " (task.output_sample_axis)"
+            )
+        chunks.append(np.moveaxis(array, sample_axis, 0)[:rows])
     return np.concatenate(chunks, axis=0)
 
 
@@ -198,37 +217,26 @@ def score(
     labels: np.ndarray | None,
     reference: np.ndarray,
 ) -> tuple[MetricName, float]:
-    """The task metric: labels when the task uses them and has them, else the reference.
+    """The metric the targets judge (core.metrics.judged_metric): against the labels
+    when the task uses them and the data has them, else against the reference (the
+    original model's outputs on the same rows)."""
+    labels = labels if task.kind != "embedding" else None
+    name = judged_metric(task, labels is not None)
+    return name, compute_metric(name, task, outputs, labels, reference)
 
-    classification: top-1 "accuracy" vs labels, or argmax "agreement" with the reference;
-    regression: "neg_mse" vs labels or the reference (higher is better, like the others);
-    embedding: mean "cosine_similarity" to the reference's outputs.
-    """
-    if task.kind == "classification":
-        predicted = np.argmax(_class_scores(outputs), axis=1)
-        if labels is not None:
-            truth = labels.reshape(-1)
-            if truth.shape[0] != predicted.shape[0]:
-                raise IncompatibleData(
-                    f"{truth.shape[0]} labels for {predicted.shape[0]} predictions"
-                )
-            return "accuracy", float(np.mean(predicted == truth))
-        return "agreement", float(np.mean(predicted == np.argmax(_class_scores(reference), axis=1)))
-    if task.kind == "regression":
-        target = reference if labels is None else labels
-        if target.size != outputs.size:
-            raise IncompatibleData(
-                f"regression targets of shape {target.shape} do not match outputs of shape "
-                f"{outputs.shape}"
-            )
-        error = outputs.astype(np.float64) - target.reshape(outputs.shape).astype(np.float64)
-        return "neg_mse", -float(np.mean(np.square(error)))
-    rows = outputs.shape[0]
-    a = outputs.reshape(rows, -1).astype(np.float64)
-    b = reference.reshape(rows, -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    cosine = np.sum(a * b, axis=1) / np.maximum(norms, _COSINE_EPS)
-    return "cosine_similarity", float(np.mean(cosine))
+
+def score_all(
+    task: TaskSpec,
+    outputs: np.ndarray,
+    labels: np.ndarray | None,
+    reference: np.ndarray,
+) -> dict[str, float]:
+    """Every metric that applies to the task and data (core.metrics.reported_metrics)."""
+    labels = labels if task.kind != "embedding" else None
+    return {
+        name: compute_metric(name, task, outputs, labels, reference)
+        for name in reported_metrics(task, labels is not None)
+    }
 
 
 def measure_model_with_outputs(
@@ -242,18 +250,27 @@ def measure_model_with_outputs(
     check_cancelled: CancelCheck | None = None,
     score_rows: np.ndarray | None = None,
 ) -> tuple[ModelMetrics, np.ndarray]:
-    """measure_model, also returning the model's outputs on every eval row.
+    """measure_model, also returning the model's metric output on every eval row.
 
     Pass the original model's outputs as `reference_outputs` to every later model, so
     the original runs over the eval data once. Without them the model is its own
     reference (the original's agreement with itself is measured as 1.0). `score_rows`
-    (row indices) limits the metric to those rows: the held-out rows of the job's split.
+    (row indices) limits the metrics to those rows: the held-out rows of the job's split.
     """
     session = open_session(path, settings, device)
     inputs = session_inputs(session)
     feeds = model_feeds(eval_arrays, inputs, task)
-    output_name = task.output or session.get_outputs()[0].name
-    outputs = compute_outputs(session, feeds, output_name, eval_batch_size(inputs), check_cancelled)
+    layout = feed_layout(eval_arrays, inputs, task)
+    output_name = task.metric_output([meta.name for meta in session.get_outputs()])
+    outputs = compute_outputs(
+        session,
+        feeds,
+        output_name,
+        eval_batch_size(inputs, task),
+        check_cancelled,
+        layout=layout,
+        sample_axis=task.output_sample_axis,
+    )
     if outputs.dtype.kind == "f" and not np.all(np.isfinite(outputs)):
         raise StepFailed(
             f"{path.name} produced non-finite values in output {output_name!r} on the eval data"
@@ -266,18 +283,16 @@ def measure_model_with_outputs(
         )
     labels = eval_arrays.get(task.labels) if task.kind != "embedding" else None
     rows_scored = np.arange(outputs.shape[0]) if score_rows is None else score_rows
-    metric_name, metric_value = score(
-        task,
-        outputs[rows_scored],
-        None if labels is None else np.asarray(labels)[rows_scored],
-        reference[rows_scored],
-    )
+    scored_labels = None if labels is None else np.asarray(labels)[rows_scored]
+    every = score_all(task, outputs[rows_scored], scored_labels, reference[rows_scored])
+    metric_name = judged_metric(task, scored_labels is not None)
 
     latencies = []
-    for rows in latency_batch_sizes(inputs, batch_size):
+    for rows in latency_batch_sizes(inputs, batch_size, task):
         if check_cancelled is not None:
             check_cancelled()
-        (times_ms,) = time_sessions([session], take_rows(feeds, rows), settings)
+        batch = layout.to_model(take_rows(feeds, rows))
+        (times_ms,) = time_sessions([session], batch, settings)
         latencies.append(summarize_latency(times_ms, rows))
 
     metrics = ModelMetrics(
@@ -285,10 +300,89 @@ def measure_model_with_outputs(
         parameters=count_parameters(path),
         latency=latencies,
         metric_name=metric_name,
-        metric_value=metric_value,
+        metric_value=every[metric_name],
         metric_rows=len(rows_scored),
+        metrics=every,
+        metric_output=output_name,
     )
     return metrics, outputs
+
+
+# Other outputs are compared on the first eval rows whose outputs fit in this many bytes
+# (a detector's second map over a whole eval set could take gigabytes).
+OTHER_OUTPUTS_MAX_BYTES = 64 * 1024**2
+# An element agrees when within this share of the reference's largest magnitude.
+OTHER_OUTPUT_TOLERANCE = 0.01
+
+# per other output: its value on each of the first batches, as the model returned it
+OutputSnapshot = dict[str, list[np.ndarray]]
+
+
+def capture_other_outputs(
+    path: Path,
+    eval_arrays: Mapping[str, np.ndarray],
+    task: TaskSpec,
+    settings: MeasureSettings,
+    device: str,
+    check_cancelled: CancelCheck | None = None,
+    max_bytes: int = OTHER_OUTPUTS_MAX_BYTES,
+) -> OutputSnapshot:
+    """Every output the metric does not read, on the first eval batches (as many as fit
+    in `max_bytes`), batch by batch as the model returns them: no sample axis is assumed
+    (a recurrent state output puts the batch on axis 1)."""
+    session = open_session(path, settings, device)
+    names = [meta.name for meta in session.get_outputs()]
+    others = [name for name in names if name != task.metric_output(names)]
+    if not others:
+        return {}
+    inputs = session_inputs(session)
+    layout = feed_layout(eval_arrays, inputs, task)
+    snapshot: OutputSnapshot = {name: [] for name in others}
+    held = 0
+    batch_size = eval_batch_size(inputs, task)
+    for batch in iter_batches(model_feeds(eval_arrays, inputs, task), batch_size):
+        if check_cancelled is not None:
+            check_cancelled()
+        if sample_count(batch) < batch_size:
+            break  # padding would compare rows that are not there
+        values = session.run(others, layout.to_model(batch))
+        for name, value in zip(others, values, strict=True):
+            snapshot[name].append(np.asarray(value))
+        held += sum(np.asarray(value).nbytes for value in values)
+        if held >= max_bytes:
+            break
+    return snapshot
+
+
+def compare_other_outputs(
+    reference: OutputSnapshot, candidate: OutputSnapshot, rows_per_batch: int
+) -> dict[str, OutputComparison]:
+    """Each other output against the original's, over the batches both captured (pure)."""
+    compared: dict[str, OutputComparison] = {}
+    for name, expected in reference.items():
+        actual = candidate.get(name)
+        if not actual or not expected:
+            continue
+        pairs = list(zip(expected, actual, strict=False))
+        if any(a.shape != b.shape for a, b in pairs):
+            shapes = {tuple(a.shape) for a, _ in pairs} | {tuple(b.shape) for _, b in pairs}
+            raise StepFailed(
+                f"output {name!r} changed shape ({sorted(shapes)}): the model no longer "
+                "computes what the original did"
+            )
+        diffs = np.concatenate(
+            [np.abs(a.astype(np.float64) - b.astype(np.float64)).reshape(-1) for a, b in pairs]
+        )
+        scale = max((float(np.max(np.abs(a))) for a, _ in pairs if a.size), default=0.0)
+        exact = all(a.dtype.kind in "biu" for a, _ in pairs)
+        tolerance = 0.0 if exact else OTHER_OUTPUT_TOLERANCE * max(scale, 1e-12)
+        compared[name] = OutputComparison(
+            rows=len(pairs) * rows_per_batch,
+            max_abs_diff=float(diffs.max()) if diffs.size else 0.0,
+            mean_abs_diff=float(diffs.mean()) if diffs.size else 0.0,
+            agreement=float(np.mean(diffs <= tolerance)) if diffs.size else 1.0,
+        )
+    return compared
 
 
 def measure_model(
@@ -307,10 +401,12 @@ def measure_model(
     return metrics
 
 
-def latency_batch_sizes(inputs: list[TensorInfo], batch_sizes: int | Sequence[int]) -> list[int]:
+def latency_batch_sizes(
+    inputs: list[TensorInfo], batch_sizes: int | Sequence[int], task: TaskSpec | None = None
+) -> list[int]:
     """The deployment batch sizes (an int n means 1 and n), ascending; only the pinned
-    size for a model that pins one."""
-    pinned = pinned_batch_size(inputs)
+    size for a model that pins one (on the task's sample axes)."""
+    pinned = pinned_batch_size(inputs, task)
     if pinned:
         return [pinned]
     sizes = {1, batch_sizes} if isinstance(batch_sizes, int) else set(batch_sizes)
@@ -322,16 +418,6 @@ def latency_at(metrics: ModelMetrics, batch_size: int) -> Latency:
         if latency.batch_size == batch_size:
             return latency
     raise StepFailed(f"no latency was measured at batch size {batch_size}")
-
-
-def _class_scores(outputs: np.ndarray) -> np.ndarray:
-    # (N, 1, C) and similar squeeze to (N, C); anything else is not one score per class.
-    squeezed = outputs.reshape(outputs.shape[0], *[d for d in outputs.shape[1:] if d != 1])
-    if squeezed.ndim != 2:
-        raise IncompatibleData(
-            f"classification needs an output of shape (samples, classes), got {outputs.shape}"
-        )
-    return squeezed
 
 
 def _ort_dtype(ort_type: str) -> str:

@@ -21,8 +21,10 @@ import onnxruntime as ort
 from core.context import RunContext
 from core.data import (
     DatasetInfo,
+    FeedLayout,
     Feeds,
     check_compatible,
+    feed_layout,
     inspect_dataset,
     load_arrays,
     model_feeds,
@@ -33,7 +35,15 @@ from core.errors import EngineError, IncompatibleData, InvalidDataset, StepFaile
 from core.evaluation import rows_of, split_eval_rows
 from core.formats import ModelInfo, copy_model, inspect_model, model_files
 from core.manifest import build_manifest
-from core.measure import compare_to_original, measure_model_with_outputs, score
+from core.measure import (
+    capture_other_outputs,
+    compare_other_outputs,
+    compare_to_original,
+    eval_batch_size,
+    measure_model_with_outputs,
+    score,
+)
+from core.metrics import judged_metric
 from core.registry import StepData, StepOutput, get_step
 from core.results import (
     EvaluationRecord,
@@ -59,6 +69,8 @@ RESERVED_ARTIFACT_NAMES = frozenset({"model.onnx", "model.zip", "report.json", "
 # Progress milestones over the whole job (0..1).
 _MEASURE_ORIGINAL = (0.05, 0.15)
 _STEPS_END = 0.95
+# An other output agreeing with the original's on fewer of its elements gets a note.
+OTHER_OUTPUT_AGREEMENT = 0.99
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
@@ -118,6 +130,7 @@ def run(
     for path in dict.fromkeys(p for p in (eval_path, calibration_path, train_path) if p):
         _check_dataset(model_info, path, spec, max_dataset_bytes)
     batch_sizes = _deployment_batch_sizes(model_info, spec)
+    rows_per_batch = eval_batch_size(model_info.inputs, spec.task)
 
     # External data files are part of the model's bytes: each one is hashed too.
     model_file_paths = model_files(model_path)
@@ -133,7 +146,7 @@ def run(
     train_arrays = load_arrays(train_path) if train_path is not None else None
     eval_feeds = model_feeds(eval_arrays, model_info.inputs, spec.task)
     split = split_eval_rows(sample_count(eval_feeds), spec.seed, spec.held_out_fraction)
-    selection_arrays = rows_of(eval_arrays, split.selection)
+    selection_arrays = rows_of(eval_arrays, split.selection, spec.task, sample_count(eval_feeds))
     if calibration_path == eval_path:
         calibration_arrays: Mapping[str, np.ndarray] = selection_arrays
     elif calibration_path == train_path and train_arrays is not None:
@@ -167,6 +180,10 @@ def run(
         spec.task, eval_arrays, reference_outputs, reference_outputs, split.selection
     )
     original.selection_metric_value = selection_metric
+    other_outputs = capture_other_outputs(
+        model_path, eval_arrays, spec.task, ctx.measure, device, ctx.check_cancelled
+    )
+    original.other_outputs = compare_other_outputs(other_outputs, other_outputs, rows_per_batch)
     ctx.report(_MEASURE_ORIGINAL[1], "measured the original model", metrics=original.model_dump())
 
     data = StepData(
@@ -217,6 +234,14 @@ def run(
         metrics.selection_metric_value = _metric_on(
             spec.task, eval_arrays, outputs, reference_outputs, split.selection
         )
+        metrics.other_outputs = compare_other_outputs(
+            other_outputs,
+            capture_other_outputs(
+                output.model_path, eval_arrays, spec.task, ctx.measure, device,
+                ctx.check_cancelled,
+            ),
+            rows_per_batch,
+        )
         unchanged = output.unchanged_reason or _same_files_reason(current_path, output.model_path)
         step_results.append(
             StepResult(
@@ -248,7 +273,8 @@ def run(
     unchanged_reason = _job_unchanged_reason(model_path, final_path, step_results)
 
     ctx.report(_STEPS_END, "comparing the original and final latency")
-    speed = _compare_speed(model_path, final_path, original, eval_feeds, batch_sizes, ctx)
+    layout = feed_layout(eval_arrays, model_info.inputs, spec.task)
+    speed = _compare_speed(model_path, final_path, original, eval_feeds, layout, batch_sizes, ctx)
     original, final = _with_interleaved_latency(original, step_results[-1].metrics, speed)
     verdict = compute_verdict(
         original,
@@ -258,6 +284,7 @@ def run(
         batch_size=spec.batch_size,
         unchanged_reason=unchanged_reason,
     )
+    notes += changed_output_notes(final)
     result = PipelineResult(
         original=original,
         steps=step_results,
@@ -279,6 +306,23 @@ def run(
     return result, final_path
 
 
+def changed_output_notes(final: ModelMetrics) -> list[Note]:
+    """A note for every other output the final model no longer computes as the original
+    did (the metric does not read them, so only this says a broken state output)."""
+    return [
+        Note(
+            code="other_output_changed",
+            message=(
+                f"output {name!r} (not read by the metric) agrees with the original's on "
+                f"{comparison.agreement:.1%} of its elements (max abs diff "
+                f"{comparison.max_abs_diff:.3g}, on {comparison.rows} rows)"
+            ),
+        )
+        for name, comparison in final.other_outputs.items()
+        if comparison.agreement < OTHER_OUTPUT_AGREEMENT
+    ]
+
+
 def data_notes(
     spec: JobSpec,
     model: ModelInfo,
@@ -290,9 +334,12 @@ def data_notes(
     notes: list[Note] = []
     task = spec.task
     if task.kind != "embedding" and task.labels not in eval_arrays:
-        metric = "agreement with the original model's predictions, not accuracy against labels"
-        if task.kind == "regression":
-            metric = "the error against the original model's outputs, not against labels"
+        metric = (
+            f"{judged_metric(task, has_labels=False)}, a comparison with the original "
+            "model's outputs, not a score against labels"
+        )
+        if task.kind == "classification":
+            metric = "agreement with the original model's predictions, not accuracy against labels"
         notes.append(
             Note(
                 code="metric_without_labels",
@@ -412,6 +459,7 @@ def _compare_speed(
     final_path: Path,
     original: ModelMetrics,
     feeds: Feeds,
+    layout: FeedLayout,
     batch_sizes: list[int],
     ctx: RunContext,
 ) -> list[SpeedComparison]:
@@ -444,6 +492,7 @@ def _compare_speed(
         ctx.measure,
         ctx.device,
         check_cancelled=ctx.check_cancelled,
+        layout=layout,
     )
     return speed
 
@@ -517,7 +566,7 @@ def _check_dataset(model: ModelInfo, path: Path, spec: JobSpec, max_bytes: int) 
 def _deployment_batch_sizes(model: ModelInfo, spec: JobSpec) -> list[int]:
     """The batch sizes latency is judged at; a model that pins its batch dimension runs
     at that size only, and a spec asking for another is refused."""
-    pinned = pinned_batch_size(model.inputs)
+    pinned = pinned_batch_size(model.inputs, spec.task)
     if pinned is None:
         return spec.deployment_batch_sizes()
     asked = sorted(set(spec.batch_sizes or [spec.batch_size]))

@@ -10,13 +10,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
 from core.context import RunContext
-from core.data import Feeds, model_feeds
+from core.data import FeedLayout, Feeds, feed_layout, model_feeds
 from core.errors import EngineError, IncompatibleData
 from core.formats import TensorInfo
 from core.results import ModelMetrics
@@ -60,12 +61,22 @@ class StepData:
     def deployment_batch_sizes(self) -> list[int]:
         return sorted(set(self.batch_sizes or (1, self.batch_size)))
 
+    @cached_property
+    def eval_layout(self) -> FeedLayout:
+        """How a batch of `eval_feeds` becomes the model's feed (core.data.FeedLayout)."""
+        return feed_layout(self.eval_arrays, self.inputs, self.task)
+
+    def model_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of eval feeds as the model takes it."""
+        return self.eval_layout.to_model(batch)
+
     def eval_feeds(self, rows: int | None = None) -> Feeds:
-        """The eval data keyed by model input and cast to its dtype (the first `rows`)."""
-        return model_feeds(_head(self.eval_arrays, rows), self.inputs, self.task)
+        """The eval data keyed by model input and cast to its dtype, samples on axis 0
+        (the first `rows`)."""
+        return _head(model_feeds(self.eval_arrays, self.inputs, self.task), rows)
 
     def calibration_feeds(self, rows: int | None = None) -> Feeds:
-        return model_feeds(_head(self.calibration_arrays, rows), self.inputs, self.task)
+        return _head(model_feeds(self.calibration_arrays, self.inputs, self.task), rows)
 
     def require_train_arrays(self, method: str) -> Mapping[str, np.ndarray]:
         if self.train_arrays is None:
@@ -87,8 +98,8 @@ class StepOutput:
     unchanged_reason: str | None = None
 
 
-def _head(arrays: Mapping[str, np.ndarray], rows: int | None) -> Mapping[str, np.ndarray]:
-    return arrays if rows is None else {name: array[:rows] for name, array in arrays.items()}
+def _head(feeds: Feeds, rows: int | None) -> Feeds:
+    return feeds if rows is None else {name: array[:rows] for name, array in feeds.items()}
 
 
 StepFn = Callable[[Path, Any, StepData, RunContext], StepOutput]

@@ -18,11 +18,23 @@ class Latency(BaseModel):
     runs: int
 
 
+class OutputComparison(BaseModel):
+    """An output the metric does not read, against the original's on the same rows."""
+
+    rows: int
+    max_abs_diff: float
+    mean_abs_diff: float
+    # the share of elements within 1% of the original's largest magnitude (exactly equal
+    # for integer and boolean outputs)
+    agreement: float
+
+
 class ModelMetrics(BaseModel):
     size_bytes: int
     parameters: int
     latency: list[Latency]
-    metric_name: Literal["accuracy", "agreement", "cosine_similarity", "neg_mse"]
+    # the metric the targets judge (core.metrics; higher is better) and its value
+    metric_name: str
     metric_value: float
     # Change vs the original model (metric_value - original); 0 for the original itself.
     metric_change: float = 0.0
@@ -31,6 +43,13 @@ class ModelMetrics(BaseModel):
     # the same metric on the selection rows, which the steps chose on: the gap to
     # metric_value is how much the choices flattered themselves
     selection_metric_value: float | None = None
+    # every metric that applies to the task, the judged one included (cer and
+    # relative_rmse are lower-is-better; the rest higher)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    # the output the metric read
+    metric_output: str | None = None
+    # every other output, compared with the original's on the first eval rows
+    other_outputs: dict[str, OutputComparison] = Field(default_factory=dict)
 
 
 class StepResult(BaseModel):

@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import TypeAliasType
 
 from core.families import FAMILIES, CnnFamily, MlpFamily, TransformerFamily
 
@@ -29,17 +30,96 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class TaskSpec(StrictModel):
-    """How to feed the model and how to score it."""
+# a JSON value that becomes an array: a number, a bool, or nested lists of them
+JsonConstant = TypeAliasType("JsonConstant", "bool | int | float | list[JsonConstant]")
 
-    kind: Literal["classification", "regression", "embedding"] = "classification"
-    # Model input name -> array name in the .npz; inputs not listed use their own name.
-    inputs: dict[str, str] = Field(default_factory=dict)
-    # The model output the metric reads; default: the first output.
+
+class InputBinding(StrictModel):
+    """How one model input is fed: a dataset array with its samples on `sample_axis`
+    (split into batches there), a dataset array fed whole to every batch (`per_sample`
+    false: a fixed mask), or a `constant` value fed unchanged (a sample rate, a flag)."""
+
+    array: str | None = Field(default=None, min_length=1, max_length=200)
+    # the axis of `array` (and of the model input) that holds the samples: a streaming
+    # model's state [layers, batch, hidden] has them on axis 1
+    sample_axis: int = Field(default=0, ge=0, le=7)
+    per_sample: bool = True
+    constant: JsonConstant | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputBinding:
+        if (self.array is None) == (self.constant is None):
+            raise ValueError("give either array (a dataset array) or constant (a value)")
+        if self.constant is not None and (self.sample_axis != 0 or not self.per_sample):
+            raise ValueError("a constant is fed whole: sample_axis and per_sample do not apply")
+        if not self.per_sample and self.sample_axis != 0:
+            raise ValueError("an array fed whole (per_sample false) has no sample_axis")
+        return self
+
+    @property
+    def splits_samples(self) -> bool:
+        """True for a per-sample array, split into batches along `sample_axis`."""
+        return self.array is not None and self.per_sample
+
+
+class CtcDecoding(StrictModel):
+    """Greedy CTC decoding of per-timestep class scores: argmax per step, repeats merged,
+    blanks dropped."""
+
+    blank: int = Field(default=0, ge=0)
+    merge_repeats: bool = True
+
+
+TaskKind = Literal["classification", "sequence", "mask", "embedding", "regression"]
+
+
+class TaskSpec(StrictModel):
+    """How to feed the model and how to score it (metrics: core.metrics)."""
+
+    # classification: one score vector per sample; sequence: scores per position
+    # (N, T, C), decoded with `ctc` when set; mask: a probability (or logit) map per
+    # sample, thresholded; embedding: vectors; regression: values.
+    kind: TaskKind = "classification"
+    # Model input name -> the array that feeds it (a name, or a binding with its sample
+    # axis, or a constant); inputs not listed are fed by the array of their own name.
+    inputs: dict[str, str | InputBinding] = Field(default_factory=dict, max_length=256)
+    # The model output the metric reads (default: the first output). Every other output
+    # is still compared with the original's (max and mean abs difference, agreement).
     output: str | None = None
-    # Array holding the labels (classification: class indices). When absent from the eval
-    # data, the metric is agreement with the original model's outputs.
+    # The axis of the metric's output that holds the samples (a CTC head exported
+    # time-major is (T, N, C): 1).
+    output_sample_axis: int = Field(default=0, ge=0, le=7)
+    # Array holding the labels: classification class indices (N,); sequence integer
+    # label sequences (N, L) padded with -1; mask 0/1 maps shaped like the output;
+    # regression values. When absent from the eval data, the metric compares with the
+    # original model's outputs instead (and the record says so).
     labels: str = "label"
+    # The metric the targets judge (core.metrics; higher is better for every one of
+    # them); None: the task's default. Every metric that applies is reported too.
+    metric: str | None = Field(default=None, min_length=1, max_length=64)
+    ctc: CtcDecoding | None = None
+    # mask: a value above this is "in the mask" (probabilities: 0.5; logits: 0)
+    threshold: float = 0.5
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskSpec:
+        if self.ctc is not None and self.kind != "sequence":
+            raise ValueError(f"ctc decoding applies to sequence tasks, not {self.kind!r}")
+        if self.metric is not None:
+            # imported here: core.metrics imports this module
+            from core.metrics import check_metric_for_task
+
+            check_metric_for_task(self.metric, self)
+        return self
+
+    def binding(self, input_name: str) -> InputBinding:
+        """How `input_name` is fed (an array of its own name when not listed)."""
+        bound = self.inputs.get(input_name, input_name)
+        return InputBinding(array=bound) if isinstance(bound, str) else bound
+
+    def metric_output(self, model_outputs: list[str]) -> str:
+        """The output the metric reads, by name."""
+        return self.output or model_outputs[0]
 
 
 # Without max_metric_drop, a result whose metric fell by more than this share of the
@@ -611,12 +691,7 @@ class JobSpec(StrictModel):
     @model_validator(mode="after")
     def _training_steps_need_training_data(self) -> JobSpec:
         for index, step in enumerate(self.steps):
-            trains = (
-                getattr(step, "mode", None) == "qat"
-                or (isinstance(step, _PruneBase) and step.fine_tune.epochs > 0)
-                or isinstance(step, DistillStep | SearchStep)
-            )
-            if trains and self.train_dataset_id is None:
+            if _trains(step) and self.train_dataset_id is None:
                 hint = (
                     " (unlabelled data is enough: the teacher provides the targets)"
                     if isinstance(step, DistillStep)
@@ -626,6 +701,30 @@ class JobSpec(StrictModel):
                 )
                 raise ValueError(
                     f"steps[{index}]: {step.method} trains the model: set train_dataset_id{hint}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _training_feeds_samples_on_axis_0(self) -> JobSpec:
+        task = self.task
+        bound = sorted(
+            name
+            for name in task.inputs
+            if not task.binding(name).splits_samples or task.binding(name).sample_axis
+        )
+        if not bound and task.output_sample_axis == 0:
+            return self
+        for index, step in enumerate(self.steps):
+            if _runs_in_torch(step):
+                what = (
+                    f"task.inputs {bound} (sample axes, arrays fed whole, constants)"
+                    if bound
+                    else "task.output_sample_axis"
+                )
+                raise ValueError(
+                    f"steps[{index}]: {step.method} runs the model in PyTorch, which squeeze "
+                    f"does not yet feed through {what}: quantize such a model, or export it "
+                    "with its samples on axis 0 of every input and output"
                 )
         return self
 
@@ -667,6 +766,23 @@ class JobSpec(StrictModel):
     def dataset_ids(self) -> list[str]:
         ids = [self.eval_dataset_id, self.calibration_dataset_id, self.train_dataset_id]
         return list(dict.fromkeys(i for i in ids if i))
+
+
+def _trains(step: Step) -> bool:
+    """Whether the step trains the model in PyTorch (and so needs training data)."""
+    return (
+        getattr(step, "mode", None) == "qat"
+        or (isinstance(step, _PruneBase) and step.fine_tune.epochs > 0)
+        or isinstance(step, DistillStep | SearchStep)
+    )
+
+
+def _runs_in_torch(step: Step) -> bool:
+    """Whether the step converts the model to PyTorch (every prune, distill and search
+    step, and QAT)."""
+    return getattr(step, "mode", None) == "qat" or isinstance(
+        step, _PruneBase | DistillStep | SearchStep
+    )
 
 
 def check_submission(spec: JobSpec) -> None:

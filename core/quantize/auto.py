@@ -78,7 +78,14 @@ import onnx
 import onnxruntime as ort
 
 from core.context import MeasureSettings, RunContext
-from core.data import Feeds, model_feeds, pinned_batch_size, sample_count, take_rows
+from core.data import (
+    Feeds,
+    feed_layout,
+    model_feeds,
+    pinned_batch_size,
+    sample_count,
+    take_rows,
+)
 from core.errors import EngineError, JobCancelled, StepFailed, UnsupportedModel
 from core.formats import iter_nodes, load_model
 from core.measure import (
@@ -690,7 +697,9 @@ class WorkerMeasure:
         self._data = data
         self._ctx = ctx
         self._feeds: Feeds = model_feeds(data.eval_arrays, data.inputs, data.task)
-        self._batch_sizes = latency_batch_sizes(data.inputs, data.deployment_batch_sizes())
+        self._batch_sizes = latency_batch_sizes(
+            data.inputs, data.deployment_batch_sizes(), data.task
+        )
         task = data.task
         labels = data.eval_arrays.get(task.labels) if task.kind != "embedding" else None
         self._labels = None if labels is None else np.asarray(labels)
@@ -722,6 +731,7 @@ class WorkerMeasure:
             self._ctx.measure,
             self._ctx.device,
             check_cancelled=self._ctx.check_cancelled,
+            layout=self._data.eval_layout,
         )
         return tuple(comparisons)
 
@@ -741,13 +751,16 @@ class WorkerMeasure:
 
     def _outputs(self, path: Path) -> np.ndarray:
         session = open_session(path, self._ctx.measure, self._ctx.device)
-        output_name = self._data.task.output or session.get_outputs()[0].name
+        task = self._data.task
+        output_name = task.metric_output([meta.name for meta in session.get_outputs()])
         outputs = compute_outputs(
             session,
             self._feeds,
             output_name,
-            eval_batch_size(session_inputs(session)),
+            eval_batch_size(session_inputs(session), task),
             self._ctx.check_cancelled,
+            layout=self._data.eval_layout,
+            sample_axis=task.output_sample_axis,
         )
         if outputs.dtype.kind == "f" and not np.all(np.isfinite(outputs)):
             raise StepFailed(f"{path.name} produced non-finite values on the eval data")
@@ -777,10 +790,13 @@ def rank_with_calibration(data: StepData, ctx: RunContext) -> RankFn:
 
     def rank(reference_path: Path, quantized_path: Path) -> list[NodeSensitivity]:
         feeds = data.calibration_feeds(rows=SENSITIVITY_SAMPLES)
-        batch = pinned_batch_size(data.inputs) or SENSITIVITY_BATCH_SIZE
+        layout = feed_layout(data.calibration_arrays, data.inputs, data.task)
+        batch = pinned_batch_size(data.inputs, data.task) or SENSITIVITY_BATCH_SIZE
         total = len(next(iter(feeds.values())))
         batches = [
-            take_rows({n: a[start : start + batch] for n, a in feeds.items()}, batch)
+            layout.to_model(
+                take_rows({n: a[start : start + batch] for n, a in feeds.items()}, batch)
+            )
             for start in range(0, total, batch)
         ]
         return rank_quantized_nodes(

@@ -22,7 +22,7 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from core.data import take_rows
+from core.data import FeedLayout, feed_layout, model_feeds, take_rows
 from core.errors import EngineError, StepFailed, UnsupportedModel, short_reason
 from core.formats import (
     SINGLE_FILE_LIMIT_BYTES,
@@ -121,8 +121,8 @@ def validate_runs(path: Path, data: StepData, device: str, *, what: str) -> None
         raise StepFailed(f"{what} fails the ONNX checker: {short_reason(exc)}") from exc
     try:
         session = ort.InferenceSession(str(path), providers=providers_for(device))
-        batch_size = eval_batch_size(session_inputs(session))
-        batch = take_rows(data.eval_feeds(rows=batch_size), batch_size)
+        batch_size = eval_batch_size(session_inputs(session), data.task)
+        batch = data.model_batch(take_rows(data.eval_feeds(rows=batch_size), batch_size))
         outputs = session.run(None, batch)
     except EngineError:
         raise
@@ -153,9 +153,10 @@ class StreamingCalibrationReader(CalibrationDataReader):
         batch_size: int,
         check_cancelled: CancelCheck,
     ) -> None:
-        self._arrays = arrays
-        self._inputs = inputs
-        self._task = task
+        # per-sample arrays with samples on axis 0 (views where no cast or axis move is
+        # needed), and how a batch of them becomes the model's feed
+        self._feeds = model_feeds(arrays, inputs, task)
+        self._layout = feed_layout(arrays, inputs, task)
         self._rows = rows
         self._batch_size = batch_size
         self._check_cancelled = check_cancelled
@@ -187,13 +188,9 @@ class StreamingCalibrationReader(CalibrationDataReader):
                 # pad a short last batch: a model with a pinned batch dim rejects it
                 rows = rows[np.arange(self._batch_size) % len(rows)]
             self.samples_served += min(self._batch_size, len(self._rows) - start)
-            yield {
-                tensor.name: np.ascontiguousarray(
-                    self._arrays[self._task.inputs.get(tensor.name, tensor.name)][rows],
-                    dtype=np.dtype(tensor.dtype),
-                )
-                for tensor in self._inputs
-            }
+            yield self._layout.to_model(
+                {name: np.ascontiguousarray(array[rows]) for name, array in self._feeds.items()}
+            )
 
 
 # quantize_static options that make calibration stream: the calibrator's collect_data
@@ -466,7 +463,10 @@ SHAPE_FOLD_CHECK_ROWS = 3
 
 
 def fold_shape_computations(
-    model: onnx.ModelProto, work_dir: Path, check_feeds: Mapping[str, np.ndarray]
+    model: onnx.ModelProto,
+    work_dir: Path,
+    check_feeds: Mapping[str, np.ndarray],
+    layout: FeedLayout | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any]]:
     """The model with every shape computation whose value does not depend on the input's
     dynamic dims (the batch) replaced by a constant, and a report of what was folded.
@@ -482,8 +482,9 @@ def fold_shape_computations(
     initializers under the same names, and the nodes only they needed are dropped. The
     user's other nodes and names are untouched.
 
-    Never trusted blindly: both graphs run on `check_feeds` one row at a time and all rows
-    at once, and any difference returns the model unchanged. Inference runs without
+    Never trusted blindly: both graphs run on `check_feeds` (per-sample rows, fed through
+    `layout`) one row at a time and all rows at once, and any difference returns the model
+    unchanged. Inference runs without
     auto_merge, so no two dims are assumed equal. Models over 2 GB are left as they are.
     """
     if model.ByteSize() >= SINGLE_FILE_LIMIT_BYTES:
@@ -515,7 +516,7 @@ def fold_shape_computations(
     drop_dead_nodes(graph, kept)
     drop_unused_initializers(graph)
     report = {"folded": len(constants), "nodes_removed": nodes_before - len(graph.node)}
-    mismatch = _outputs_differ(model, folded, check_feeds)
+    mismatch = _outputs_differ(model, folded, check_feeds, layout or FeedLayout())
     if mismatch:
         return model, {"folded": 0, "skipped": f"the folded graph computes otherwise: {mismatch}"}
     return folded, report
@@ -558,7 +559,10 @@ def _static_shape_values(model: onnx.ModelProto, work_dir: Path) -> dict[str, np
 
 
 def _outputs_differ(
-    original: onnx.ModelProto, folded: onnx.ModelProto, feeds: Mapping[str, np.ndarray]
+    original: onnx.ModelProto,
+    folded: onnx.ModelProto,
+    feeds: Mapping[str, np.ndarray],
+    layout: FeedLayout,
 ) -> str:
     """Why the two models' outputs differ on `feeds` (row by row and all at once), or ""."""
     sessions = [
@@ -566,10 +570,12 @@ def _outputs_differ(
         for m in (original, folded)
     ]
     rows = len(next(iter(feeds.values())))
-    batches = [{n: a[i : i + 1] for n, a in feeds.items()} for i in range(rows)] + [dict(feeds)]
+    batches = [
+        (1, layout.to_model({n: a[i : i + 1] for n, a in feeds.items()})) for i in range(rows)
+    ]
+    batches.append((rows, layout.to_model(feeds)))
     compared = 0
-    for batch in batches:
-        size = len(next(iter(batch.values())))
+    for size, batch in batches:
         try:
             expected = sessions[0].run(None, batch)
         except Exception:

@@ -94,7 +94,10 @@ def quantize_int4_mode(
         )
     # weight-only INT4 saves no time; the exporter's shape arithmetic would cost some
     model, shape_folding = fold_shape_computations(
-        model, ctx.work_dir / "shape-folding", data.eval_feeds(rows=SHAPE_FOLD_CHECK_ROWS)
+        model,
+        ctx.work_dir / "shape-folding",
+        data.eval_feeds(rows=SHAPE_FOLD_CHECK_ROWS),
+        data.eval_layout,
     )
     ctx.check_cancelled()
     tables = embedding_tables(model)

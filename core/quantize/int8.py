@@ -17,7 +17,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.registry import IntegerOpsRegistry
 
 from core.context import RunContext
-from core.data import pinned_batch_size
+from core.data import pinned_batch_size, sample_count
 from core.formats import (
     ensure_opset,
     load_model,
@@ -81,7 +81,10 @@ def quantize_dynamic_mode(
         model, rewritten = gemm_to_matmul(model)
     # At small batches the exporter's shape arithmetic costs as much as the INT8 saves
     model, shape_folding = fold_shape_computations(
-        model, ctx.work_dir / "shape-folding", data.eval_feeds(rows=SHAPE_FOLD_CHECK_ROWS)
+        model,
+        ctx.work_dir / "shape-folding",
+        data.eval_feeds(rows=SHAPE_FOLD_CHECK_ROWS),
+        data.eval_layout,
     )
     prepared = save_model(model, ctx.work_dir / "prepared.onnx")
     ctx.check_cancelled()
@@ -132,8 +135,8 @@ def quantize_static_mode(
     prepared, pre_process_note = pre_process(source, ctx.work_dir / "preprocessed.onnx")
     ctx.check_cancelled()
 
-    batch_size = pinned_batch_size(data.inputs) or config.calibration_batch_size
-    available = len(next(iter(data.calibration_arrays.values())))
+    batch_size = pinned_batch_size(data.inputs, data.task) or config.calibration_batch_size
+    available = sample_count(data.calibration_feeds())
     samples = min(config.calibration_samples, available)
     # A seeded random subset: calibration files are often sorted by class, and the first
     # N rows would then miss whole classes' activation ranges.

@@ -151,6 +151,8 @@ def metrics_row(
         metric_name=metrics.metric_name,
         metric_value=metrics.metric_value,
         metric_change=metrics.metric_change,
+        metrics=metrics.metrics,
+        other_outputs=metrics.other_outputs,
     )
 
 

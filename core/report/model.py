@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from core.results import (
     EvaluationRecord,
     Note,
+    OutputComparison,
     Outcome,
     PipelineResult,
     SpeedAtBatch,
@@ -194,6 +195,10 @@ class MetricsRow(BaseModel):
     metric_name: str
     metric_value: float
     metric_change: float
+    # every metric that applies to the task (the judged one included)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    # outputs the metric does not read, against the original's
+    other_outputs: dict[str, OutputComparison] = Field(default_factory=dict)
 
 
 class Fact(BaseModel):

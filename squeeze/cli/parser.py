@@ -54,8 +54,16 @@ def _data_flags(parser: argparse.ArgumentParser) -> None:
 
 def _job_flags(parser: argparse.ArgumentParser) -> None:
     task = parser.add_argument_group("task and targets")
-    task.add_argument("--task", choices=["classification", "regression", "embedding"])
+    task.add_argument(
+        "--task", choices=["classification", "sequence", "mask", "embedding", "regression"]
+    )
     task.add_argument("--labels", metavar="ARRAY", help="the label array's name (label)")
+    task.add_argument(
+        "--metric",
+        metavar="NAME",
+        help="the metric the targets judge (default per task: accuracy, exact_match, iou, "
+        "cosine_similarity, r2; see docs/api.md)",
+    )
     task.add_argument(
         "--max-drop",
         type=parse_drop,

@@ -115,6 +115,8 @@ def common_fields(args: argparse.Namespace) -> dict[str, Any]:
         task["kind"] = args.task
     if args.labels is not None:
         task["labels"] = args.labels
+    if args.metric is not None:
+        task["metric"] = args.metric
     if task:
         spec["task"] = task
     targets = targets_from(args)

@@ -75,12 +75,24 @@ def test_a_file_that_is_not_an_npz_is_refused(api: Api, model_file: Path) -> Non
     assert api.snapshot() == ([], NOTHING)
 
 
-def test_arrays_disagreeing_on_sample_count_are_refused(api: Api, tmp_path: Path) -> None:
+def test_arrays_disagreeing_on_axis_0_are_stored_and_judged_by_the_job_spec(
+    api: Api, model_file: Path, tmp_path: Path
+) -> None:
+    # a streaming model's state is [layers, batch, hidden]: axis 0 is not always the
+    # samples, so the upload records no count and the job's bindings decide
     path = write_npz(
         tmp_path / "ragged.npz",
         input=np.zeros((8, 1, 8, 8), np.float32),
         label=np.zeros(7, np.int64),
     )
+    response = api.upload_dataset(path)
+    assert response.status_code == 201, response.text
+    assert response.json()["info"]["samples"] is None
 
-    assert_problem(api.upload_dataset(path), 422, "inconsistent_samples")
-    assert api.snapshot() == ([], NOTHING)
+    spec = {
+        "model_id": api.model_id(model_file),
+        "eval_dataset_id": response.json()["id"],
+        "steps": [{"method": "quantize", "mode": "dynamic"}],
+    }
+    body = assert_problem(api.submit(spec), 422, "incompatible_data")
+    assert "labels 'label' hold 7 samples (axis 0), the inputs 8" in body["detail"]

@@ -49,7 +49,7 @@ def test_refuses_a_different_rank(cnn_info: ModelInfo, flat_npz: Path) -> None:
 
 def test_refuses_mismatched_fixed_dims(cnn_info: ModelInfo) -> None:
     data = dataset(input=([10, 1, 4, 4], "float32"))
-    with pytest.raises(IncompatibleData, match="dim 2: 8 != 4"):
+    with pytest.raises(IncompatibleData, match="axis 2: 8 != 4"):
         check_compatible(cnn_info, data, TaskSpec())
 
 
@@ -108,3 +108,82 @@ def test_refuses_an_unknown_output(cnn_info: ModelInfo) -> None:
 def test_the_batch_dimension_may_differ_from_a_pinned_one() -> None:
     model = model_with_input("float32", [1, 16])
     check_compatible(model, dataset(ids=([50, 16], "float32")), TaskSpec())
+
+
+def stateful_model() -> ModelInfo:
+    """A streaming model: audio [batch, samples], state [layers, batch, hidden], a scalar
+    sample rate."""
+    return ModelInfo(
+        opset=17,
+        ir_version=8,
+        producer="test",
+        parameters=0,
+        size_bytes=0,
+        node_count=1,
+        op_types={},
+        inputs=[
+            TensorInfo(name="audio", dtype="float32", shape=["batch", 512]),
+            TensorInfo(name="state", dtype="float32", shape=[2, "batch", 64]),
+            TensorInfo(name="sr", dtype="int64", shape=[]),
+        ],
+        outputs=[
+            TensorInfo(name="prob", dtype="float32", shape=["batch", 1]),
+            TensorInfo(name="new_state", dtype="float32", shape=[2, "batch", 64]),
+        ],
+    )
+
+
+STREAMING = dataset(audio=([12, 512], "float32"), state=([2, 12, 64], "float32"))
+
+
+def test_a_state_with_its_samples_on_axis_1_and_a_constant_sample_rate_are_accepted() -> None:
+    task = TaskSpec.model_validate(
+        {
+            "kind": "embedding",
+            "inputs": {"state": {"array": "state", "sample_axis": 1}, "sr": {"constant": 16000}},
+        }
+    )
+    check_compatible(stateful_model(), STREAMING, task)
+
+
+def test_a_state_transposed_to_batch_first_is_refused_naming_the_axis() -> None:
+    # the bug this replaces: axis 0 was skipped for every input, so [batch, layers,
+    # hidden] passed against the model's [layers, ?, hidden]
+    transposed = dataset(audio=([12, 512], "float32"), state=([12, 2, 64], "float32"))
+    task = TaskSpec.model_validate({"kind": "embedding", "inputs": {"sr": {"constant": 16000}}})
+    with pytest.raises(IncompatibleData) as raised:
+        check_compatible(stateful_model(), transposed, task)
+    message = str(raised.value)
+    assert "model input 'state' fixes axis 0 to 2, so the samples cannot be there" in message
+    assert '{"array": "state", "sample_axis": 1}' in message
+
+
+def test_a_constant_of_the_wrong_shape_is_refused() -> None:
+    task = TaskSpec.model_validate(
+        {
+            "kind": "embedding",
+            "inputs": {"state": {"array": "state", "sample_axis": 1}, "sr": {"constant": [1, 2]}},
+        }
+    )
+    with pytest.raises(IncompatibleData, match=r"model input 'sr'.*the constant"):
+        check_compatible(stateful_model(), STREAMING, task)
+
+
+def test_arrays_that_disagree_on_the_sample_count_are_named() -> None:
+    data = dataset(audio=([12, 512], "float32"), state=([2, 11, 64], "float32"))
+    task = TaskSpec.model_validate(
+        {
+            "kind": "embedding",
+            "inputs": {"state": {"array": "state", "sample_axis": 1}, "sr": {"constant": 16000}},
+        }
+    )
+    with pytest.raises(IncompatibleData, match=r"audio \(axis 0\): 12, state \(axis 1\): 11"):
+        check_compatible(stateful_model(), data, task)
+
+
+def test_a_missing_scalar_input_says_which_binding_to_give() -> None:
+    task = TaskSpec.model_validate(
+        {"kind": "embedding", "inputs": {"state": {"array": "state", "sample_axis": 1}}}
+    )
+    with pytest.raises(IncompatibleData, match="model input 'sr' needs an array named 'sr'"):
+        check_compatible(stateful_model(), STREAMING, task)

@@ -84,7 +84,7 @@ def test_embedding_metric_is_cosine_to_the_reference(
     assert flipped.metric_value == pytest.approx(-1.0)
 
 
-def test_regression_metric_is_negative_mse_against_labels(
+def test_regression_metric_is_r2_against_labels_with_neg_mse_on_request(
     mlp_onnx: Path, flat_npz: Path, mlp: torch.nn.Module, fast_measure: MeasureSettings
 ) -> None:
     inputs = load_arrays(flat_npz)["input"]
@@ -100,9 +100,24 @@ def test_regression_metric_is_negative_mse_against_labels(
         fast_measure,
         "cpu",
     )
-    assert metrics.metric_name == "neg_mse"
+    # R^2: the error relative to the targets' own spread, never a zero base
+    assert metrics.metric_name == "r2"
+    sse = np.sum((predicted.astype(np.float64) - targets) ** 2)
+    sst = np.sum((targets.astype(np.float64) - targets.mean()) ** 2)
+    assert metrics.metric_value == pytest.approx(1 - sse / sst, rel=1e-4)
+    rmse = np.sqrt(np.mean((predicted.astype(np.float64) - targets) ** 2))
+    assert metrics.metrics["relative_rmse"] == pytest.approx(rmse / targets.std(), rel=1e-4)
+
+    asked = measure_model(
+        mlp_onnx,
+        {"input": inputs, "label": targets},
+        TaskSpec(kind="regression", metric="neg_mse"),
+        1,
+        fast_measure,
+        "cpu",
+    )
     expected = -np.mean((predicted.astype(np.float64) - targets) ** 2)
-    assert metrics.metric_value == pytest.approx(expected, rel=1e-4)
+    assert (asked.metric_name, asked.metric_value) == ("neg_mse", pytest.approx(expected, rel=1e-4))
 
 
 def test_a_model_with_a_pinned_batch_is_run_one_sample_at_a_time(
