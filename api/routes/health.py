@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api import readiness
-from api.deps import EngineDep, QueueDep
+from api.deps import BlobsDep, EngineDep, QueueDep
 from api.routes.docs import problems
 from api.schemas import Health, Readiness
 
@@ -19,6 +19,7 @@ def healthz() -> Health:
 
 
 @router.get("/readyz", responses=problems(503))
-def readyz(engine: EngineDep, queue: QueueDep) -> Readiness:
-    """The database and the broker answer; 503 `not_ready` names the failing check."""
-    return Readiness(checks=readiness.check_ready(engine, queue))
+def readyz(engine: EngineDep, queue: QueueDep, blobs: BlobsDep) -> Readiness:
+    """The database, the broker and the blob store answer; 503 `not_ready` names the
+    failing check."""
+    return Readiness(checks=readiness.check_ready(engine, queue, blobs))

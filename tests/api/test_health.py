@@ -22,7 +22,8 @@ def test_readyz_is_ready_when_database_and_broker_answer(api: Api) -> None:
     response = api.client.get("/readyz")
 
     assert response.status_code == 200
-    assert response.json() == {"status": "ready", "checks": {"database": "ok", "broker": "ok"}}
+    checks = {"database": "ok", "broker": "ok", "blob_store": "ok"}
+    assert response.json() == {"status": "ready", "checks": checks}
 
 
 def test_readyz_is_a_503_naming_the_broker_when_its_folder_is_gone(api: Api) -> None:
