@@ -86,7 +86,8 @@ def test_a_date_without_a_zone_is_taken_as_utc(api: Api, model_file: Path) -> No
 
 
 def test_a_cursor_this_service_did_not_issue_is_a_400(api: Api) -> None:
-    assert_problem(api.client.get("/v1/datasets", params={"cursor": "bogus"}), 400, "invalid_cursor")
+    response = api.client.get("/v1/datasets", params={"cursor": "bogus"})
+    assert_problem(response, 400, "invalid_cursor")
 
 
 def test_a_tenant_lists_only_its_own_uploads(api: Api, model_file: Path) -> None:
