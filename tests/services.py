@@ -110,6 +110,8 @@ class WorkerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # run it elsewhere: ["ip", "netns", "exec", NAME] puts it on another "host" (tests/hosts.py)
+    command_prefix: list[str] = field(default_factory=list)
 
     def start(self) -> WorkerProcess:
         env = {
@@ -121,6 +123,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
+                *self.command_prefix,
                 sys.executable,
                 "-m",
                 "celery",
