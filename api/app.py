@@ -35,7 +35,7 @@ from api.routes import (
 )
 from squeeze.logs import configure_logging
 from squeeze.settings import Settings, get_settings
-from store.blobs import BlobStore
+from store.blobs import open_blob_store
 from store.db import make_engine, make_sessionmaker
 from store.migrate import upgrade_to_head
 from worker.enqueue import JobQueue
@@ -80,7 +80,7 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         settings=settings,
         engine=engine,
         sessions=make_sessionmaker(engine),
-        blobs=BlobStore(settings.blob_dir),
+        blobs=open_blob_store(settings),
         queue=queue or JobQueue(settings),
     )
     bootstrap_admin_key(services.sessions, settings)

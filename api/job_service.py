@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -24,8 +23,7 @@ from core.errors import IncompatibleData
 from core.formats import ModelInfo
 from core.spec import JobSpec, SearchStep
 from squeeze.settings import Settings
-from store import catalog, jobs, webhooks
-from store.blobs import BlobStore
+from store import catalog, jobs, tenants, webhooks
 from store.catalog import NotFound
 from store.db import transaction
 from store.tables import ArtifactRow, JobEventRow, JobRow
@@ -143,6 +141,9 @@ def check_time_budgets(spec: JobSpec, settings: Settings) -> None:
 
 
 def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
+    # The tenant's submission lock first: a delete of an input (store.lifecycle) takes it
+    # too, so it either sees this job or this check sees the input gone.
+    tenants.lock_for_submission(session, tenant_id)
     try:
         model_row = catalog.get_model(session, spec.model_id, tenant_id=tenant_id)
     except NotFound:
@@ -236,12 +237,10 @@ def list_artifacts(session: Session, job_id: str, *, tenant_id: str) -> list[Art
     return jobs.list_artifacts(session, job_id)
 
 
-def artifact_file(
-    session: Session, blobs: BlobStore, job_id: str, name: str, *, tenant_id: str
-) -> tuple[ArtifactRow, Path]:
-    """The artifact's row and the blob file that holds it; NotFound for unknown names."""
+def artifact_row(session: Session, job_id: str, name: str, *, tenant_id: str) -> ArtifactRow:
+    """The artifact's row (its blob is named by its sha256); NotFound for unknown names."""
     jobs.get_job(session, job_id, tenant_id=tenant_id)
     artifact = jobs.get_artifact(session, job_id, name)
     if artifact is None:
         raise NotFound("artifact", name)
-    return artifact, blobs.path(artifact.sha256)
+    return artifact

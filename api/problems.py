@@ -35,9 +35,10 @@ from api.errors import (
     UnsupportedMediaType,
 )
 from core.errors import IncompatibleData, InputError, InvalidDataset, InvalidModel
-from store.blobs import BlobTooLarge
+from store.blobs import BlobMissing, BlobTooLarge
 from store.catalog import NotFound
 from store.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinal, JobNotFound
+from store.lifecycle import InUse, JobActive
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,15 @@ RULES: dict[type[Exception], Rule] = {
         ),
     ),
     JobAlreadyFinal: Rule(409, "Job already final", "job_already_final"),
+    InUse: Rule(409, "Still in use", "in_use"),
+    JobActive: Rule(409, "Job not ended", "job_active"),
     BlobTooLarge: Rule(413, "Payload too large", "payload_too_large", _blob_too_large),
+    BlobMissing: Rule(
+        404,
+        "Not found",
+        "blob_missing",
+        lambda exc: "the file's bytes are no longer stored (removed by retention or deleted)",
+    ),
     PayloadTooLarge: Rule(413, "Payload too large"),
     UnsupportedMediaType: Rule(415, "Unsupported media type"),
     InvalidCursor: Rule(400, "Invalid cursor", "invalid_cursor"),

@@ -1,4 +1,5 @@
-"""Readiness: the service can serve requests only when its database and broker answer.
+"""Readiness: the service can serve requests only when its database, broker and blob
+store answer.
 
 It also says how many live workers consume each queue. A queue with none is a warning
 (the answer stays 200: the API serves, and submissions for that queue are refused or
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.errors import NotReady
 from squeeze.settings import Settings
 from store import workers
+from store.blobs import BlobStore
 from store.db import ping
 from worker.enqueue import JobQueue
 
@@ -35,14 +37,17 @@ class ReadinessReport:
 def check_ready(
     engine: Engine,
     queue: JobQueue,
+    blobs: BlobStore,
     sessions: sessionmaker[Session] | None = None,
     settings: Settings | None = None,
 ) -> ReadinessReport:
-    """Database and broker checks ("ok" or why not) and live workers per queue; raises
-    NotReady naming what failed (a required queue without workers among them)."""
+    """Database, broker and blob store checks ("ok" or why not) and live workers per
+    queue; raises NotReady naming what failed (a required queue without workers among
+    them)."""
     checks = {
         "database": _run_check("database", lambda: ping(engine)),
         "broker": _run_check("broker", queue.ping),
+        "blob_store": _run_check("blob_store", blobs.check),
     }
     counts: dict[str, int] = {}
     warnings: list[str] = []

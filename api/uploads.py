@@ -3,7 +3,8 @@
 The multipart body is parsed as it arrives and the `file` part's bytes go straight into a
 BlobStore staging file (hashed on the way, capped at the configured size): no temporary
 copy elsewhere, nothing held in memory. The engine validates the staged file; only then
-is the row inserted and the blob published under its sha256. Any failure on the way
+is the row inserted and the blob published under its sha256 (renamed into the blob
+folder, or uploaded to the object store, in parts when large). Any failure on the way
 removes the staged file and writes no row.
 
 A model is either one self-contained .onnx file or one archive (.zip, .tar, .tar.gz,
@@ -32,7 +33,7 @@ from api.quotas import Quotas, storage_exceeded, storage_left
 from core.archive import ArchiveLimits, inspect_upload
 from core.data import inspect_dataset
 from squeeze.settings import Settings
-from store import catalog
+from store import blob_refs, catalog
 from store.blobs import BlobStore, BlobTooLarge, StagedBlob
 from store.tables import DatasetRow, ModelRow
 
@@ -145,9 +146,11 @@ def _store(
         size_bytes=staged.size_bytes,
         info=info.model_dump(mode="json"),
     )
-    # Published inside the request's transaction: if publishing fails, no row is
-    # committed. (A commit failing afterwards leaves a content-addressed blob no row
-    # names, which is harmless.)
+    # Published inside the request's transaction, under the blob's lock: if publishing
+    # fails, no row is committed, and a concurrent delete of the same bytes either ran
+    # before (they are stored again here) or waits and then sees this row. (A commit
+    # failing afterwards leaves a blob no row names, which retention removes.)
+    blob_refs.lock(session, staged.sha256)
     blobs.publish(staged)
     return row
 

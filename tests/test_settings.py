@@ -65,3 +65,20 @@ def test_queues_readiness_requires_are_read_from_the_environment_as_json(
 ) -> None:
     monkeypatch.setenv("SQUEEZE_READY_REQUIRES_WORKERS_FOR", '["cpu"]')
     assert Settings().ready_requires_workers_for == ["cpu"]
+
+
+def test_the_object_store_needs_a_bucket() -> None:
+    with pytest.raises(ValidationError, match="s3_bucket"):
+        Settings(blob_store="s3")
+
+
+def test_environment_selects_the_object_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SQUEEZE_BLOB_STORE", "s3")
+    monkeypatch.setenv("SQUEEZE_S3_BUCKET", "squeeze")
+    monkeypatch.setenv("SQUEEZE_S3_ENDPOINT_URL", "http://s3:8333")
+    monkeypatch.setenv("SQUEEZE_S3_SECRET_ACCESS_KEY", "secret")
+    settings = Settings()
+    assert (settings.blob_store, settings.s3_bucket) == ("s3", "squeeze")
+    assert settings.s3_secret_access_key is not None
+    assert settings.s3_secret_access_key.get_secret_value() == "secret"
+    assert Settings(blob_store="local").blob_store == "local"

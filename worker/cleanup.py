@@ -1,18 +1,19 @@
-"""Retention, run periodically by the worker's parent: expired datasets and artifacts
-lose their rows, then blob files that nothing names are deleted."""
+"""Retention, run periodically by the worker's parent: expired models, datasets and
+artifacts lose their rows, then blobs that nothing names are deleted (from the local
+folder or the object store)."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from squeeze.settings import Settings
 from store.blobs import BlobStore
 from store.db import transaction
-from store.retention import collect_blobs, expire_rows, referenced_blobs
+from store.retention import collect_blobs, expire_rows
 from store.tables import utcnow
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ BLOB_GRACE_S = 3600.0
 
 @dataclass(frozen=True)
 class CleanupReport:
+    model_ids: list[str]
     dataset_ids: list[str]
     artifact_job_ids: list[str]
     removed_blobs: list[str]
@@ -34,26 +36,31 @@ def clean_once(
     settings: Settings,
     *,
     blob_grace_s: float = BLOB_GRACE_S,
+    now: datetime | None = None,
 ) -> CleanupReport:
+    """One pass; `now` stands in for the clock (tests)."""
+    now = now or utcnow()
     with transaction(sessions) as session:
         expired = expire_rows(
             session,
-            now=utcnow(),
+            now=now,
             dataset_retention=_days(settings.dataset_retention_days),
             artifact_retention=_days(settings.artifact_retention_days),
+            model_retention=_days(settings.model_retention_days),
         )
     # After the commit: a blob is only unnamed once the rows naming it are gone for good.
-    with transaction(sessions) as session:
-        referenced = referenced_blobs(session)
-    removed = collect_blobs(blobs, referenced, grace_s=blob_grace_s)
-    if expired.dataset_ids or expired.artifact_job_ids or removed:
+    removed = collect_blobs(sessions, blobs, grace_s=blob_grace_s, now=now)
+    if expired.model_ids or expired.dataset_ids or expired.artifact_job_ids or removed:
         log.info(
-            "retention: %d datasets, artifacts of %d jobs, %d blob files removed",
+            "retention: %d models, %d datasets, artifacts of %d jobs, %d blobs removed",
+            len(expired.model_ids),
             len(expired.dataset_ids),
             len(expired.artifact_job_ids),
             len(removed),
         )
-    return CleanupReport(expired.dataset_ids, expired.artifact_job_ids, removed)
+    return CleanupReport(
+        expired.model_ids, expired.dataset_ids, expired.artifact_job_ids, removed
+    )
 
 
 def _days(days: float | None) -> timedelta | None:

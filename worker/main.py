@@ -18,7 +18,7 @@ from celery.worker import state as worker_state
 
 from squeeze.logs import configure_logging, job_id_var, log_context
 from squeeze.settings import get_settings
-from store.blobs import BlobStore
+from store.blobs import open_blob_store
 from store.db import make_engine, make_sessionmaker
 from store.migrate import upgrade_to_head
 from worker.celery_app import RUN_JOB_TASK, SEARCH_TRIALS_TASK, make_celery
@@ -46,7 +46,7 @@ def get_runner() -> JobRunner:
         settings = get_settings()
         sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
         _runner = JobRunner(
-            settings, sessions, BlobStore(settings.blob_dir), queue=JobQueue(settings, app)
+            settings, sessions, open_blob_store(settings), queue=JobQueue(settings, app)
         )
     return _runner
 
@@ -99,7 +99,7 @@ def _start_background(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
     queue = JobQueue(settings, app)
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings)
     _presence = WorkerPresence(
         sessions,
         settings,

@@ -3,11 +3,13 @@
 This is the service function behind the Celery task; it holds the job's rules so the task
 stays thin and tests can call it directly.
 
-The model blob (a plain .onnx or an archive of a model and its external data) is first
-materialised in a folder of its own in the attempt's work dir, so the engine reads
-external data from nowhere else. The final model is published as `model.onnx` when it
-fits in one protobuf file, else as `model.zip` (the .onnx and its external data, in the
-layout uploads take); report.json says which.
+The job's input blobs are first materialised in the attempt's work dir (hard links to the
+local blob files, or to the worker's cache of the object store), so nothing the job reads
+can disappear under it; the model (a plain .onnx or an archive of a model and its
+external data) then gets a folder of its own, so the engine reads external data from
+nowhere else. Results are written back to the blob store. The final model is published
+as `model.onnx` when it fits in one protobuf file, else as `model.zip` (the .onnx and its
+external data, in the layout uploads take); report.json says which.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from core.errors import EngineError, JobCancelled
 from core.formats import SINGLE_FILE_LIMIT_BYTES, load_model, model_files, save_model
 from core.spec import JobSpec
 from squeeze.settings import Settings
-from store import catalog, jobs
-from store.blobs import BlobStore
+from store import blob_refs, catalog, jobs
+from store.blobs import BlobMissing, BlobStore, StagedBlob
 from store.db import transaction
 from worker.enqueue import JobQueue
 from worker.lease import LeaseKeeper
@@ -187,10 +189,10 @@ class JobRunner:
     def _run_attempt(self, job_id: str, attempt: int, work_dir: Path, keeper: LeaseKeeper) -> str:
         allowance: int | None = None  # the job's memory ceiling, once its spec is read
         try:
-            inputs = self.load_inputs(job_id)
-            allowance = self._memory_allowance(inputs.spec)
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
+            inputs = self.load_inputs(job_id, work_dir)
+            allowance = self._memory_allowance(inputs.spec)
             # A folder of its own: the engine follows external data only beside the .onnx.
             model_path = materialise_model(
                 inputs.model_path, work_dir / "input", archive_limits(self.settings)
@@ -225,7 +227,7 @@ class JobRunner:
                 )
             if keeper.lost:
                 raise LeaseLost(job_id)
-            artifacts = self._publish_artifacts(
+            artifacts, files = self._publish_artifacts(
                 final_model,
                 result.model_dump(mode="json"),
                 report_html(job_id, inputs.spec, result, inputs.model_filename),
@@ -236,6 +238,7 @@ class JobRunner:
                 state="succeeded",
                 result=result.model_dump(mode="json"),
                 artifacts=artifacts,
+                artifact_files=files,
             )
         except LeaseLost:
             log.warning("job %s attempt %d lost its lease; stopping", job_id, attempt)
@@ -263,6 +266,14 @@ class JobRunner:
         except ValidationError as error:
             return self._finish(
                 job_id, attempt, state="failed", error_code="invalid_spec", error_message=str(error)
+            )
+        except (catalog.NotFound, BlobMissing) as error:
+            return self._finish(
+                job_id,
+                attempt,
+                state="failed",
+                error_code="input_missing",
+                error_message=f"an input of the job is no longer stored: {error}",
             )
         except SoftTimeLimitExceeded:
             return self._time_limit_exceeded(job_id, attempt)
@@ -321,34 +332,40 @@ class JobRunner:
         log.info("job %s attempt %d released for another worker", job_id, attempt)
         return "released"
 
-    def load_inputs(self, job_id: str) -> JobInputs:
-        """The job's spec and the blob paths of its model and datasets (search helpers
-        load a job's inputs the same way)."""
+    def load_inputs(self, job_id: str, work_dir: Path) -> JobInputs:
+        """The job's spec, and its model and datasets as local files under `work_dir`
+        (search helpers load a job's inputs the same way). NotFound for a model or
+        dataset deleted since the job was submitted, BlobMissing for lost bytes."""
         with transaction(self.sessions) as session:
             job = jobs.get_job(session, job_id, tenant_id=None)
             spec = JobSpec.model_validate(job.spec)
             # Scoped to the job's tenant again: a job only ever reads its own tenant's data.
             model = catalog.get_model(session, spec.model_id, tenant_id=job.tenant_id)
-            datasets = {
-                dataset_id: self.blobs.path(
-                    catalog.get_dataset(session, dataset_id, tenant_id=job.tenant_id).sha256
-                )
+            dataset_shas = {
+                dataset_id: catalog.get_dataset(session, dataset_id, tenant_id=job.tenant_id).sha256
                 for dataset_id in spec.dataset_ids()
             }
-            other_models = {
-                model_id: self.blobs.path(
-                    catalog.get_model(session, model_id, tenant_id=job.tenant_id).sha256
-                )
+            other_model_shas = {
+                model_id: catalog.get_model(session, model_id, tenant_id=job.tenant_id).sha256
                 for model_id in spec.student_model_ids()
             }
-            return JobInputs(
-                spec,
-                self.blobs.path(model.sha256),
-                datasets,
-                other_models,
-                queue=job.queue,
-                model_filename=model.filename,
-            )
+            queue, model_sha, model_filename = job.queue, model.sha256, model.filename
+        # Outside the transaction: fetching from the object store can take a while.
+        folder = work_dir / "blobs"
+        folder.mkdir(parents=True, exist_ok=True)
+
+        def local(sha256: str) -> Path:
+            target = folder / sha256
+            return target if target.exists() else self.blobs.materialise(sha256, target)
+
+        return JobInputs(
+            spec,
+            local(model_sha),
+            {dataset_id: local(sha) for dataset_id, sha in dataset_shas.items()},
+            {model_id: local(sha) for model_id, sha in other_model_shas.items()},
+            queue=queue,
+            model_filename=model_filename,
+        )
 
     def _helper_sender(self, job_id: str, queue: str | None) -> Callable[[str, int], None]:
         def send(study_name: str, count: int) -> None:
@@ -380,7 +397,9 @@ class JobRunner:
 
     def _publish_artifacts(
         self, final_model: Path, report: dict[str, Any], report_page: str | None = None
-    ) -> list[jobs.ArtifactRecord]:
+    ) -> tuple[list[jobs.ArtifactRecord], dict[str, Path]]:
+        """Write the results back to the blob store; their records, and the local file
+        of each sha256 (to store again should a concurrent delete have taken it)."""
         model = package_model(final_model, final_model.parent / "publish")
         report = {**report, "model_artifact": model.describe()}
         report_path = final_model.parent / "report.json"
@@ -394,6 +413,7 @@ class JobRunner:
             page_path.write_text(report_page, encoding="utf-8")
             pages.append(("report.html", page_path, "text/html; charset=utf-8"))
         records = []
+        files: dict[str, Path] = {}
         for name, path, media_type in (
             (model.name, model.path, model.media_type),
             ("report.json", report_path, "application/json"),
@@ -401,13 +421,27 @@ class JobRunner:
             *pages,
             *((path.name, path, media_type_of(path)) for path in step_files),
         ):
-            staged = self.blobs.stage_file(path)
-            self.blobs.publish(staged)
-            records.append(jobs.ArtifactRecord(name, media_type, staged.sha256, staged.size_bytes))
-        return records
+            stored: StagedBlob = self.blobs.put_file(path)
+            records.append(jobs.ArtifactRecord(name, media_type, stored.sha256, stored.size_bytes))
+            files[stored.sha256] = path
+        return records, files
 
-    def _finish(self, job_id: str, attempt: int, *, state: str, **fields: Any) -> str:
+    def _finish(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        state: str,
+        artifact_files: dict[str, Path] | None = None,
+        **fields: Any,
+    ) -> str:
         with transaction(self.sessions) as session:
+            # Under each blob's lock until the artifact rows commit: a delete of the same
+            # bytes that ran since they were written is undone here, a later one waits.
+            for sha256, path in sorted((artifact_files or {}).items()):
+                blob_refs.lock(session, sha256)
+                if not self.blobs.exists(sha256):
+                    self.blobs.put_file(path)
             owned = jobs.finish(session, job_id, attempt, state=state, **fields)
         if not owned:
             log.warning(

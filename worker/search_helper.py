@@ -92,7 +92,8 @@ class SearchHelper:
             return "skipped"
         work_dir = self.settings.work_dir / job_id / f"helper-{helper_index}-{uuid.uuid4().hex[:8]}"
         try:
-            inputs = self.runner.load_inputs(job_id)
+            work_dir.mkdir(parents=True)
+            inputs = self.runner.load_inputs(job_id, work_dir)
             model_path = materialise_model(
                 inputs.model_path, work_dir / "input", archive_limits(self.settings)
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from api import readiness
-from api.deps import EngineDep, QueueDep, SessionFactoryDep, SettingsDep
+from api.deps import BlobsDep, EngineDep, QueueDep, SessionFactoryDep, SettingsDep
 from api.routes.docs import problems
 from api.schemas import Health, Readiness
 
@@ -20,11 +20,15 @@ def healthz() -> Health:
 
 @router.get("/readyz", responses=problems(503))
 def readyz(
-    engine: EngineDep, queue: QueueDep, sessions: SessionFactoryDep, settings: SettingsDep
+    engine: EngineDep,
+    queue: QueueDep,
+    blobs: BlobsDep,
+    sessions: SessionFactoryDep,
+    settings: SettingsDep,
 ) -> Readiness:
-    """The database and the broker answer; `workers` counts the live workers of each
-    queue and `warnings` names a queue no live worker consumes. 503 `not_ready` names
-    the failing check (a queue in SQUEEZE_READY_REQUIRES_WORKERS_FOR without workers is
-    one)."""
-    report = readiness.check_ready(engine, queue, sessions, settings)
+    """The database, the broker and the blob store answer; `workers` counts the live
+    workers of each queue and `warnings` names a queue no live worker consumes. 503
+    `not_ready` names the failing check (a queue in SQUEEZE_READY_REQUIRES_WORKERS_FOR
+    without workers is one)."""
+    report = readiness.check_ready(engine, queue, blobs, sessions, settings)
     return Readiness(checks=report.checks, workers=report.workers, warnings=report.warnings)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Path, Query, Response
-from fastapi.responses import FileResponse
 
-from api import job_service
+from api import catalog_service, job_service
 from api.auth import CallerDep
 from api.deps import BlobsDep, QueueDep, SessionDep, SessionFactoryDep, SettingsDep
+from api.downloads import blob_response
 from api.routes.docs import problems
 from api.schemas import (
     ArtifactList,
@@ -103,6 +103,16 @@ def get_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> JobOut:
     return JobOut.from_row(jobs.get_job(session, job_id, tenant_id=caller.tenant_id))
 
 
+@router.delete("/{job_id}", status_code=204, responses=problems(404, 409))
+def delete_job(
+    job_id: JobId, caller: CallerDep, sessions: SessionFactoryDep, blobs: BlobsDep
+) -> Response:
+    """Delete a finished job with its events and artifacts (files another job shares are
+    kept). A queued or running job is a 409 `job_active`: cancel it first."""
+    catalog_service.delete_job(sessions, blobs, job_id, tenant_id=caller.tenant_id)
+    return Response(status_code=204)
+
+
 @router.post("/{job_id}/cancel", status_code=202, responses=problems(404, 409))
 def cancel_job(job_id: JobId, caller: CallerDep, session: SessionDep) -> JobOut:
     """A queued job is cancelled at once; a running one stops at its next check."""
@@ -135,18 +145,29 @@ def list_artifacts(job_id: JobId, caller: CallerDep, session: SessionDep) -> Art
 
 @router.get(
     "/{job_id}/artifacts/{name}",
-    response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **problems(404)},
+    response_class=Response,
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        307: {"description": "a presigned URL of the object store (when enabled)"},
+        **problems(404),
+    },
 )
 def download_artifact(
-    job_id: JobId, name: ArtifactName, caller: CallerDep, session: SessionDep, blobs: BlobsDep
-) -> FileResponse:
-    artifact, path = job_service.artifact_file(
-        session, blobs, job_id, name, tenant_id=caller.tenant_id
-    )
-    return FileResponse(
-        path,
-        media_type=artifact.media_type,
+    job_id: JobId,
+    name: ArtifactName,
+    caller: CallerDep,
+    session: SessionDep,
+    blobs: BlobsDep,
+    settings: SettingsDep,
+) -> Response:
+    """The file (`ETag` is its sha256), streamed from the blob store; with
+    `SQUEEZE_BLOB_DOWNLOAD_REDIRECT` and the object store, a 307 to a presigned URL."""
+    artifact = job_service.artifact_row(session, job_id, name, tenant_id=caller.tenant_id)
+    return blob_response(
+        blobs,
+        settings,
+        sha256=artifact.sha256,
+        size_bytes=artifact.size_bytes,
         filename=artifact.name,
-        headers={"ETag": f'"{artifact.sha256}"'},
+        media_type=artifact.media_type,
     )

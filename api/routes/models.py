@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 
-from api import uploads
+from api import catalog_service, uploads
 from api.auth import CallerDep
-from api.deps import BlobsDep, SessionDep, SettingsDep
+from api.catalog_schemas import ModelList
+from api.deps import BlobsDep, SessionDep, SessionFactoryDep, SettingsDep
 from api.metrics import MetricsDep
 from api.routes.docs import file_upload_body, problems
 from api.schemas import ModelOut, model_url
@@ -52,3 +54,39 @@ async def upload_model(
 @router.get("/{model_id}", responses=problems(404))
 def get_model(model_id: ModelId, caller: CallerDep, session: SessionDep) -> ModelOut:
     return ModelOut.from_row(catalog.get_model(session, model_id, tenant_id=caller.tenant_id))
+
+
+@router.get("", responses=problems(400))
+def list_models(
+    caller: CallerDep,
+    session: SessionDep,
+    name: Annotated[
+        str | None, Query(max_length=255, description="file names containing this (any case)")
+    ] = None,
+    created_after: Annotated[
+        datetime | None, Query(description="created at or after (ISO 8601; UTC if no zone)")
+    ] = None,
+    created_before: Annotated[datetime | None, Query(description="created before")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: str | None = None,
+) -> ModelList:
+    """The caller's models, newest first; follow `next_cursor` for the next page."""
+    rows, next_cursor = catalog_service.list_models(
+        session,
+        tenant_id=caller.tenant_id,
+        filters=catalog_service.filters(name, created_after, created_before),
+        limit=limit,
+        cursor=cursor,
+    )
+    return ModelList(items=[ModelOut.from_row(row) for row in rows], next_cursor=next_cursor)
+
+
+@router.delete("/{model_id}", status_code=204, responses=problems(404, 409))
+def delete_model(
+    model_id: ModelId, caller: CallerDep, sessions: SessionFactoryDep, blobs: BlobsDep
+) -> Response:
+    """Delete the model, and its file unless another upload holds the same bytes; the
+    account's storage usage drops at once. 409 `in_use` names a queued or running job
+    that still reads it."""
+    catalog_service.delete_model(sessions, blobs, model_id, tenant_id=caller.tenant_id)
+    return Response(status_code=204)

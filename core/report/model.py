@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from core.results import (
     EvaluationRecord,
     Note,
-    OutputComparison,
     Outcome,
+    OutputComparison,
     PipelineResult,
     SpeedAtBatch,
     TargetCheck,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from squeeze.cli import commands
+from squeeze.cli import commands, lifecycle
 from squeeze.cli.exit_codes import EPILOG
 from squeeze.cli.specs import parse_batch_sizes, parse_drop, parse_size
 from squeeze.client.client import DEFAULT_URL
@@ -200,4 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cancel", "cancel a queued or running job")
     p.add_argument("job", metavar="JOB")
     p.set_defaults(handler=commands.cancel)
+
+    lifecycle.register(command)
     return parser

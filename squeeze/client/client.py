@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -41,11 +42,13 @@ from squeeze.client.models import (
     Batch,
     BatchPage,
     Dataset,
+    DatasetPage,
     Event,
     EventPage,
     Job,
     JobPage,
     Model,
+    ModelPage,
     Tenant,
     WebhookSecret,
 )
@@ -83,6 +86,7 @@ class Client(AbstractContextManager["Client"]):
         self.url = (url or os.environ.get("SQUEEZE_URL") or DEFAULT_URL).rstrip("/")
         self.api_key = api_key if api_key is not None else os.environ.get("SQUEEZE_API_KEY")
         self.retry_policy = retry_policy or RetryPolicy()
+        self.timeout_s = timeout_s
         self.sleep = sleep
         self._owns_http = http is None
         self.http = http or httpx.Client(
@@ -231,6 +235,71 @@ class Client(AbstractContextManager["Client"]):
     def get_dataset(self, dataset_id: str) -> Dataset:
         return self._get(f"/v1/datasets/{dataset_id}", Dataset)
 
+    def list_models(
+        self,
+        *,
+        name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> ModelPage:
+        """The tenant's models, newest first: file names containing `name` (any case),
+        created in [created_after, created_before); follow `next_cursor`."""
+        return self._get(
+            "/v1/models",
+            ModelPage,
+            **_listing(name, created_after, created_before, limit, cursor),
+        )
+
+    def list_datasets(
+        self,
+        *,
+        name: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> DatasetPage:
+        return self._get(
+            "/v1/datasets",
+            DatasetPage,
+            **_listing(name, created_after, created_before, limit, cursor),
+        )
+
+    def iter_models(self, *, name: str | None = None, page_size: int = 100) -> Iterator[Model]:
+        """Every model (whose file name contains `name`), newest first."""
+        cursor: str | None = None
+        while True:
+            page = self.list_models(name=name, limit=page_size, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def iter_datasets(
+        self, *, name: str | None = None, page_size: int = 100
+    ) -> Iterator[Dataset]:
+        cursor: str | None = None
+        while True:
+            page = self.list_datasets(name=name, limit=page_size, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def delete_model(self, model: Model | str) -> None:
+        """Delete an upload (and its file unless another upload holds the same bytes).
+        A model a queued or running job reads: SqueezeError 409 `in_use`, naming it."""
+        self._delete(f"/v1/models/{model if isinstance(model, str) else model.id}")
+
+    def delete_dataset(self, dataset: Dataset | str) -> None:
+        self._delete(f"/v1/datasets/{dataset if isinstance(dataset, str) else dataset.id}")
+
+    def _delete(self, path: str) -> None:
+        # not repeated after a lost answer: a second try would say 404 for a success
+        self._send("DELETE", path, lambda: {}, safe=False)
+
     # --- jobs ---------------------------------------------------------------------------
 
     def submit_job(
@@ -276,6 +345,11 @@ class Client(AbstractContextManager["Client"]):
                 return
             cursor = page.next_cursor
 
+    def delete_job(self, job: JobRef) -> None:
+        """Delete a finished job with its events and artifacts. A queued or running job:
+        SqueezeError 409 `job_active` (cancel it first)."""
+        self._delete(f"/v1/jobs/{_job_id(job)}")
+
     def cancel_job(self, job: JobRef) -> Job:
         """A queued job ends at once; a running one at its next progress check."""
         return Job.model_validate(self._json("POST", f"/v1/jobs/{_job_id(job)}/cancel"))
@@ -314,22 +388,22 @@ class Client(AbstractContextManager["Client"]):
         while True:
             attempt += 1
             try:
-                with self.http.stream("GET", path, headers=self._headers()) as response:
+                # redirects are followed here, never with the API key (whatever `http` does)
+                stream = self.http.stream(
+                    "GET", path, headers=self._headers(), follow_redirects=False
+                )
+                with stream as response:
+                    if response.status_code == 307 and "Location" in response.headers:
+                        # the object store's presigned URL: fetched without the API key
+                        etag = response.headers.get("ETag", "").strip('"') or None
+                        self._download_from(
+                            response.headers["Location"], target, etag, progress
+                        )
+                        return target
                     if not response.is_success:
                         response.read()
                         raise _error_from(response, retry.retry_after_s(response))
-                    length = response.headers.get("Content-Length")
-                    etag = response.headers.get("ETag", "").strip('"') or None
-                    try:
-                        write_stream(
-                            response.iter_bytes(),
-                            target,
-                            total=int(length) if length else None,
-                            progress=progress,
-                            expected_sha256=etag,
-                        )
-                    except ValueError as error:
-                        raise SqueezeError(0, "checksum_mismatch", str(error)) from error
+                    _write_download(response, target, progress, None)
                 return target
             except httpx.TransportError as error:
                 delay = self.retry_policy.delay_s(attempt, None)
@@ -343,6 +417,21 @@ class Client(AbstractContextManager["Client"]):
                 if delay is None:
                     raise
                 self.sleep(delay)
+
+    def _download_from(
+        self, url: str, target: Path, etag: str | None, progress: Progress | None
+    ) -> None:
+        """A download the service redirected to a presigned URL: no API key goes along
+        (the URL is the permission; the store would refuse a second authorisation)."""
+        with httpx.Client(timeout=self.timeout_s) as plain, plain.stream("GET", url) as response:
+            if not response.is_success:
+                response.read()
+                raise SqueezeError(
+                    response.status_code,
+                    "download_failed",
+                    f"the object store answered {response.status_code} for the presigned URL",
+                )
+            _write_download(response, target, progress, etag)
 
     def download_model(
         self, job: JobRef, destination: Path | str, *, progress: Progress | None = None
@@ -477,6 +566,40 @@ class Client(AbstractContextManager["Client"]):
             "POST", f"/v1/tenants/{tenant_id}/api-keys", json={"name": name}, safe=False
         )
         return ApiKeyCreated.model_validate(body)
+
+
+def _listing(
+    name: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    limit: int,
+    cursor: str | None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "created_after": created_after.isoformat() if created_after else None,
+        "created_before": created_before.isoformat() if created_before else None,
+        "limit": limit,
+        "cursor": cursor,
+    }
+
+
+def _write_download(
+    response: httpx.Response, target: Path, progress: Progress | None, etag: str | None
+) -> None:
+    """The body to `target`, checked against the ETag (the sha256) when there is one."""
+    length = response.headers.get("Content-Length")
+    expected = etag or response.headers.get("ETag", "").strip('"') or None
+    try:
+        write_stream(
+            response.iter_bytes(),
+            target,
+            total=int(length) if length else None,
+            progress=progress,
+            expected_sha256=expected,
+        )
+    except ValueError as error:
+        raise SqueezeError(0, "checksum_mismatch", str(error)) from error
 
 
 def _error_from(response: httpx.Response, retry_after: float | None) -> SqueezeError:

@@ -36,6 +36,16 @@ class Dataset(Upload):
     """An uploaded `.npz`; `info` holds the arrays (shape, dtype) and the sample count."""
 
 
+class ModelPage(Wire):
+    items: list[Model]
+    next_cursor: str | None = None
+
+
+class DatasetPage(Wire):
+    items: list[Dataset]
+    next_cursor: str | None = None
+
+
 class Latency(Wire):
     batch_size: int
     median_ms: float

@@ -23,7 +23,8 @@ def test_readyz_is_ready_when_database_and_broker_answer(api: Api) -> None:
 
     assert response.status_code == 200
     body = response.json()
-    assert (body["status"], body["checks"]) == ("ready", {"database": "ok", "broker": "ok"})
+    checks = {"database": "ok", "broker": "ok", "blob_store": "ok"}
+    assert (body["status"], body["checks"]) == ("ready", checks)
     # no worker runs here: readiness stays 200 and says so (tests/api/test_workers.py)
     assert body["workers"] == {"cpu": 0, "gpu": 0}
 

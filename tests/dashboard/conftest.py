@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from squeeze.settings import Settings
-from store.blobs import BlobStore
+from store.blobs import open_blob_store
 from store.db import make_engine, make_sessionmaker
 from tests.api.conftest import ADMIN_TOKEN
 from tests.conftest import DigitsFiles
@@ -131,7 +131,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, digits_files: DigitsFiles) 
         finished_id = _submit(client, spec)
         engine = make_engine(settings.resolved_database_url)
         try:
-            runner = JobRunner(settings, make_sessionmaker(engine), BlobStore(settings.blob_dir))
+            runner = JobRunner(settings, make_sessionmaker(engine), open_blob_store(settings))
             assert runner.run(finished_id) == "succeeded"
         finally:
             engine.dispose()

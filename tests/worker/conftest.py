@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from squeeze.settings import Settings
 from store import catalog, jobs, tenants
-from store.blobs import BlobStore
+from store.blobs import BlobStore, open_blob_store
 from store.db import make_engine, make_sessionmaker, transaction
 from store.migrate import upgrade_to_head
 from tests.conftest import DigitsFiles
@@ -69,7 +69,7 @@ def upload_digits(settings: Settings, digits: DigitsFiles) -> StoreWithDigits:
     settings.ensure_dirs()
     upgrade_to_head(settings.resolved_database_url)
     sessions = make_sessionmaker(make_engine(settings.resolved_database_url))
-    blobs = BlobStore(settings.blob_dir)
+    blobs = open_blob_store(settings)
     with transaction(sessions) as session:
         tenant_id = tenants.create_tenant(session, "worker-tests").id
     ids = []

@@ -54,14 +54,14 @@ def test_a_job_over_its_memory_limit_fails_with_a_clear_code_and_the_process_liv
     script = textwrap.dedent(
         f"""
         from squeeze.settings import Settings
-        from store.blobs import BlobStore
+        from store.blobs import open_blob_store
         from store.db import make_engine, make_sessionmaker
         from worker.runner import JobRunner
         settings = Settings()
         runner = JobRunner(
             settings,
             make_sessionmaker(make_engine(settings.resolved_database_url)),
-            BlobStore(settings.blob_dir),
+            open_blob_store(settings),
         )
         print(runner.run({hungry!r}), runner.run({normal!r}))
         """
