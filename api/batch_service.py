@@ -18,7 +18,7 @@ from api.batch_schemas import BatchDetail, BatchIn, BatchJob, BatchList, BatchOu
 from api.errors import BatchTooLarge
 from api.job_service import check_references, method_label, spec_sha256
 from api.quotas import check_job_slot
-from api.worker_check import check_workers, record_waiting, requirement_for
+from api.worker_check import check_all, record_waiting, requirements_for
 from squeeze.settings import Settings
 from store import batches, jobs, webhooks
 from store.tables import BatchRow, JobRow
@@ -74,8 +74,8 @@ def submit_batch(
         check_references(session, spec, tenant_id)
     check_job_slot(session, tenant_id, settings, needed=len(specs))
     waiting = {
-        spec.device: check_workers(
-            session, requirement_for(spec.device, queue.queue_for(spec.device)), settings
+        spec.device: check_all(
+            session, requirements_for(spec, queue.queue_for(spec.device)), settings
         )
         for spec in specs
     }

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import InvalidSpec, UnknownReference
 from api.quotas import check_job_slot
-from api.worker_check import check_workers, record_waiting, requirement_for
+from api.worker_check import check_all, record_waiting, requirements_for
 from core.data import DatasetInfo, check_compatible
 from core.errors import IncompatibleData
 from core.formats import ModelInfo
@@ -86,8 +86,8 @@ def submit_job(
     waiting = None
     if not replay:
         check_job_slot(session, tenant_id, settings)
-        waiting = check_workers(
-            session, requirement_for(spec.device, queue.queue_for(spec.device)), settings
+        waiting = check_all(
+            session, requirements_for(spec, queue.queue_for(spec.device)), settings
         )
     job, created = jobs.create_job(
         session,

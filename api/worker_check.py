@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from api.errors import NoWorkerForTarget
+from core.spec import JobSpec
 from squeeze.settings import Settings
 from store import jobs, workers
 
@@ -38,6 +39,28 @@ def requirement_for(device: str, queue: str) -> Requirement:
     if device == "cuda":
         return Requirement(queue=queue, device="cuda", runtime="onnxruntime")
     return Requirement(queue=queue)
+
+
+def requirements_for(spec: JobSpec, queue: str) -> list[Requirement]:
+    """Everything the job needs of the one worker that runs it: its device, and the
+    runtime and device of each deployment target (one worker measures them all)."""
+    needs = [requirement_for(spec.device, queue)]
+    for target in spec.deployment:
+        needed = Requirement(queue=queue, device=target.device, runtime=target.runtime)
+        if needed not in needs:
+            needs.append(needed)
+    return needs
+
+
+def check_all(
+    session: Session, requirements: list[Requirement], settings: Settings
+) -> str | None:
+    """`check_workers` for each requirement; the first reason to wait, if any."""
+    waiting = None
+    for requirement in requirements:
+        reason = check_workers(session, requirement, settings)
+        waiting = waiting or reason
+    return waiting
 
 
 def unserved(session: Session, requirement: Requirement, settings: Settings) -> str | None:

@@ -15,8 +15,9 @@ Per thread count (`--threads 2,1`: each its own table) and batch (1 and 32): eve
 candidate timed interleaved in this one process (A B C ..., then reversed), medians;
 speed-up vs FP32 ONNX Runtime at the same threads and batch; size vs the FP32 ONNX file;
 accuracy on the test rows (never used for calibration or training) and its change vs
-FP32; whether the drop stays within 1% relative. squeeze's own rows (one per deployment
-target) join this table once deployment targets are wired into the job.
+FP32; whether the drop stays within 1% relative. squeeze's own rows: one job per model
+(quantize auto, targets ONNX Runtime and OpenVINO at the same threads), one row per
+deployment target, each model scored on the same test rows.
 
 Run from the repository root (not part of the test suite):
 
@@ -55,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("/tmp/squeeze-bench-targets"))
     parser.add_argument("--output", type=Path, default=RESULTS)
     parser.add_argument("--note", default="", help="a sentence for the header (machine load)")
+    parser.add_argument(
+        "--no-squeeze", action="store_true", help="only the hand-made baselines (no squeeze job)"
+    )
     return parser.parse_args(argv)
 
 
@@ -135,6 +139,8 @@ class Bench:
         fp32 = export_onnx(model, x_test[:1], folder / "fp32.onnx")
         calibration = np.ascontiguousarray(x_train[:256])
         candidates = self.candidates(fp32, calibration, folder)
+        if not self.args.no_squeeze:
+            candidates += self.squeeze(fp32, x_train, y_train, folder)
         rows = []
         for threads in self.thread_counts:
             rows.extend(self.measure(name, threads, fp32, candidates, x_test, y_test))
@@ -197,6 +203,82 @@ class Bench:
             except Exception as exc:  # a baseline that fails is a result too
                 reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
                 built.append(Candidate(method, runtime, "", 0, lambda t: None, failure=reason))
+        return built
+
+    def squeeze(self, fp32: Path, x_train: Any, y_train: Any, folder: Path) -> list[Candidate]:
+        """squeeze's own models: one job (quantize auto, a 1% relative drop, batch sizes 1
+        and 32) with an ONNX Runtime and an OpenVINO deployment target at these threads;
+        the job's eval rows are cut from the training data, so the test rows this table
+        scores on stay unseen. The job's wall time is in the config column."""
+        import numpy as np
+
+        from core.context import MeasureSettings, RunContext
+        from core.pipeline import run
+        from core.runtimes import PreparedModel, RunSettings, get_runtime
+        from core.spec import JobSpec
+
+        spinning = self.args.spinning == "on"
+        cut = len(x_train) - max(len(x_train) // 5, 128)
+        data = folder / "squeeze-data"
+        data.mkdir(parents=True, exist_ok=True)
+        np.savez(data / "eval.npz", input=x_train[cut:], label=y_train[cut:])
+        np.savez(data / "calibration.npz", input=x_train[:cut], label=y_train[:cut])
+        sessions = {"threads": self.thread_counts, "runtime_defaults": spinning}
+        spec = JobSpec.model_validate(
+            {
+                "model_id": "bench",
+                "eval_dataset_id": "eval",
+                "calibration_dataset_id": "calibration",
+                "steps": [{"method": "quantize"}],
+                "targets": {"max_metric_drop": MAX_RELATIVE_DROP, "metric_drop_mode": "relative"},
+                "batch_sizes": list(BATCHES),
+                "deployment": [
+                    {"runtime": "onnxruntime", **sessions},
+                    {"runtime": "openvino", **sessions},
+                ],
+            }
+        )
+        started = time.perf_counter()
+        try:
+            result, final = run(
+                fp32,
+                {"eval": data / "eval.npz", "calibration": data / "calibration.npz"},
+                spec,
+                RunContext(
+                    work_dir=folder / "squeeze-job",
+                    measure=MeasureSettings(1, self.args.warmup, self.args.runs),
+                ),
+            )
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+            return [Candidate("squeeze", "both", "", 0, lambda t: None, failure=reason)]
+        wall = time.perf_counter() - started
+        built = []
+        for target in result.targets:
+            runtime = get_runtime(target.runtime)
+            if target.runtime == "onnxruntime":
+                files: tuple[Path, ...] = (final,)
+            else:
+                artifacts = folder / "squeeze-job" / "artifacts"
+                xml = next(name for name in target.artifacts if name.endswith(".xml"))
+                files = (artifacts / xml, artifacts / xml.replace(".xml", ".bin"))
+            if target.chosen == "openvino-original":
+                files = (fp32,)
+                runtime = get_runtime("onnxruntime")
+            prepared = PreparedModel(
+                runtime=runtime.name, files=files, open_config=dict(target.open_config)
+            )
+            outcome = target.verdict.outcome
+            built.append(
+                Candidate(
+                    f"squeeze {target.name}", target.runtime,
+                    f"{target.chosen}, {outcome}, job {wall:.0f} s",
+                    prepared.size_bytes(),
+                    lambda t, r=runtime, p=prepared: r.open(
+                        p, RunSettings(threads=t, runtime_defaults=spinning)
+                    ),
+                )
+            )  # fmt: skip
         return built
 
     def ort_dynamic(self, fp32: Path) -> Path:

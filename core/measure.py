@@ -184,8 +184,35 @@ def compute_outputs(
     layout: FeedLayout | None = None,
     sample_axis: int = 0,
 ) -> np.ndarray:
-    """One output over all samples, run in batches and concatenated along its sample
-    axis, which comes back as axis 0.
+    """One output of an ONNX Runtime session over all samples (see collect_outputs)."""
+
+    def run(batch: dict[str, np.ndarray]) -> np.ndarray:
+        (output,) = session.run([output_name], batch)
+        return np.asarray(output)
+
+    return collect_outputs(
+        run,
+        feeds,
+        batch_size,
+        layout=layout,
+        sample_axis=sample_axis,
+        check_cancelled=check_cancelled,
+        name=output_name,
+    )
+
+
+def collect_outputs(
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    feeds: Feeds,
+    batch_size: int,
+    *,
+    layout: FeedLayout | None = None,
+    sample_axis: int = 0,
+    check_cancelled: CancelCheck | None = None,
+    name: str = "output",
+) -> np.ndarray:
+    """One output over all samples, `run` (a model's feed -> that output) called batch by
+    batch, concatenated along the output's sample axis, which comes back as axis 0.
 
     `feeds` hold the per-sample inputs with samples on axis 0; `layout` turns a batch
     into what the model takes (the task's sample axes, inputs fed whole). A short last
@@ -200,11 +227,10 @@ def compute_outputs(
         rows = sample_count(batch)
         if rows < batch_size:
             batch = take_rows(batch, batch_size)
-        (output,) = session.run([output_name], layout.to_model(batch))
-        array = np.asarray(output)
+        array = np.asarray(run(layout.to_model(batch)))
         if array.ndim <= sample_axis:
             raise IncompatibleData(
-                f"output {output_name!r} of shape {list(array.shape)} has no axis {sample_axis}"
+                f"output {name!r} of shape {list(array.shape)} has no axis {sample_axis}"
                 " (task.output_sample_axis)"
             )
         chunks.append(np.moveaxis(array, sample_axis, 0)[:rows])

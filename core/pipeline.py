@@ -31,6 +31,7 @@ from core.data import (
     pinned_batch_size,
     sample_count,
 )
+from core.deployment import TargetInputs, run_targets
 from core.errors import EngineError, IncompatibleData, InvalidDataset, StepFailed, short_reason
 from core.evaluation import rows_of, split_eval_rows
 from core.formats import ModelInfo, copy_model, inspect_model, model_files
@@ -69,6 +70,8 @@ RESERVED_ARTIFACT_NAMES = frozenset({"model.onnx", "model.zip", "report.json", "
 # Progress milestones over the whole job (0..1).
 _MEASURE_ORIGINAL = (0.05, 0.15)
 _STEPS_END = 0.95
+# with deployment targets, the steps end here and the targets take the rest
+_TARGETS_START = 0.6
 # An other output agreeing with the original's on fewer of its elements gets a note.
 OTHER_OUTPUT_AGREEMENT = 0.99
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -202,12 +205,21 @@ def run(
         original_model_path=model_path,
         models=dict(models or {}),
     )
-    span = (_STEPS_END - _MEASURE_ORIGINAL[1]) / len(spec.steps)
-    current_path = model_path
+    # Steps before the first quantize step are shared by every deployment target; the
+    # quantize steps run for ONNX Runtime only when an ONNX Runtime target is named (an
+    # OpenVINO target quantizes in OpenVINO: core.deployment).
+    upstream_count = spec.upstream_steps()
+    onnxruntime_wanted = not spec.deployment or any(
+        target.runtime == "onnxruntime" for target in spec.deployment
+    )
+    steps = spec.steps if onnxruntime_wanted else spec.steps[:upstream_count]
+    steps_end = _STEPS_END if not spec.deployment else _TARGETS_START
+    span = (steps_end - _MEASURE_ORIGINAL[1]) / max(len(steps), 1)
+    current_path = upstream_path = model_path
     step_results: list[StepResult] = []
-    for index, step in enumerate(spec.steps):
+    for index, step in enumerate(steps):
         progress = _MEASURE_ORIGINAL[1] + index * span
-        label = f"step {index + 1}/{len(spec.steps)} ({step.method})"
+        label = f"step {index + 1}/{len(steps)} ({step.method})"
         ctx.report(progress, f"{label}: running", step=index, method=step.method)
         step_ctx = dataclasses.replace(
             ctx,
@@ -266,16 +278,19 @@ def run(
             unchanged_reason=unchanged,
         )
         current_path = output.model_path
+        if index + 1 == upstream_count:
+            upstream_path = current_path
         _collect_artifacts(index, output, ctx.work_dir / STEP_ARTIFACTS_DIR)
 
     final_path = ctx.work_dir / FINAL_MODEL_NAME
     copy_model(current_path, final_path)
     unchanged_reason = _job_unchanged_reason(model_path, final_path, step_results)
 
-    ctx.report(_STEPS_END, "comparing the original and final latency")
+    ctx.report(steps_end, "comparing the original and final latency")
     layout = feed_layout(eval_arrays, model_info.inputs, spec.task)
     speed = _compare_speed(model_path, final_path, original, eval_feeds, layout, batch_sizes, ctx)
-    original, final = _with_interleaved_latency(original, step_results[-1].metrics, speed)
+    last = step_results[-1].metrics if step_results else original
+    original, final = _with_interleaved_latency(original, last, speed)
     verdict = compute_verdict(
         original,
         final,
@@ -284,6 +299,32 @@ def run(
         batch_size=spec.batch_size,
         unchanged_reason=unchanged_reason,
     )
+    targets = []
+    if spec.deployment:
+        targets = run_targets(
+            TargetInputs(
+                spec=spec,
+                original_path=model_path,
+                upstream_path=upstream_path,
+                steps_result_path=final_path,
+                steps_unchanged_reason=unchanged_reason,
+                inputs=model_info.inputs,
+                eval_arrays=eval_arrays,
+                eval_feeds=eval_feeds,
+                layout=layout,
+                split=split,
+                reference_outputs=reference_outputs,
+                calibration_feeds=model_feeds(calibration_arrays, model_info.inputs, spec.task),
+                calibration_layout=feed_layout(calibration_arrays, model_info.inputs, spec.task),
+                original_metrics=original,
+                selection_metric=selection_metric,
+                batch_sizes=batch_sizes,
+            ),
+            dataclasses.replace(ctx, progress_span=(_TARGETS_START, _STEPS_END)),
+        )
+        if not onnxruntime_wanted:
+            # the job's verdict is its first target's: it asked for no ONNX Runtime model
+            final, verdict = targets[0].final, targets[0].verdict
     notes += changed_output_notes(final)
     result = PipelineResult(
         original=original,
@@ -295,6 +336,7 @@ def run(
             **split.record.model_dump(), original_selection_metric=selection_metric
         ),
         notes=notes,
+        targets=targets,
     )
     ctx.report(
         1.0,

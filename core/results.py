@@ -16,6 +16,8 @@ class Latency(BaseModel):
     median_ms: float
     p95_ms: float
     runs: int
+    # the session's thread count, where a deployment target measures several
+    threads: int | None = None
 
 
 class OutputComparison(BaseModel):
@@ -84,6 +86,8 @@ class TargetCheck(BaseModel):
     met: bool
     # the deployment batch size a latency check holds at (None: not a latency check)
     batch_size: int | None = None
+    # and the thread count, for a deployment target measured at several
+    threads: int | None = None
     # how the limit is meant, when it is not plain ("relative drop", the tolerance)
     note: str | None = None
 
@@ -99,6 +103,7 @@ class SpeedAtBatch(BaseModel):
     original_median_ms: float
     faster: bool
     slower: bool
+    threads: int | None = None
 
 
 class Verdict(BaseModel):
@@ -137,6 +142,33 @@ class EvaluationRecord(BaseModel):
     original_selection_metric: float | None = None
 
 
+class TargetResult(BaseModel):
+    """One deployment target's model (core.deployment): chosen among candidates in its
+    runtime, measured there, judged by the verdict's rules on the held-out rows."""
+
+    name: str  # e.g. "openvino-cpu"
+    runtime: str
+    device: str
+    # each session latency was measured under, e.g. "cpu, 2 thread(s), runtime defaults"
+    sessions: list[str]
+    chosen: str
+    chosen_reason: str
+    # the job's original model in this runtime (FP32), and the target's model
+    original: ModelMetrics
+    final: ModelMetrics
+    verdict: Verdict
+    # the target's model against the ONNX Runtime original under the same sessions:
+    # what switching runtimes buys
+    vs_onnxruntime: list[SpeedAtBatch] = Field(default_factory=list)
+    # every candidate tried, measured on the selection rows
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    # the job's artifacts holding this target's model, and the properties to open it
+    # with (OpenVINO: e.g. {"INFERENCE_PRECISION_HINT": "f32"}, as it was measured)
+    artifacts: list[str] = Field(default_factory=list)
+    open_config: dict[str, str] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+
+
 class PipelineResult(BaseModel):
     original: ModelMetrics
     steps: list[StepResult]
@@ -145,3 +177,5 @@ class PipelineResult(BaseModel):
     manifest: dict[str, Any]
     evaluation: EvaluationRecord | None = None
     notes: list[Note] = Field(default_factory=list)
+    # one per deployment target the spec names (empty: the ONNX Runtime result above)
+    targets: list[TargetResult] = Field(default_factory=list)

@@ -21,6 +21,7 @@ from pydantic import (
 from typing_extensions import TypeAliasType
 
 from core.families import FAMILIES, CnnFamily, MlpFamily, TransformerFamily
+from core.runtimes.settings import DeploymentTarget
 
 
 class StrictModel(BaseModel):
@@ -660,6 +661,12 @@ class JobSpec(StrictModel):
     batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
         default=None, min_length=1, max_length=8
     )
+    # Where the model will run (core.runtimes.settings.DeploymentTarget: runtime, device,
+    # threads, the runtime's defaults). Each target gets its own model and verdict: ONNX
+    # Runtime targets the steps' result, OpenVINO targets the model entering the first
+    # quantize step, converted and quantized with NNCF. Empty: ONNX Runtime on the
+    # worker's device, measured with the worker's fixed threads and spinning off.
+    deployment: list[DeploymentTarget] = Field(default_factory=list, max_length=4)
     # The share of eval rows held out from every choice a step makes; the verdict and
     # the reported metrics are measured on them only (core.evaluation). 0: no split.
     held_out_fraction: float = Field(default=0.5, ge=0.0, le=0.9)
@@ -683,6 +690,28 @@ class JobSpec(StrictModel):
                 "add it, or leave batch_size unset (it then defaults to the largest)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _deployment_targets_fit_the_steps(self) -> JobSpec:
+        names = [target.name + str(target.threads) for target in self.deployment]
+        if len(set(names)) != len(names):
+            raise ValueError("deployment names the same target twice")
+        if any(target.runtime == "openvino" for target in self.deployment):
+            methods = [step.method for step in self.steps]
+            first = methods.index("quantize") if "quantize" in methods else len(methods)
+            later = [m for m in methods[first:] if m != "quantize"]
+            if later:
+                raise ValueError(
+                    "an openvino deployment target quantizes in OpenVINO the model entering "
+                    f"the first quantize step, so quantize steps must come last (found "
+                    f"{', '.join(later)} after one)"
+                )
+        return self
+
+    def upstream_steps(self) -> int:
+        """How many steps come before the first quantize step (shared by every target)."""
+        methods = [step.method for step in self.steps]
+        return methods.index("quantize") if "quantize" in methods else len(methods)
 
     def deployment_batch_sizes(self) -> list[int]:
         """The batch sizes latency is judged at, ascending."""

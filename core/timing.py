@@ -35,19 +35,31 @@ _TINY = 1e-12
 RunFn = Callable[[], object]
 
 
-def time_interleaved(runs: Sequence[RunFn], warmup_runs: int, timed_runs: int) -> list[list[float]]:
+def time_interleaved(
+    runs: Sequence[RunFn], warmup_runs: int, timed_runs: int, block: int = 1
+) -> list[list[float]]:
     """Wall times in ms of each zero-argument callable, interleaved and alternating order
-    (A B, B A, ...) so that neither always follows the other; each warms up first."""
+    (A B, B A, ...) so that neither always follows the other; each warms up first.
+
+    With `block` > 1 each turn is `block` timed runs after one untimed run: sessions
+    deployed with their runtime's defaults keep their threads spinning after a run, and
+    a session timed right after another would pay for the other's spinning (4-7x on a
+    2-core machine, field notes); the untimed run absorbs the hand-over.
+    """
     for run in runs:
         for _ in range(warmup_runs):
             run()
     times_ms: list[list[float]] = [[] for _ in runs]
-    for round_index in range(timed_runs):
+    rounds = -(-timed_runs // block)
+    for round_index in range(rounds):
         order = range(len(runs)) if round_index % 2 == 0 else reversed(range(len(runs)))
         for index in order:
-            start = time.perf_counter()
-            runs[index]()
-            times_ms[index].append((time.perf_counter() - start) * 1000.0)
+            if block > 1:
+                runs[index]()
+            for _ in range(min(block, timed_runs - len(times_ms[index]))):
+                start = time.perf_counter()
+                runs[index]()
+                times_ms[index].append((time.perf_counter() - start) * 1000.0)
     return times_ms
 
 
@@ -79,6 +91,8 @@ class SpeedComparison:
     ratio: float  # lower quartile over the baseline's: below 1 is faster
     tolerance: float
     runs: int
+    # the session's thread count, where a deployment target measures several
+    threads: int | None = None
 
     @property
     def slower(self) -> bool:
@@ -98,9 +112,11 @@ def compare_times(
     times_ms: Sequence[float],
     baseline_times_ms: Sequence[float],
     tolerance: float,
+    threads: int | None = None,
 ) -> SpeedComparison:
     """The comparison of measured run times (pure)."""
     return SpeedComparison(
+        threads=threads,
         batch_size=batch_size,
         median_ms=float(np.median(times_ms)),
         p95_ms=float(np.percentile(times_ms, 95)),
@@ -119,11 +135,12 @@ def compare_runs(
     candidates: Sequence[RunFn],
     warmup_runs: int,
     timed_runs: int,
+    block: int = 1,
 ) -> list[SpeedComparison]:
     """Time the baseline, a second session of it (the noise check) and each candidate
     interleaved; compare each candidate with the baseline under the measured tolerance."""
     base, copy, *others = time_interleaved(
-        [baseline, baseline_copy, *candidates], warmup_runs, timed_runs
+        [baseline, baseline_copy, *candidates], warmup_runs, timed_runs, block
     )
     tolerance = noise_tolerance(base, copy)
     return [compare_times(batch_size, times, base, tolerance) for times in others]

@@ -91,6 +91,7 @@ def compute_verdict(
                     targets.max_latency_ms,
                     comparison.median_ms,
                     batch_size=comparison.batch_size,
+                    threads=comparison.threads,
                     note="median",
                 )
             )
@@ -101,6 +102,7 @@ def compute_verdict(
                     1.0 + comparison.tolerance,
                     comparison.ratio,
                     batch_size=comparison.batch_size,
+                    threads=comparison.threads,
                     note=(
                         "latency ratio to the original (lower quartiles, timed interleaved); "
                         f"limit 1 + the {comparison.tolerance:.0%} noise measured on this run"
@@ -129,6 +131,7 @@ def compute_verdict(
         speed=[
             SpeedAtBatch(
                 batch_size=c.batch_size,
+                threads=c.threads,
                 ratio=c.ratio,
                 tolerance=c.tolerance,
                 median_ms=c.median_ms,
@@ -166,20 +169,24 @@ def decide_outcome(
     if smaller:
         gains.append(f"{1 / max(size_ratio, _TINY):.2f}x smaller")
     for comparison in speed:
+        where = f"batch {comparison.batch_size}"
+        if comparison.threads is not None:
+            where += f", {comparison.threads} thread(s)"
         if comparison.faster:
-            gains.append(f"{comparison.speedup:.2f}x faster at batch {comparison.batch_size}")
+            gains.append(f"{comparison.speedup:.2f}x faster at {where}")
         elif comparison.slower:
             gains.append(
-                f"{comparison.ratio:.2f}x the original's time at batch {comparison.batch_size}"
-                " (allowed: allow_slower)"
+                f"{comparison.ratio:.2f}x the original's time at {where} (allowed: allow_slower)"
             )
         else:
-            gains.append(f"as fast at batch {comparison.batch_size}")
+            gains.append(f"as fast at {where}")
     return "improved", ", ".join(gains)
 
 
 def describe_miss(check: TargetCheck) -> str:
     where = f" at batch {check.batch_size}" if check.batch_size is not None else ""
+    if check.threads is not None:
+        where += f", {check.threads} thread(s)"
     if check.target == "not_slower":
         return (
             f"not_slower{where}: {check.measured:.2f}x the original's time "
@@ -194,6 +201,7 @@ def _check(
     measured: float,
     *,
     batch_size: int | None = None,
+    threads: int | None = None,
     note: str | None = None,
 ) -> TargetCheck:
     return TargetCheck(
@@ -202,6 +210,7 @@ def _check(
         measured=float(measured),
         met=measured <= limit,
         batch_size=batch_size,
+        threads=threads,
         note=note,
     )
 

@@ -54,6 +54,7 @@ MEDIA_TYPES = {
     ".png": "image/png",
     ".csv": "text/csv",
     ".txt": "text/plain",
+    ".xml": "application/xml",
     ".onnx": ONNX_MEDIA_TYPE,
 }
 

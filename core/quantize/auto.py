@@ -469,7 +469,9 @@ def judge(measurement: Measurement, criteria: Criteria) -> Judgement:
         drop = check.measured
         excess = max(drop - check.limit, 0.0)
         met[check.target] = check.met
-    latencies = [measurement.at(batch) for batch in criteria.batch_sizes]
+    # every comparison measured: one per deployment batch size (and, for a deployment
+    # target, per thread count)
+    latencies = list(measurement.latency) or [measurement.at(b) for b in criteria.batch_sizes]
     targets = criteria.targets
     if targets.max_latency_ms is not None:
         limit = targets.max_latency_ms

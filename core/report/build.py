@@ -19,6 +19,7 @@ from core.report.model import (
     MetricsRow,
     Report,
     StepSection,
+    TargetSection,
     VerdictSection,
 )
 from core.report.steps import step_section
@@ -80,6 +81,25 @@ def build_report(record: JobRecord) -> Report:
             evaluation=record.result.evaluation,
             notes=record.result.notes,
         )
+    targets = [
+        TargetSection(
+            name=t.name,
+            sessions=t.sessions,
+            chosen=t.chosen,
+            chosen_reason=t.chosen_reason,
+            outcome=t.verdict.outcome,
+            outcome_reason=t.verdict.outcome_reason,
+            size_bytes=t.final.size_bytes,
+            size_ratio=t.verdict.size_ratio,
+            metric_value=t.final.metric_value,
+            metric_change=t.verdict.metric_change,
+            speed=t.verdict.speed,
+            vs_onnxruntime=t.vs_onnxruntime,
+            candidates=t.candidates,
+            artifacts=t.artifacts,
+        )
+        for t in (record.result.targets if record.result is not None else [])
+    ]
     error = None
     if record.error_code is not None:
         error = ErrorSection(
@@ -91,6 +111,7 @@ def build_report(record: JobRecord) -> Report:
         error=error,
         comparison=rows,
         verdict=verdict,
+        targets=targets,
         steps=sections,
         notes=notes,
     )

@@ -230,6 +230,27 @@ class VerdictSection(BaseModel):
     notes: list[Note] = Field(default_factory=list)
 
 
+class TargetSection(BaseModel):
+    """One deployment target's model: chosen in its runtime, judged on the held-out rows."""
+
+    name: str
+    sessions: list[str]
+    chosen: str
+    chosen_reason: str
+    outcome: Outcome | None
+    outcome_reason: str
+    size_bytes: int
+    size_ratio: float  # vs the uploaded model
+    metric_value: float
+    metric_change: float
+    # per batch size and thread count: the target's latency, its ratio to the same
+    # runtime's original and to the ONNX Runtime original
+    speed: list[SpeedAtBatch]
+    vs_onnxruntime: list[SpeedAtBatch]
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    artifacts: list[str] = Field(default_factory=list)
+
+
 class JobSection(BaseModel):
     id: str
     state: str
@@ -263,6 +284,7 @@ class Report(BaseModel):
     error: ErrorSection | None = None
     comparison: list[MetricsRow] = Field(default_factory=list)
     verdict: VerdictSection | None = None
+    targets: list[TargetSection] = Field(default_factory=list)
     steps: list[StepSection] = Field(default_factory=list)
     # what the report could not show, and why (e.g. a step's details it cannot read)
     notes: list[str] = Field(default_factory=list)

@@ -321,9 +321,11 @@ def nncf_int8_with_fallback(
     subset_size: int = 300,
     max_ignored: int | None = None,
     rank_samples: int = 4,
+    reference_metric: float | None = None,
 ) -> Candidate:
     """`quantize_with_fallback` with NNCF as the quantizer and `rank_by_added_error` (on
-    the first `rank_samples` calibration batches) as the ranking."""
+    the first `rank_samples` calibration batches) as the ranking; drops are measured from
+    `reference_metric` (default: the FP32 IR's own metric)."""
     batches = [dict(feeds) for feeds in calibration]
     reference = fp32_ir(onnx_path, out_dir / "fp32").prepared
     counter = iter(range(1_000_000))
@@ -346,6 +348,7 @@ def nncf_int8_with_fallback(
         max_drop=max_drop,
         drop_type=drop_type,
         max_ignored=max_ignored,
+        reference_metric=reference_metric,
     )
 
 

@@ -11,7 +11,7 @@ runtime adapter's `open` applies. What each runtime honours:
 | `runtime_defaults=False` | `allow_spinning = 0` (intra, inter) | `NUM_STREAMS=1`, no CPU pinning |
 | `performance_hint` | ignored | `PERFORMANCE_HINT` (LATENCY by default) |
 | `use_tensorrt` | TensorRT provider first on `cuda` (refused when absent) | ignored |
-| `batch_sizes` | the rows per timed run (the runner takes any batch the model admits) | same |
+| the job's `batch_sizes` | the rows per timed run (any batch the model admits) | same |
 
 Why both modes exist: users deploy with the runtime's defaults (ONNX Runtime's spinning
 on made a recogniser 1.6x faster alone on this machine), but two sessions timed
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 # "worker": the threads the worker has, resolved where the model is measured.
 ThreadCount = Annotated[int, Field(ge=1, le=1024)] | Literal["worker"]
@@ -49,9 +49,6 @@ class DeploymentSettings(BaseModel):
         max_length=8,
         description='thread counts to measure at; "worker" is what the worker has',
     )
-    batch_sizes: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default_factory=lambda: [1], min_length=1, max_length=8
-    )
     runtime_defaults: bool = Field(
         default=True,
         description="the runtime's own defaults (ONNX Runtime's thread spinning on), as "
@@ -60,7 +57,7 @@ class DeploymentSettings(BaseModel):
     performance_hint: PerformanceHint = "LATENCY"
     use_tensorrt: bool = False
 
-    @field_validator("threads", "batch_sizes")
+    @field_validator("threads")
     @classmethod
     def _no_repeats(cls, values: list[object]) -> list[object]:
         if len(set(values)) != len(values):
@@ -88,6 +85,30 @@ class DeploymentSettings(BaseModel):
             )
             for count in counts
         ]
+
+
+Runtime = Literal["onnxruntime", "openvino"]
+
+
+class DeploymentTarget(DeploymentSettings):
+    """Where a job's model will run: a runtime on a device, deployed with these settings
+    (the batch sizes are the job's `batch_sizes`). Each target gets its own model, tuned
+    and measured in that runtime, with its own verdict."""
+
+    runtime: Runtime = "onnxruntime"
+    device: Device = "cpu"
+
+    @model_validator(mode="after")
+    def _supported(self) -> DeploymentTarget:
+        if self.runtime == "openvino" and self.device != "cpu":
+            raise ValueError("the openvino target runs on the cpu device (its CPU plugin)")
+        if self.use_tensorrt and (self.runtime != "onnxruntime" or self.device != "cuda"):
+            raise ValueError("use_tensorrt needs runtime onnxruntime on device cuda")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.runtime}-{self.device}"
 
 
 @dataclass(frozen=True)

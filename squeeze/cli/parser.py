@@ -7,7 +7,7 @@ import os
 
 from squeeze.cli import commands, lifecycle
 from squeeze.cli.exit_codes import EPILOG
-from squeeze.cli.specs import parse_batch_sizes, parse_drop, parse_size
+from squeeze.cli.specs import parse_batch_sizes, parse_drop, parse_size, parse_target
 from squeeze.client.client import DEFAULT_URL
 
 DESCRIPTION = """squeeze: compress neural networks with the squeeze service.
@@ -85,6 +85,14 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
         "--allow-slower", action="store_true", help="accept a result slower at some batch size"
     )
     task.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    task.add_argument(
+        "--target",
+        action="append",
+        type=parse_target,
+        metavar="RUNTIME[:DEVICE]",
+        help="a deployment target, e.g. openvino or onnxruntime:cuda (repeat for several: "
+        "each gets its own model and verdict)",
+    )
     task.add_argument(
         "--batch-size", type=int, metavar="N", help="the job's batch size (latency at 1 and N)"
     )

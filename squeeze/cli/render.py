@@ -172,6 +172,34 @@ def report(job: Job, result: JobResult) -> str:
             f"measured {_number(check.measured)} -> {state}"
         )
     lines.append(f"targets met: {'yes' if verdict.targets_met else 'NO'}")
+    if result.targets:
+        lines += ["", "deployment targets:", target_table(result)]
     for note in result.notes:
         lines.append(f"note ({note.code}): {note.message}")
     return "\n".join(lines)
+
+
+def target_table(result: JobResult) -> str:
+    """One row per deployment target: its model, size, speed (vs its runtime's original
+    and vs ONNX Runtime's) at each batch size and thread count, metric change, outcome."""
+    rows = []
+    for target in result.targets:
+        speed = " ".join(
+            f"b{s.batch_size}/t{s.threads}:{s.ratio:.2f}x" for s in target.verdict.speed
+        )
+        ort = " ".join(f"{s.ratio:.2f}x" for s in target.vs_onnxruntime)
+        rows.append(
+            [
+                target.name,
+                target.chosen,
+                f"{target.verdict.size_ratio:.3f}",
+                speed,
+                ort,
+                f"{target.verdict.metric_change:+.4f}",
+                OUTCOME_WORDS.get(target.verdict.outcome or "", "-"),
+            ]
+        )
+    return table(
+        ["target", "model", "size ratio", "latency ratio", "vs onnxruntime", "metric", "outcome"],
+        rows,
+    )

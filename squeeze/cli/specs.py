@@ -56,6 +56,22 @@ def parse_drop(text: str) -> float:
     return value
 
 
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def parse_target(text: str) -> dict[str, str]:
+    """`openvino` -> {"runtime": "openvino"}; `onnxruntime:cuda` with its device."""
+    runtime, _, device = text.partition(":")
+    if runtime not in RUNTIMES:
+        raise argparse.ArgumentTypeError(
+            f"unknown runtime {runtime!r}; known: {', '.join(RUNTIMES)} (e.g. openvino, "
+            "onnxruntime:cuda)"
+        )
+    if device and device not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unknown device {device!r}: cpu or cuda")
+    return {"runtime": runtime, **({"device": device} if device else {})}
+
+
 def parse_batch_sizes(text: str) -> list[int]:
     """`1,32` -> [1, 32]: the batch sizes the model is served at."""
     try:
@@ -126,6 +142,8 @@ def common_fields(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name)
         if value is not None:
             spec[name] = value
+    if args.target:
+        spec["deployment"] = list(args.target)
     return spec
 
 

@@ -87,6 +87,7 @@ class StepResult(Wire):
 
 class SpeedAtBatch(Wire):
     batch_size: int
+    threads: int | None = None
     ratio: float
     tolerance: float
     median_ms: float
@@ -123,6 +124,21 @@ class Evaluation(Wire):
     note: str | None = None
 
 
+class TargetResult(Wire):
+    name: str
+    runtime: str
+    device: str
+    sessions: list[str] = Field(default_factory=list)
+    chosen: str
+    chosen_reason: str = ""
+    original: Metrics
+    final: Metrics
+    verdict: Verdict
+    vs_onnxruntime: list[SpeedAtBatch] = Field(default_factory=list)
+    candidates: list[dict[str, Any]] = Field(default_factory=list)
+    artifacts: list[str] = Field(default_factory=list)
+
+
 class JobResult(Wire):
     original: Metrics
     steps: list[StepResult]
@@ -131,6 +147,7 @@ class JobResult(Wire):
     manifest: dict[str, Any] = Field(default_factory=dict)
     evaluation: Evaluation | None = None
     notes: list[Note] = Field(default_factory=list)
+    targets: list[TargetResult] = Field(default_factory=list)
 
 
 class JobError(Wire):

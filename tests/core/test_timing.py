@@ -59,3 +59,16 @@ def test_compare_runs_times_the_baseline_copy_for_the_noise() -> None:
     assert [c.batch_size for c in comparisons] == [4, 4]
     assert calls.count("copy") == 3 and calls.count("x") == 3
     assert all(MIN_TOLERANCE <= c.tolerance <= MAX_TOLERANCE for c in comparisons)
+
+
+def test_blocks_time_several_runs_per_turn_after_an_untimed_one() -> None:
+    order: list[str] = []
+    times = time_interleaved(
+        [lambda: order.append("A"), lambda: order.append("B")],
+        warmup_runs=0,
+        timed_runs=4,
+        block=2,
+    )
+    # each turn: one untimed run, then two timed; turns alternate A B, B A
+    assert order == ["A"] * 3 + ["B"] * 3 + ["B"] * 3 + ["A"] * 3
+    assert [len(t) for t in times] == [4, 4]
