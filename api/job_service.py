@@ -21,7 +21,7 @@ from api.worker_check import check_all, record_waiting, requirements_for
 from core.data import DatasetInfo, check_compatible
 from core.errors import IncompatibleData
 from core.formats import ModelInfo
-from core.spec import JobSpec, SearchStep
+from core.spec import AutoStep, JobSpec, SearchStep
 from squeeze.settings import Settings
 from store import catalog, jobs, tenants, webhooks
 from store.catalog import NotFound
@@ -127,7 +127,7 @@ def check_time_budgets(spec: JobSpec, settings: Settings) -> None:
     budgets = {
         index: step.time_budget_s
         for index, step in enumerate(spec.steps)
-        if isinstance(step, SearchStep)
+        if isinstance(step, SearchStep | AutoStep)
     }
     limit_s = settings.task_soft_time_limit_s
     if sum(budgets.values()) >= limit_s:
@@ -135,8 +135,8 @@ def check_time_budgets(spec: JobSpec, settings: Settings) -> None:
             f"steps[{index}].time_budget_s = {budget:g}" for index, budget in budgets.items()
         )
         raise InvalidSpec(
-            f"{fields}: the search time must end before the job's time limit of {limit_s} s "
-            "(leave room for training and measuring the result)"
+            f"{fields}: the search or auto time must end before the job's time limit of "
+            f"{limit_s} s (leave room for training and measuring the result)"
         )
 
 

@@ -279,7 +279,7 @@ def run(
         )
         current_path = output.model_path
         if index + 1 == upstream_count:
-            upstream_path = current_path
+            upstream_path = output.float_model_path or current_path
         _collect_artifacts(index, output, ctx.work_dir / STEP_ARTIFACTS_DIR)
 
     final_path = ctx.work_dir / FINAL_MODEL_NAME

@@ -25,7 +25,7 @@ from core.spec import Targets, TaskSpec
 
 # Modules that register built-in steps; imported on first lookup so that importing the
 # registry alone (as the steps themselves do) creates no import cycle.
-_STEP_MODULES = ("core.quantize", "core.prune", "core.distill", "core.search")
+_STEP_MODULES = ("core.quantize", "core.prune", "core.distill", "core.search", "core.recipe")
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,9 @@ class StepOutput:
     # no layer was pruned); None when it changed it. The verdict calls such a job
     # "unchanged", never "improved".
     unchanged_reason: str | None = None
+    # The float model a quantized output was made from (the auto recipe's): deployment
+    # targets that quantize in their own runtime (OpenVINO) start from it.
+    float_model_path: Path | None = None
 
 
 def _head(feeds: Feeds, rows: int | None) -> Feeds:

@@ -70,7 +70,12 @@ class StepResult(BaseModel):
 
 
 TargetName = Literal[
-    "max_metric_drop", "default_metric_guard", "max_latency_ms", "max_size_bytes", "not_slower"
+    "max_metric_drop",
+    "default_metric_guard",
+    "min_speedup",
+    "max_latency_ms",
+    "max_size_bytes",
+    "not_slower",
 ]
 # What a finished job came to, for people and for CI gates (distinct from its state):
 # improved: smaller and/or faster, every target met; unchanged: the result is the input,

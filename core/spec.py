@@ -139,6 +139,9 @@ class Targets(StrictModel):
     # DEFAULT_METRIC_GUARD_RELATIVE of the original's ("default_metric_guard"); false
     # turns that guard off, for a user who truly accepts any drop.
     metric_guard: bool = True
+    # Checked at every deployment batch size (JobSpec.batch_sizes): at least this many
+    # times as fast as the original (an auto job's goal sets it).
+    min_speedup: float | None = Field(default=None, gt=1.0, le=1000.0)
     # Checked at every deployment batch size (JobSpec.batch_sizes).
     max_latency_ms: float | None = Field(default=None, gt=0)
     max_size_bytes: int | None = Field(default=None, gt=0)
@@ -621,6 +624,67 @@ class SearchStep(StrictModel):
         return "none" if self.objective.kind == "pareto" else "median"
 
 
+class Goal(StrictModel):
+    """What an `auto` job is for, within the metric target (targets.max_metric_drop or
+    the default guard): a speed-up at every deployment batch size, a latency, a size, or
+    simply the fastest model that keeps the metric."""
+
+    speedup: float | None = Field(default=None, gt=1.0, le=1000.0)
+    max_latency_ms: float | None = Field(default=None, gt=0)
+    max_size_bytes: int | None = Field(default=None, gt=0)
+    fastest: bool = False
+
+    @model_validator(mode="after")
+    def _something(self) -> Goal:
+        given = [self.speedup, self.max_latency_ms, self.max_size_bytes]
+        if all(value is None for value in given) and not self.fastest:
+            raise ValueError(
+                "a goal needs speedup (e.g. 2 for twice as fast), max_latency_ms, "
+                "max_size_bytes, or fastest: true"
+            )
+        return self
+
+    @property
+    def wants_size(self) -> bool:
+        """A size goal alone: candidates are ranked by size, not speed."""
+        return self.max_size_bytes is not None and self.speedup is None and not self.fastest
+
+
+RecipeKind = Literal["graph", "quantize", "prune_distill", "student"]
+
+
+class AutoStep(StrictModel):
+    """Compression across methods toward a goal (core.recipe): graph rewrites that keep
+    the numbers, quantization, structured pruning recovered by distillation from the
+    original (then quantized), distillation into a smaller built-in student; cheap
+    candidates first, successive halving of the ones that train, within a time budget.
+    The step's model is the best candidate meeting the goal and the targets (else the
+    closest); every candidate and the Pareto front are in its details."""
+
+    method: Literal["auto"]
+    goal: Goal = Field(default_factory=lambda: Goal(fastest=True))
+    time_budget_s: float = Field(default=1800.0, gt=0.0, le=7 * 86400.0)
+    # the candidate kinds to try; None: every kind that suits the model and the data
+    kinds: list[RecipeKind] | None = Field(default=None, min_length=1)
+    # channel shares structured pruning removes, one candidate each
+    prune_ratios: list[float] = Field(default=[0.3, 0.5, 0.7], min_length=1, max_length=8)
+    # successive halving: every training candidate gets short_epochs, the best `keep`
+    # share of them long_epochs more
+    short_epochs: int = Field(default=2, ge=1, le=100)
+    long_epochs: int = Field(default=8, ge=0, le=1000)
+    keep: float = Field(default=0.5, gt=0.0, le=1.0)
+    # quantize what the other kinds produce, too
+    quantize_results: bool = True
+    seed: int | None = None
+
+    @field_validator("prune_ratios")
+    @classmethod
+    def _ratios(cls, ratios: list[float]) -> list[float]:
+        if any(not 0.0 < r < 1.0 for r in ratios) or len(set(ratios)) != len(ratios):
+            raise ValueError(f"prune_ratios must be distinct shares in (0, 1), got {ratios}")
+        return ratios
+
+
 def _step_method(value: Any) -> str | None:
     method = value.get("method") if isinstance(value, dict) else getattr(value, "method", None)
     return method if isinstance(method, str) else None
@@ -630,7 +694,8 @@ Step = Annotated[
     Annotated[QuantizeStep, Tag("quantize")]
     | Annotated[PruneStep, Tag("prune")]
     | Annotated[DistillStep, Tag("distill")]
-    | Annotated[SearchStep, Tag("search")],
+    | Annotated[SearchStep, Tag("search")]
+    | Annotated[AutoStep, Tag("auto")],
     Discriminator(_step_method),
 ]
 
@@ -649,7 +714,10 @@ class JobSpec(StrictModel):
     # Training data for steps that train (QAT, and later pruning fine-tuning, distillation).
     train_dataset_id: str | None = Field(default=None, max_length=64)
     task: TaskSpec = Field(default_factory=TaskSpec)
-    steps: list[Step] = Field(min_length=1, max_length=16)
+    # the steps in order; none with a `goal`: one `auto` step toward it
+    steps: list[Step] = Field(default_factory=list, max_length=16)
+    # what an auto step works toward (also merged into `targets`, so the verdict checks it)
+    goal: Goal | None = None
     targets: Targets = Field(default_factory=Targets)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # The batch size a step's own timing uses (auto's candidates, a search's latency
@@ -674,6 +742,29 @@ class JobSpec(StrictModel):
     # A memory ceiling for this job on the worker, below the service's own (which wins
     # when it is lower); a job that needs more fails with `memory_limit_exceeded`.
     max_memory_bytes: int | None = Field(default=None, gt=0, le=2**50)
+
+    @model_validator(mode="after")
+    def _steps_or_a_goal(self) -> JobSpec:
+        if not self.steps:
+            if self.goal is None:
+                raise ValueError(
+                    'give steps, or a goal for an auto job (e.g. "goal": {"speedup": 2})'
+                )
+            self.steps = [AutoStep(method="auto", goal=self.goal)]
+        if self.goal is not None:
+            goal = self.goal
+            self.targets = self.targets.model_copy(
+                update={
+                    key: value
+                    for key, value in {
+                        "min_speedup": goal.speedup,
+                        "max_latency_ms": goal.max_latency_ms,
+                        "max_size_bytes": goal.max_size_bytes,
+                    }.items()
+                    if value is not None and getattr(self.targets, key) is None
+                }
+            )
+        return self
 
     @model_validator(mode="after")
     def _batch_size_is_deployed(self) -> JobSpec:

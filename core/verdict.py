@@ -84,6 +84,17 @@ def compute_verdict(
     may differ; the measurements decide)."""
     checks = metric_checks(original.metric_value, final.metric_value, targets)
     for comparison in speed:
+        if targets.min_speedup is not None:
+            checks.append(
+                _check(
+                    "min_speedup",
+                    1.0 / targets.min_speedup,
+                    comparison.ratio,
+                    batch_size=comparison.batch_size,
+                    threads=comparison.threads,
+                    note=f"latency ratio to the original: at most 1/{targets.min_speedup:g}",
+                )
+            )
         if targets.max_latency_ms is not None:
             checks.append(
                 _check(
@@ -191,6 +202,11 @@ def describe_miss(check: TargetCheck) -> str:
         return (
             f"not_slower{where}: {check.measured:.2f}x the original's time "
             f"(limit {check.limit:.2f}x)"
+        )
+    if check.target == "min_speedup":
+        return (
+            f"min_speedup{where}: {1 / max(check.measured, 1e-12):.2f}x faster "
+            f"(goal {1 / max(check.limit, 1e-12):.2f}x)"
         )
     return f"{check.target}{where}: measured {check.measured:.4g}, limit {check.limit:.4g}"
 

@@ -437,7 +437,7 @@ class Judgement:
 
     @property
     def latency_ok(self) -> bool:
-        return self.met.get("max_latency_ms", True)
+        return self.met.get("max_latency_ms", True) and self.met.get("min_speedup", True)
 
     @property
     def size_ok(self) -> bool:
@@ -473,6 +473,9 @@ def judge(measurement: Measurement, criteria: Criteria) -> Judgement:
     # target, per thread count)
     latencies = list(measurement.latency) or [measurement.at(b) for b in criteria.batch_sizes]
     targets = criteria.targets
+    if targets.min_speedup is not None:
+        goal = 1.0 / targets.min_speedup
+        met["min_speedup"] = all(lat.ratio <= goal for lat in latencies)
     if targets.max_latency_ms is not None:
         limit = targets.max_latency_ms
         met["max_latency_ms"] = all(lat.median_ms <= limit for lat in latencies)

@@ -279,9 +279,14 @@ def pareto_plot(details: Details) -> ParetoPlot | None:
         return None
     front = set(details.get("front") or [])
     chosen = details.get("chosen")
-    chosen_number = chosen.get("trial") if isinstance(chosen, dict) else None
+    # the search names its chosen trial in a dict, the auto recipe beside it
+    chosen_number = chosen.get("trial") if isinstance(chosen, dict) else details.get("chosen_trial")
     return ParetoPlot(
-        title="Search: trials and the Pareto front",
+        title=(
+            "Auto: candidates and the Pareto front"
+            if details.get("mode") == "auto"
+            else "Search: trials and the Pareto front"
+        ),
         metric_name=str(details.get("metric_name") or "metric"),
         costs=costs,
         trials=[
@@ -370,12 +375,29 @@ def search_facts(details: Details) -> list[Fact]:
     ]
 
 
+def auto_facts(details: Details) -> list[Fact]:
+    budget = _part(details, "budget")
+    goal = _part(details, "goal")
+    skipped = _part(details, "skipped_kinds")
+    return [
+        *_fact("goal", ", ".join(f"{k} {v}" for k, v in goal.items()) or None),
+        *_fact("chosen candidate", details.get("chosen")),
+        *_fact("why", details.get("chosen_reason")),
+        *_fact("trained on", details.get("training_source")),
+        *_fact("candidates", budget.get("candidates")),
+        *_fact("time spent (s)", budget.get("spent_s")),
+        *_fact("stopped by", budget.get("stopped_by")),
+        *_fact("kinds skipped", "; ".join(f"{k}: {v}" for k, v in skipped.items()) or None),
+    ]
+
+
 # method -> (facts, plots in the order shown)
 SECTIONS: dict[str, tuple[FactBuilder, tuple[PlotBuilder, ...]]] = {
     "quantize": (quantize_facts, (candidates_plot, node_sensitivity_plot, training_plot)),
     "prune": (prune_facts, (layer_sparsity_plot, layer_sensitivity_plot, training_plot)),
     "distill": (distill_facts, (training_plot,)),
     "search": (search_facts, (pareto_plot,)),
+    "auto": (auto_facts, (candidates_plot, pareto_plot)),
 }
 
 

@@ -135,6 +135,14 @@ def prune(cli: Cli) -> int:
     return _run_job(cli, _with_data(cli, spec), default_output=_output_for(cli, "pruned"))
 
 
+def compress(cli: Cli) -> int:
+    step: dict[str, Any] = {"method": "auto", "goal": cli.args.goal}
+    if cli.args.time_budget is not None:
+        step["time_budget_s"] = cli.args.time_budget
+    spec = {"model_id": cli.model_ref(cli.args.model), "goal": cli.args.goal, "steps": [step]}
+    return _run_job(cli, _with_data(cli, spec), default_output=_output_for(cli, "compressed"))
+
+
 def _output_for(cli: Cli, label: str) -> Path | None:
     """`model.onnx` -> `model.quantized.onnx` in the current folder (for a local model)."""
     source = Path(cli.args.model)

@@ -7,7 +7,13 @@ import os
 
 from squeeze.cli import commands, lifecycle
 from squeeze.cli.exit_codes import EPILOG
-from squeeze.cli.specs import parse_batch_sizes, parse_drop, parse_size, parse_target
+from squeeze.cli.specs import (
+    parse_batch_sizes,
+    parse_drop,
+    parse_goal,
+    parse_size,
+    parse_target,
+)
 from squeeze.client.client import DEFAULT_URL
 
 DESCRIPTION = """squeeze: compress neural networks with the squeeze service.
@@ -165,6 +171,25 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p)
     _job_flags(p)
     p.set_defaults(handler=commands.prune)
+
+    p = command(
+        "compress",
+        "compress a model toward a goal with every method (auto), watch, download",
+    )
+    p.add_argument("model", metavar="MODEL", help="an .onnx file (or a model id)")
+    p.add_argument(
+        "--goal",
+        type=parse_goal,
+        default={"fastest": True},
+        metavar="GOAL",
+        help="2x (twice as fast at every batch size), fastest (default), 5ms, 5MB",
+    )
+    p.add_argument(
+        "--time-budget", type=float, metavar="S", help="seconds the recipe may spend (1800)"
+    )
+    _data_flags(p)
+    _job_flags(p)
+    p.set_defaults(handler=commands.compress)
 
     p = command("batch", "submit one spec over every model in a folder, then watch")
     p.add_argument("spec", metavar="SPEC", help="a job spec (.yaml/.json) without model_id")

@@ -56,6 +56,34 @@ def parse_drop(text: str) -> float:
     return value
 
 
+def parse_goal(text: str) -> dict[str, Any]:
+    """`2x` (twice as fast), `fastest`, `5ms` (a latency), `5MB` (a size)."""
+    lowered = text.strip().lower()
+    if lowered == "fastest":
+        return {"fastest": True}
+    if lowered.endswith("x"):
+        try:
+            speedup = float(lowered[:-1])
+        except ValueError:
+            speedup = 0.0
+        if speedup <= 1:
+            raise argparse.ArgumentTypeError(
+                f"a speed-up goal is a factor above 1, like 2x: {text!r}"
+            )
+        return {"speedup": speedup}
+    if lowered.endswith("ms"):
+        try:
+            return {"max_latency_ms": float(lowered[:-2])}
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a latency: {text!r}") from None
+    try:
+        return {"max_size_bytes": parse_size(text)}
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"a goal is a speed-up (2x), fastest, a latency (5ms) or a size (5MB): {text!r}"
+        ) from None
+
+
 RUNTIMES = ("onnxruntime", "openvino")
 
 

@@ -268,3 +268,34 @@ def test_on_a_terminal_the_progress_bar_is_redrawn_in_place(live: Live, quantize
     drawn = screen.getvalue()
     assert drawn.count("\r\033[K") == 2 and drawn.endswith("\n")
     assert " 50%  running" in drawn and "100%  succeeded" in drawn
+
+
+def test_compress_runs_the_auto_recipe_toward_a_goal(
+    live: Live, data_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, data = data_files
+    output = tmp_path / "digits.compressed.onnx"
+    code, out, err = live.run(
+        "--json", "compress", str(model), "--eval", str(data), "--goal", "2x",
+        "--time-budget", "15", "-o", str(output),
+    )  # fmt: skip
+    assert code in (EXIT_OK, EXIT_TARGETS_MISSED, EXIT_UNCHANGED), out + err
+    job = json.loads(out)
+    assert job["spec"]["goal"]["speedup"] == 2.0
+    assert job["spec"]["targets"]["min_speedup"] == 2.0
+    [step] = job["result"]["steps"]
+    assert step["method"] == "auto"
+    assert step["details"]["budget"]["time_budget_s"] == 15
+    assert output.exists()
+    assert any(c["target"] == "min_speedup" for c in job["result"]["verdict"]["checks"])
+
+
+def test_a_goal_is_a_speedup_fastest_a_latency_or_a_size() -> None:
+    from squeeze.cli.specs import parse_goal
+
+    assert parse_goal("2x") == {"speedup": 2.0}
+    assert parse_goal("fastest") == {"fastest": True}
+    assert parse_goal("5ms") == {"max_latency_ms": 5.0}
+    assert parse_goal("5MB") == {"max_size_bytes": 5_000_000}
+    with pytest.raises(argparse.ArgumentTypeError, match="above 1"):
+        parse_goal("0.5x")

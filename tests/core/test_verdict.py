@@ -204,3 +204,18 @@ def test_every_outcome_agrees_with_targets_met() -> None:
             final = metrics(size_bytes=400, metric_value=value)
             verdict = compute_verdict(ORIGINAL, final, [speed(1, ratio)], Targets(), batch_size=1)
             assert (verdict.outcome == "targets_missed") is (not verdict.targets_met)
+
+
+def test_a_speedup_goal_holds_at_every_deployment_batch_size() -> None:
+    final = metrics(size_bytes=300)
+    verdict = compute_verdict(
+        ORIGINAL,
+        final,
+        [speed(1, 0.6), speed(32, 0.4)],
+        Targets(min_speedup=2.0),
+        batch_size=32,
+    )
+    goal = {c.batch_size: c.met for c in verdict.checks if c.target == "min_speedup"}
+    assert goal == {1: False, 32: True}
+    assert verdict.outcome == "targets_missed"
+    assert "min_speedup at batch 1: 1.67x faster (goal 2.00x)" in verdict.outcome_reason
