@@ -82,3 +82,36 @@ def test_api_reaches_the_worker_only_through_enqueue() -> None:
 def test_every_package_is_checked() -> None:
     assert {"core", "store", "worker", "squeeze"} <= set(FORBIDDEN)
     assert all((ROOT / package / "__init__.py").exists() for package in PROJECT_PACKAGES)
+
+
+@pytest.mark.parametrize("package", ["core.prune", "core.quantize", "core.recipe", "core.tune"])
+def test_the_modules_of_an_engine_package_import_each_other_without_a_cycle(
+    package: str,
+) -> None:
+    # e.g. the prune step, its sensitivity sweep and the structured kind: step ->
+    # sensitivity -> structured -> kinds, never back (lazy imports count too)
+    folder = ROOT / package.replace(".", "/")
+    modules = {
+        f"{package}.{path.relative_to(folder).with_suffix('').as_posix().replace('/', '.')}": path
+        for path in folder.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    graph = {
+        name: {m for m in imported_modules(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    visiting: set[str] = set()
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in done:
+            return
+        assert name not in visiting, " -> ".join([*trail, name])
+        visiting.add(name)
+        for target in graph[name]:
+            visit(target, [*trail, name])
+        visiting.discard(name)
+        done.add(name)
+
+    for name in graph:
+        visit(name, [])

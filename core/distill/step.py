@@ -23,14 +23,21 @@ from core.distill.features import FeatureMatcher
 from core.distill.loss import classification_loss, label_loss, regression_loss
 from core.distill.students import Student, Teacher, resolve_student
 from core.distill.teacher import as_logits, teacher_outputs
-from core.distill.trainer import EvaluateFn, LossFn, TrainingPlan, TrainingRun, train
 from core.errors import EngineError, IncompatibleData, StepFailed, short_reason
 from core.formats import TensorInfo, inspect_model
 from core.measure import count_parameters
 from core.quantize.common import validate_runs
 from core.registry import StepData, StepOutput, register_step
 from core.spec import DistillStep, TaskSpec
-from core.training import Evaluation, predict
+from core.training import (
+    EvaluateFn,
+    Evaluation,
+    LossFn,
+    TrainingPlan,
+    TrainingRun,
+    fit,
+    predict,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -199,7 +206,7 @@ def _train_students(
         seed=ctx.seed,
     )
     matcher = _feature_matcher(config, teacher.path, student, feeds, ctx)
-    distilled = train(
+    distilled = fit(
         student.module,
         _distillation_loss(config, classification, teacher_outputs, labels, matcher, ctx.device),
         feeds,
@@ -217,7 +224,7 @@ def _train_students(
         matcher.close()  # the hooks must not be exported
     baseline = None
     if label_only is not None and labels is not None:
-        baseline = train(
+        baseline = fit(
             label_only,
             _label_only_loss(classification, labels, ctx.device),
             feeds,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from core.context import RunContext
 from core.errors import InputError
+from core.prune.kinds import KindResult, register_kind
 from core.prune.masks import (
     Masks,
     apply_masks,
@@ -22,7 +23,6 @@ from core.prune.masks import (
     prunable_layers,
 )
 from core.prune.report import SEMI_STRUCTURED_NOTE
-from core.prune.step import KindResult, register_kind
 from core.prune.training import FineTuner
 from core.prune.unstructured import magnitude
 from core.spec import SemiStructuredPrune

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.context import RunContext
 from core.measure import score
+from core.prune.structured import build_pruner
 from core.registry import StepData
 from core.spec import PruneSensitivity, StructuredPrune
 
@@ -37,7 +38,6 @@ def structured_action(
 ) -> PruneAction:
     """Remove `sparsity` of a layer's output channels (and the channels coupled to them)
     with torch-pruning, every other layer left as it is."""
-    from core.prune.structured import build_pruner
 
     def action(module: nn.Module, layer: str, sparsity: float) -> None:
         config = StructuredPrune(

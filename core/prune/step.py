@@ -17,75 +17,36 @@ layers were resized (channels removed) are exported with torch.export.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from core.context import RunContext
 from core.data import pinned_batch_size
 from core.errors import EngineError, StepFailed, UnsupportedModel, short_reason
 from core.formats import ModelInfo, inspect_model, load_model, save_model
 from core.prune.heads import HeadPruning, prune_heads
+from core.prune.kinds import KindResult, get_kind
+from core.prune.masks import default_skipped, prunable_layers
 from core.prune.report import prune_report
+from core.prune.sensitivity import (
+    magnitude_mask_action,
+    run_sensitivity,
+    structured_action,
+    torch_evaluator,
+)
 from core.prune.training import FineTuner
 from core.quantize.common import validate_runs
 from core.registry import StepData, StepOutput, register_step
 from core.spec import PruneConfig, StructuredPrune
 
 if TYPE_CHECKING:
-    from torch import fx, nn
+    from torch import fx
 
 # Op types that mark an already quantized model: onnx2torch cannot train those.
 _QUANTIZED_OPS = ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulNBits")
 # Rows of the eval data that ONNX Runtime runs to trace head shapes and rank heads (a
 # pinned batch size wins).
 HEAD_FEED_ROWS = 2
-
-
-@dataclass
-class KindResult:
-    """What a kind hands back: the pruned (fine-tuned) module and its facts."""
-
-    module: nn.Module
-    details: dict[str, Any] = field(default_factory=dict)
-    # the sparsity each pruned layer was configured to reach, by module name
-    target_sparsity: dict[str, float] = field(default_factory=dict)
-    fine_tune_history: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    # False when layers were resized (channels removed): the weights no longer fit the
-    # converted graph, the module must be exported by tracing it
-    structure_kept: bool = True
-
-
-KindFn = Callable[["fx.GraphModule", Any, FineTuner, RunContext], KindResult]
-F = TypeVar("F", bound=KindFn)
-
-_KINDS: dict[str, KindFn] = {}
-
-
-def register_kind(name: str) -> Callable[[F], F]:
-    def decorator(function: F) -> F:
-        if name in _KINDS and _KINDS[name] is not function:
-            raise ValueError(f"pruning kind {name!r} is already registered")
-        _KINDS[name] = function
-        return function
-
-    return decorator
-
-
-def get_kind(name: str) -> KindFn:
-    try:
-        return _KINDS[name]
-    except KeyError:
-        raise EngineError(
-            f"no pruning kind {name!r} is registered; known: {sorted(_KINDS)}",
-            code="unknown_method",
-        ) from None
-
-
-def registered_kinds() -> list[str]:
-    return sorted(_KINDS)
 
 
 @register_step("prune")
@@ -248,14 +209,6 @@ def _sensitivity(
     """Distiller's sweep over the layers the kind would prune (each alone, on a copy),
     pruned the kind's way: channels for structured, smallest weights otherwise."""
     import torch
-
-    from core.prune.masks import default_skipped, prunable_layers
-    from core.prune.sensitivity import (
-        magnitude_mask_action,
-        run_sensitivity,
-        structured_action,
-        torch_evaluator,
-    )
 
     assert config.sensitivity is not None
     names = list(prunable_layers(module))

@@ -34,7 +34,7 @@ import numpy as np
 from core.context import RunContext
 from core.data import model_feeds
 from core.errors import IncompatibleData
-from core.prune.step import KindResult, register_kind
+from core.prune.kinds import KindResult, register_kind
 from core.prune.training import FineTuner
 from core.registry import StepData
 from core.spec import StructuredPrune

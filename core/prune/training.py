@@ -11,7 +11,6 @@ re-applied before the next forward pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,18 +19,17 @@ import numpy as np
 
 from core.context import RunContext
 from core.data import pinned_batch_size, sample_count
-from core.errors import StepFailed
 from core.formats import ModelInfo, TensorInfo
 from core.registry import StepData
 from core.spec import FineTune
 from core.training import (
     Evaluation,
+    StepHook,
     TrainingData,
-    batches,
+    TrainingPlan,
+    fit,
     loss_of,
     predict,
-    select_output,
-    tensors,
     training_data,
 )
 
@@ -39,12 +37,6 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-# Called after optimizer step `step` (1, 2, ...): schedules act here, masks are re-applied.
-StepHook = Callable[[int], None]
-
-_CANCEL_CHECK_BATCHES = 20
-# SGD's momentum: plain SGD without it fine-tunes far slower at the same learning rate.
-SGD_MOMENTUM = 0.9
 
 
 @dataclass(frozen=True)
@@ -121,74 +113,44 @@ class FineTuner:
         label: str = "fine-tune",
         progress: tuple[float, float] = (0.0, 1.0),
     ) -> list[dict[str, Any]]:
-        """Fine-tune `module` in place for config.epochs; one record per epoch (epoch,
+        """Fine-tune `module` in place for config.epochs in the one training loop
+        (core.training.fit, last epoch's weights kept); one record per epoch (epoch,
         train_loss, eval_metric). Reports each epoch within `progress` of the step."""
         import torch
 
         if self.training is None or self.config.epochs == 0:
             return []
         training = self.training
-        torch.manual_seed(self.ctx.seed)
         device = torch.device(self.ctx.device)
-        module.to(device)
-        optimizer = self._optimizer(module)
-        shuffle = np.random.default_rng(self.ctx.seed)
-        samples = sample_count(training.feeds)
-        epochs = self.config.epochs
-        history: list[dict[str, Any]] = []
         if not self.metric_before_fine_tuning:
             self.metric_before_fine_tuning.append(self.evaluate(module))
-        step = 0
-        for epoch in range(1, epochs + 1):
-            module.train()
-            losses = []
-            for batch, rows in enumerate(batches(shuffle, samples, self.batch_size)):
-                if batch % _CANCEL_CHECK_BATCHES == 0:
-                    self.ctx.check_cancelled()
-                optimizer.zero_grad()
-                outputs = select_output(
-                    module(*tensors(training.feeds, rows, self.inputs, device)),
-                    self.output_index,
-                )
-                targets = torch.from_numpy(training.targets[rows]).to(device)
-                loss = loss_of(training.loss, outputs, targets)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                if on_step is not None:
-                    on_step(step)
-                losses.append(float(loss.detach()))
-            train_loss = float(np.mean(losses))
-            if not np.isfinite(train_loss):
-                raise StepFailed(
-                    f"{label} diverged in epoch {epoch} (loss {train_loss}): lower "
-                    f"fine_tune.learning_rate (now {self.config.learning_rate})"
-                )
-            eval_metric = self.evaluate(module)
-            history.append({"epoch": epoch, "train_loss": train_loss, "eval_metric": eval_metric})
-            start, end = progress
-            self.ctx.report_step(
-                start + (end - start) * epoch / epochs,
-                f"{label} epoch {epoch}/{epochs}",
-                epoch=epoch,
-                loss=train_loss,
-                eval_metric=eval_metric,
-                metric_name=self.evaluation.metric_name,
-            )
-        module.eval()
-        return history
 
-    def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
-        import torch
+        def loss(batch: list[torch.Tensor], outputs: torch.Tensor, rows: np.ndarray) -> Any:
+            targets = torch.from_numpy(training.targets[rows]).to(device)
+            return loss_of(training.loss, outputs, targets)
 
         config = self.config
-        if config.optimizer == "sgd":
-            return torch.optim.SGD(
-                module.parameters(),
-                lr=config.learning_rate,
-                momentum=SGD_MOMENTUM,
+        run = fit(
+            module,
+            loss,
+            training.feeds,
+            self.inputs,
+            self.output_index,
+            self.evaluate,
+            TrainingPlan(
+                epochs=config.epochs,
+                batch_size=self.batch_size,
+                learning_rate=config.learning_rate,
+                optimizer=config.optimizer,
                 weight_decay=config.weight_decay,
-            )
-        return torch.optim.Adam(
-            module.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+                patience=None,
+                seed=self.ctx.seed,
+            ),
+            self.ctx,
+            label=label,
+            progress=progress,
+            keep_best=False,
+            on_step=on_step,
+            report={"metric_name": self.evaluation.metric_name},
         )
+        return run.history

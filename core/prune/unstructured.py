@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from core.context import RunContext
 from core.errors import InputError
+from core.prune.kinds import KindResult, register_kind
 from core.prune.masks import (
     Masks,
     apply_masks,
@@ -23,7 +24,6 @@ from core.prune.masks import (
 )
 from core.prune.report import UNSTRUCTURED_NOTE
 from core.prune.schedule import OneShot, PolynomialDecay, SparsitySchedule
-from core.prune.step import KindResult, register_kind
 from core.prune.training import FineTuner
 from core.spec import UnstructuredPrune
 

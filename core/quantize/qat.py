@@ -38,7 +38,6 @@ import numpy as np
 
 from core.context import RunContext
 from core.data import pinned_batch_size, sample_count
-from core.errors import StepFailed
 from core.formats import TensorInfo, inspect_model
 from core.quantize.common import PER_CHANNEL_MIN_OPSET
 from core.quantize.modes import register_mode
@@ -47,19 +46,15 @@ from core.spec import QatQuantize
 from core.training import (
     Evaluation,
     TrainingData,
-    batches,
+    TrainingPlan,
+    fit,
     loss_of,
     predict,
-    select_output,
-    tensors,
     training_data,
 )
 
 if TYPE_CHECKING:
     from torch import fx
-
-# Check for cancellation every this many training batches (and at every epoch's end).
-_CANCEL_CHECK_BATCHES = 20
 
 
 @register_mode("qat")
@@ -143,48 +138,46 @@ def train_with_fake_quant(
     program = capture(module, example, inputs, device=ctx.device)
     # the observers prepare inserts are made on the CPU: on a CUDA job they follow the module
     prepared = prepare_qat_pt2e(program.module(), _quantizer(config.per_channel)).to(device)
-    optimizer = torch.optim.Adam(prepared.parameters(), lr=config.learning_rate)
-    shuffle = np.random.default_rng(ctx.seed)
-    history: list[dict[str, Any]] = []
-    for epoch in range(1, config.epochs + 1):
-        move_exported_model_to_train(prepared)
-        prepared.apply(enable_observer)
-        losses = []
-        for step, rows in enumerate(batches(shuffle, sample_count(training.feeds), batch_size)):
-            if step % _CANCEL_CHECK_BATCHES == 0:
-                ctx.check_cancelled()
-            optimizer.zero_grad()
-            outputs = select_output(
-                prepared(*tensors(training.feeds, rows, inputs, device)), output_index
-            )
-            loss = loss_of(
-                training.loss, outputs, torch.from_numpy(training.targets[rows]).to(device)
-            )
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-        train_loss = float(np.mean(losses))
-        if not np.isfinite(train_loss):
-            raise StepFailed(
-                f"qat training diverged in epoch {epoch} (loss {train_loss}): "
-                f"lower learning_rate (now {config.learning_rate})"
-            )
+
+    def train_mode(model: Any) -> None:
+        move_exported_model_to_train(model)
+        model.apply(enable_observer)
+
+    def eval_mode(model: Any) -> None:
         # Activation ranges come from the training data only: evaluating must not move them.
-        move_exported_model_to_eval(prepared)
-        prepared.apply(disable_observer)
-        eval_metric = evaluation.metric(
+        move_exported_model_to_eval(model)
+        model.apply(disable_observer)
+
+    def loss(batch: list[Any], outputs: Any, rows: np.ndarray) -> Any:
+        targets = torch.from_numpy(training.targets[rows]).to(device)
+        return loss_of(training.loss, outputs, targets)
+
+    run = fit(
+        prepared,
+        loss,
+        training.feeds,
+        inputs,
+        output_index,
+        lambda model: evaluation.metric(
             predict(prepared, evaluation.feeds, batch_size, output_index, inputs, device)
-        )
-        record = {"epoch": epoch, "train_loss": train_loss, "eval_metric": eval_metric}
-        history.append(record)
-        ctx.report_step(
-            epoch / config.epochs,
-            f"qat epoch {epoch}/{config.epochs}",
-            epoch=epoch,
-            loss=record["train_loss"],
-            eval_metric=eval_metric,
-            metric_name=evaluation.metric_name,
-        )
+        ),
+        TrainingPlan(
+            epochs=config.epochs,
+            batch_size=batch_size,
+            learning_rate=config.learning_rate,
+            optimizer="adam",
+            weight_decay=0.0,
+            patience=None,
+            seed=ctx.seed,
+        ),
+        ctx,
+        label="qat",
+        keep_best=False,
+        train_mode=train_mode,
+        eval_mode=eval_mode,
+        report={"metric_name": evaluation.metric_name},
+    )
+    history = run.history
     move_exported_model_to_eval(prepared)
     return convert_pt2e(graph_to_cpu(prepared)), history
 

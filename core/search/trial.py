@@ -2,7 +2,7 @@
 
 The architecture is exported untrained and measured first (costs do not depend on the
 weights), so a trial over a hard limit is never trained. Training is the distill step's
-loop (core.distill.trainer): labels alone, or the distill step's loss against the
+loop (core.training.fit): labels alone, or the distill step's loss against the
 original model's outputs when the search is teacher-guided. After every epoch the
 validation metric is reported to Optuna, which may prune the trial. The trained weights
 stay in the trial's folder on this worker, for the step to export should it choose this
@@ -29,7 +29,6 @@ import numpy as np
 
 from core.context import RunContext
 from core.distill.loss import OutputLoss, classification_loss, label_loss, regression_loss
-from core.distill.trainer import LossFn, TrainingPlan, TrainingRun, train
 from core.errors import JobCancelled, StepFailed
 from core.families import FamilyConfig
 from core.search import records
@@ -38,7 +37,7 @@ from core.search.objective import Goal
 from core.search.problem import SearchProblem
 from core.search.space import config_of
 from core.spec import SearchStep
-from core.training import predict
+from core.training import LossFn, TrainingPlan, TrainingRun, fit, predict
 
 if TYPE_CHECKING:
     import optuna
@@ -256,7 +255,7 @@ def train_module(
     # once, when they end. Cancellation is still checked through ctx.report.
     quiet = dataclasses.replace(ctx, on_progress=_silent)
     try:
-        return train(
+        return fit(
             module,
             loss_function(problem, config, ctx.device),
             problem.feeds,

@@ -1,5 +1,5 @@
-"""The student's training loop: best epoch kept, early stopping, seeding, progress,
-cancellation and divergence, with controlled eval metrics."""
+"""The one training loop (core.training.fit), as distillation uses it: best epoch kept,
+early stopping, seeding, progress, cancellation and divergence, with controlled metrics."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from core.context import RunContext
-from core.distill.trainer import TrainingPlan, train
 from core.errors import JobCancelled, StepFailed
 from core.formats import TensorInfo
+from core.training import TrainingPlan, fit
 
 INPUTS = [TensorInfo(name="input", dtype="float32", shape=["batch", 4])]
 FEEDS = {"input": np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)}
@@ -53,8 +53,16 @@ class ScriptedMetric:
 
 def run(module: nn.Module, evaluate: Any, tmp_path: Path, **kwargs: Any) -> Any:
     ctx: RunContext = kwargs.pop("ctx", RunContext(work_dir=tmp_path))
-    return train(
-        module, mse_to_targets, FEEDS, INPUTS, 0, evaluate, kwargs.pop("plan", plan()), ctx
+    return fit(
+        module,
+        mse_to_targets,
+        FEEDS,
+        INPUTS,
+        0,
+        evaluate,
+        kwargs.pop("plan", plan()),
+        ctx,
+        label="distill",
     )
 
 
@@ -151,7 +159,7 @@ def test_a_diverging_loss_fails_the_step_with_a_hint(tmp_path: Path) -> None:
         return outputs.sum() * float("nan")
 
     with pytest.raises(StepFailed, match="learning_rate"):
-        train(
+        fit(
             nn.Linear(4, 2),
             nan_loss,
             FEEDS,
