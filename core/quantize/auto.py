@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,7 +85,7 @@ import onnxruntime as ort
 from core.context import MeasureSettings, RunContext
 from core.data import Feeds, model_feeds, pinned_batch_size, sample_count, take_rows
 from core.errors import EngineError, JobCancelled, StepFailed, UnsupportedModel
-from core.formats import iter_nodes, load_model
+from core.formats import copy_model, iter_nodes, load_model
 from core.measure import (
     compare_to_original,
     compute_outputs,
@@ -509,6 +508,7 @@ class Outcome:
     mode_details: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
     chosen: bool = False
+    error: EngineError | None = None  # why it failed, when it failed with an error
 
     @property
     def usable(self) -> bool:
@@ -917,11 +917,11 @@ class _Tuner:
 
         if decision.chosen is None:
             chosen_outcome = input_outcome
-            shutil.copyfile(self.model_path, output_path)
+            copy_model(self.model_path, output_path)  # with its external data, if any
         else:
             chosen_outcome = self.outcomes[decision.chosen]
             assert chosen_outcome.path is not None
-            shutil.copyfile(chosen_outcome.path, output_path)
+            copy_model(chosen_outcome.path, output_path)
         chosen_outcome.chosen = True
         self.progress(1.0, f"auto: chose {chosen_outcome.candidate.name}", {})
         return self._details(
@@ -965,7 +965,7 @@ class _Tuner:
                     outcome.note = note
                     return outcome
             else:
-                shutil.copyfile(produced.path, path)
+                copy_model(produced.path, path)
                 outcome.mode_details = produced.details
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest in self._digests:
@@ -982,10 +982,10 @@ class _Tuner:
         except JobCancelled:
             raise
         except EngineError as exc:
-            outcome.note = f"{exc.code}: {exc.message}"
+            outcome.note, outcome.error = f"{exc.code}: {exc.message}", exc
         except Exception as exc:
             error = wrap_failure(exc, candidate.mode, self.model_path)
-            outcome.note = f"{error.code}: {error.message}"
+            outcome.note, outcome.error = f"{error.code}: {error.message}", error
         return outcome
 
     def _produce(
@@ -1169,9 +1169,12 @@ class _Tuner:
 
     def _nothing_worked(self) -> EngineError:
         reasons = "; ".join(f"{o.candidate.name}: {o.note}" for o in self.outcomes)
-        notes = [o.note or "" for o in self.outcomes]
-        if notes and all(note.startswith(UnsupportedModel.code) for note in notes):
-            return UnsupportedModel(f"auto quantization: no candidate works: {reasons}")
+        errors = [o.error for o in self.outcomes]
+        if errors and all(isinstance(error, UnsupportedModel) for error in errors):
+            # every mode refused the model: say so under their code when they agree
+            codes = {error.code for error in errors if error is not None}
+            code = codes.pop() if len(codes) == 1 else "no_candidate_works"
+            return UnsupportedModel(f"auto quantization: no candidate works: {reasons}", code=code)
         return StepFailed(f"auto quantization: no candidate could be measured: {reasons}")
 
     def _details(
