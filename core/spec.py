@@ -230,6 +230,9 @@ class AutoQuantize(_QuantizeBase, _CalibrationOptions):
     # Return a model slower than the step's input only when the user says so.
     allow_slower: bool = False
     max_fallback_nodes: int = Field(default=16, ge=0, le=10_000)
+    # Metric measurements the fallback may spend choosing those nodes (each one a
+    # quantized variant scored on the selection rows; core.quantize.fallback).
+    max_fallback_trials: int = Field(default=32, ge=1, le=1_000)
 
 
 def _quantize_mode(value: Any) -> str:

@@ -39,13 +39,20 @@ import torch
 from onnx import numpy_helper, version_converter
 from onnx2torch import convert
 from onnx2torch.node_converters import get_converter
+from onnx2torch.node_converters.binary_math_operations import OnnxBinaryMathOperation
 from onnx2torch.node_converters.matmul import OnnxMatMul
 from onnx2torch.node_converters.reshape import OnnxReshape
 from onnx2torch.onnx_graph import OnnxGraph, OnnxNode
 from torch import fx, nn
 
 from core.errors import StepFailed, UnsupportedModel, short_reason
-from core.formats import TensorInfo, load_model, model_opset, save_model
+from core.formats import (
+    TensorInfo,
+    drop_unused_initializers,
+    load_model,
+    model_opset,
+    save_model,
+)
 
 # onnx2torch (last release 2024) has converters for opsets up to 17; newer exports
 # (torch 2.14 writes opset 20) are converted down to it first.
@@ -100,6 +107,7 @@ def onnx_to_torch(model_path: Path, work_dir: Path) -> fx.GraphModule:
         _constants_as_initializers(load_model(model_path))
     )
     _drop_needless_allowzero(model)
+    _flattening_reshapes_as_flatten(model)
     model = _convertible_opset(model)
     work_dir.mkdir(parents=True, exist_ok=True)
     # onnx2torch runs shape inference on a path next to the file (no 2 GB protobuf limit)
@@ -110,6 +118,7 @@ def onnx_to_torch(model_path: Path, work_dir: Path) -> fx.GraphModule:
         raise _conversion_error(model, exc) from exc
     sources = _weight_sources(model, module)
     _matmul_by_constant_as_linear(module, sources)
+    _bias_adds_into_linear(module, sources)
     _constant_reshapes_as_python(module, sources)
     module.meta[WEIGHT_SOURCES] = sources
     return module.eval()
@@ -349,6 +358,57 @@ def _drop_needless_allowzero(model: onnx.ModelProto) -> None:
             node.attribute.extend(kept)
 
 
+def _flattening_reshapes_as_flatten(model: onnx.ModelProto) -> int:
+    """Rewrite, in place, main-graph Reshapes that flatten all but the first dim to a
+    constant width (`Reshape(x, [-1, C*H*W])`, as torch.export writes nn.Flatten) as
+    `Flatten(x, axis=1)`; return how many.
+
+    The two compute the same, but the constant width is the channel count times the
+    spatial size: once channel pruning removes channels it is wrong ("mat1 and mat2
+    shapes cannot be multiplied (1x512 and 256x8)"), while Flatten follows them.
+    Shapes come from ONNX shape inference; a Reshape whose input shape is not fully
+    known beyond the first dim is left as it is.
+    """
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return 0
+    shapes: dict[str, list[int | None]] = {}
+    for value in (*inferred.graph.value_info, *inferred.graph.input):
+        tensor = value.type.tensor_type
+        if tensor.HasField("shape"):
+            shapes[value.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
+            ]
+    initializers = {init.name: init for init in model.graph.initializer}
+    rewritten = 0
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "Reshape" or node.domain not in _DEFAULT_DOMAINS:
+            continue
+        shape_tensor = initializers.get(node.input[1]) if len(node.input) > 1 else None
+        data_shape = shapes.get(node.input[0])
+        if shape_tensor is None or data_shape is None or len(data_shape) < 3:
+            continue
+        target = [int(v) for v in numpy_helper.to_array(shape_tensor).reshape(-1)]
+        rest = data_shape[1:]
+        if len(target) != 2 or any(d is None for d in rest):
+            continue
+        width = int(np.prod([d for d in rest if d is not None]))
+        batch = data_shape[0]
+        first_ok = target[0] in (-1, 0) or (batch is not None and target[0] == batch)
+        if not first_ok or target[1] != width:
+            continue
+        model.graph.node[index].CopyFrom(
+            onnx.helper.make_node(
+                "Flatten", [node.input[0]], list(node.output), name=node.name, axis=1
+            )
+        )
+        rewritten += 1
+    if rewritten:
+        drop_unused_initializers(model.graph)
+    return rewritten
+
+
 def _conversion_error(model: onnx.ModelProto, exc: Exception) -> UnsupportedModel:
     """Name the first node onnx2torch fails on (converting node by node, on failure only)."""
     versions = {entry.domain or "": entry.version for entry in model.opset_import}
@@ -535,6 +595,59 @@ def _matmul_by_constant_as_linear(module: fx.GraphModule, sources: dict[str, Wei
             sources[f"{node.target}.weight"] = WeightSource(
                 source.initializer, not source.transposed, source.scale
             )
+        changed = True
+    if changed:
+        module.graph.lint()
+        module.recompile()
+
+
+def _bias_adds_into_linear(module: fx.GraphModule, sources: dict[str, WeightSource]) -> None:
+    """Fold `Add(Linear(x), b)`, with b a constant vector of the Linear's out features
+    read by nothing else, into the Linear's bias (its source in `sources` follows).
+
+    Exporters write a Linear on 3-D inputs as MatMul + Add, which the conversion above
+    turns into a bias-free `nn.Linear` and an add of a buffer. Left apart, channel
+    pruning shrinks the Linear and not the buffer ("The size of tensor a (16) must match
+    the size of tensor b (8)"), and the bias would not train.
+    """
+    changed = False
+    erased: set[fx.Node] = set()
+    for node in list(module.graph.nodes):
+        if node.op != "call_module" or node in erased:
+            continue
+        linear = module.get_submodule(node.target)
+        if not isinstance(linear, nn.Linear) or linear.bias is not None or len(node.users) != 1:
+            continue
+        (add,) = node.users
+        if add.op != "call_module" or add.kwargs or len(add.args) != 2:
+            continue
+        adder = module.get_submodule(add.target)
+        if not isinstance(adder, OnnxBinaryMathOperation) or adder.broadcast is not None:
+            continue
+        if adder.math_op_function is not torch.add:
+            continue
+        bias_node = add.args[0] if add.args[1] is node else add.args[1]
+        if not isinstance(bias_node, fx.Node) or bias_node.op != "get_attr":
+            continue
+        if len(bias_node.users) != 1:
+            continue
+        bias = _attribute(module, bias_node.target)
+        if (
+            not isinstance(bias, torch.Tensor)
+            or not bias.is_floating_point()
+            or tuple(bias.shape) != (linear.out_features,)
+        ):
+            continue
+        linear.bias = nn.Parameter(bias.detach().clone().to(linear.weight.dtype))
+        add.replace_all_uses_with(node)
+        erased.add(add)
+        module.graph.erase_node(add)
+        module.graph.erase_node(bias_node)
+        module.delete_submodule(add.target)
+        _delete_attribute(module, bias_node.target)
+        source = sources.pop(str(bias_node.target), None)
+        if source is not None:
+            sources[f"{node.target}.bias"] = source
         changed = True
     if changed:
         module.graph.lint()

@@ -18,7 +18,7 @@ import numpy as np
 
 from core.context import RunContext
 from core.data import Feeds, model_feeds, sample_count
-from core.errors import IncompatibleData, StepFailed
+from core.errors import IncompatibleData, StepFailed, UnsupportedModel
 from core.formats import TensorInfo
 from core.measure import compute_outputs, eval_batch_size, open_session, score
 from core.registry import StepData
@@ -38,6 +38,25 @@ class TrainingData:
     feeds: Feeds
     targets: np.ndarray  # class indices (cross_entropy) or the original's outputs
     loss: LossName
+
+
+def refuse_bound_inputs(task: TaskSpec, method: str) -> None:
+    """Steps that run the model in PyTorch feed every input per sample on axis 0: a task
+    binding other sample axes, arrays fed whole or constants (or reading its output on
+    another axis) is refused, saying so (the spec refuses it at submission too)."""
+    bound = sorted(
+        name
+        for name in task.inputs
+        if not task.binding(name).splits_samples or task.binding(name).sample_axis
+    )
+    if bound or task.output_sample_axis:
+        what = f"task.inputs {bound}" if bound else "task.output_sample_axis"
+        raise UnsupportedModel(
+            f"{method} runs the model in PyTorch, which squeeze does not yet feed through "
+            f"{what} (sample axes other than 0, arrays fed whole, constants): quantize "
+            "such a model instead",
+            code="unsupported_input_binding",
+        )
 
 
 def training_data(

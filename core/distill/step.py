@@ -37,6 +37,7 @@ from core.training import (
     TrainingRun,
     fit,
     predict,
+    refuse_bound_inputs,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def distill(model_path: Path, config: DistillStep, data: StepData, ctx: RunConte
     """Train the configured student against the job's original model and return it as
     ONNX, with a report: student and sizing, parameters, loss settings, per-epoch
     history, best epoch, and the eval metric of teacher, distilled and label-only."""
+    refuse_bound_inputs(data.task, "distill")
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     output_path = ctx.work_dir / "model.onnx"
     ctx = dataclasses.replace(ctx, seed=ctx.seed if config.seed is None else config.seed)

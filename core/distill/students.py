@@ -119,6 +119,22 @@ def _family_student(
             "(upload a student instead)",
             code=INVALID_STUDENT,
         )
+    if len(teacher.info.outputs) > 1:
+        kept = teacher.info.outputs[teacher.output_index].name
+        dropped = [t.name for i, t in enumerate(teacher.info.outputs) if i != teacher.output_index]
+        raise InputError(
+            f"family students give one output ({kept!r}); the teacher also gives "
+            f"{', '.join(map(repr, dropped))}, which such a student would drop (upload a "
+            "student that gives every output)",
+            code=INVALID_STUDENT,
+        )
+    if config.parameter_ratio is not None and teacher.parameters == 0:
+        raise InputError(
+            "parameter_ratio sizes the student by the teacher's weight tensors, and this "
+            "teacher has none (its weights are node attributes, as in ai.onnx.ml ops): set "
+            "parameter_ratio to null and choose the family's size fields",
+            code=INVALID_STUDENT,
+        )
     tensor = teacher.info.inputs[0]
     if np.dtype(tensor.dtype).kind != "f":
         raise InputError(

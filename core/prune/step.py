@@ -38,6 +38,7 @@ from core.prune.training import FineTuner
 from core.quantize.common import validate_runs
 from core.registry import StepData, StepOutput, register_step
 from core.spec import PruneConfig, StructuredPrune
+from core.training import refuse_bound_inputs
 
 if TYPE_CHECKING:
     from torch import fx
@@ -53,6 +54,7 @@ HEAD_FEED_ROWS = 2
 def prune(model_path: Path, config: PruneConfig, data: StepData, ctx: RunContext) -> StepOutput:
     """Prune the model as `config.kind` says, fine-tune it, and return the validated,
     exported result with a sparsity/size report."""
+    refuse_bound_inputs(data.task, "prune")
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     output_path = ctx.work_dir / "model.onnx"
     info = inspect_model(model_path)

@@ -33,7 +33,7 @@ import numpy as np
 
 from core.context import RunContext
 from core.data import model_feeds
-from core.errors import IncompatibleData
+from core.errors import IncompatibleData, UnsupportedModel, short_reason
 from core.prune.kinds import KindResult, register_kind
 from core.prune.training import FineTuner
 from core.registry import StepData
@@ -208,6 +208,7 @@ def prune_channels(
         name: output_channels(layer) for name, layer in prunable_layers(module).items()
     }
     macs_before, params_before = count_macs_and_params(module, on_device(example_inputs, module))
+    shapes_before = output_shapes(module, on_device(example_inputs, module))
     pruner = build_pruner(module, config, on_device(example_inputs, module))
     for round_index in range(1, config.iterations + 1):
         ctx.check_cancelled()
@@ -223,6 +224,7 @@ def prune_channels(
         if fine_tune is not None and round_index < config.iterations:
             fine_tune(module)
     module.eval()
+    check_runs_after_pruning(module, on_device(example_inputs, module), shapes_before)
     macs_after, params_after = count_macs_and_params(module, on_device(example_inputs, module))
     layers_after = {name: output_channels(layer) for name, layer in prunable_layers(module).items()}
     channels = {name: [before, layers_after.get(name, 0)] for name, before in layers_before.items()}
@@ -245,6 +247,84 @@ def prune_channels(
         },
         "attention_heads_pruned": bool(pruner.num_heads),
     }
+
+
+def output_shapes(
+    module: nn.Module, example_inputs: Mapping[str, torch.Tensor]
+) -> list[tuple[int, ...]]:
+    """The shapes of the module's outputs on `example_inputs`."""
+    import torch
+
+    with torch.no_grad():
+        outputs = module(*example_inputs.values())
+    values = outputs if isinstance(outputs, tuple | list) else (outputs,)
+    return [tuple(value.shape) for value in values]
+
+
+def check_runs_after_pruning(
+    module: nn.Module,
+    example_inputs: Mapping[str, torch.Tensor],
+    shapes_before: list[tuple[int, ...]],
+) -> None:
+    """Raise UnsupportedModel (code "channel_dependency_untraced") when the pruned module
+    fails on the example inputs (naming the first node that fails) or gives outputs of
+    other shapes than before: torch-pruning did not see that an op depends on the pruned
+    channels (a reshape to a constant width, an add of a constant vector of the old
+    width, an op it has no rule for), so the pruned graph no longer computes the same
+    thing (a reshape to a constant width can even fold the batch away silently)."""
+    from torch import fx
+
+    try:
+        shapes_after = output_shapes(module, example_inputs)
+    except Exception as exc:
+        where = ""
+        if isinstance(module, fx.GraphModule):
+            where = _failing_node(module, tuple(example_inputs.values()))
+        raise _untraced(f"structured pruning broke the graph{where}: {short_reason(exc)}") from exc
+    if shapes_after != shapes_before:
+        raise _untraced(
+            f"structured pruning changed the model's output shapes from {shapes_before} to "
+            f"{shapes_after}"
+        )
+
+
+def _untraced(what: str) -> UnsupportedModel:
+    return UnsupportedModel(
+        f"{what}. torch-pruning could not follow the removed channels through an op that "
+        "still expects the old width; use kind unstructured or n_m, or keep the layers "
+        "before it out of pruning (skip_layers)",
+        code="channel_dependency_untraced",
+    )
+
+
+def _failing_node(module: fx.GraphModule, args: tuple[Any, ...]) -> str:
+    """" at node 'X' (Kind)" for the first fx node that raises, run node by node."""
+    import torch
+    from torch import fx
+
+    failed: list[fx.Node] = []
+
+    class Tracer(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            try:
+                return super().run_node(n)
+            except Exception:
+                failed.append(n)
+                raise
+
+    try:
+        with torch.no_grad():
+            Tracer(module).run(*args)
+    except Exception:
+        pass
+    if not failed:
+        return ""
+    node = failed[0]
+    if node.op == "call_module":
+        kind = type(module.get_submodule(str(node.target))).__name__
+    else:
+        kind = getattr(node.target, "__name__", str(node.target))
+    return f" at node {node.name!r} ({kind})"
 
 
 def taylor_gradients(

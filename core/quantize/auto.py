@@ -37,13 +37,19 @@ Decision rules, in order:
 4. The metric target is the verdict's (core.verdict.metric_checks): `max_metric_drop`
    (absolute or relative to the original's metric); without one a default guard of a
    1% relative drop ("default_metric_guard"), unless `targets.metric_guard` is false.
-5. When no fast candidate meets the metric target, the nodes of the fastest INT8
-   candidate (QDQ or dynamic before QOperator) are ranked once by the error each adds
-   (`core.quantize.sensitivity`, on a few calibration batches) and the most sensitive
-   are kept in float32 (`nodes_to_exclude`): 1, 2, 4 ... up to `max_fallback_nodes`
-   until the target holds, then bisected down to the fewest nodes that hold it. Every
-   variant is measured and competes like any other candidate; a variant in which the
-   mode did not honour the exclusions stops the loop and says so.
+5. When no fast candidate meets the metric target, nodes of the fastest INT8 candidate
+   (QDQ or dynamic before QOperator) are kept in float32 (`nodes_to_exclude`), chosen
+   by their measured effect on the task metric (core.quantize.fallback: INC's
+   accumulated fallback). The nodes are first ranked by the error each adds
+   (`core.quantize.sensitivity`, a few calibration batches), which only orders the
+   screening: each node (or, past the budget, each block of neighbouring nodes) is
+   tried alone in float32 and the metric measured; then they are added best first,
+   each step measured and reverted unless it brings the metric closer to the original;
+   stop at the target, `max_fallback_nodes` or `max_fallback_trials` measurements; the
+   units the target does not need are trimmed. Trials measure the metric only; the set
+   kept is then measured like any candidate (latency too) and competes with them. The
+   curve (float32 nodes -> metric) is `details.fallback.curve`. A mode that does not
+   honour the exclusions stops the search and says so.
 6. When no candidate meets every target, the closest wins: meeting the metric target
    first (else the smallest excess drop), then the latency target, then speed, then the
    size target, then size; details say which targets were missed and by what.
@@ -67,7 +73,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +92,7 @@ from core.data import (
     take_rows,
 )
 from core.errors import EngineError, JobCancelled, StepFailed, UnsupportedModel
-from core.formats import iter_nodes, load_model
+from core.formats import copy_model, iter_nodes, load_model
 from core.measure import (
     compare_to_original,
     compute_outputs,
@@ -105,6 +110,7 @@ from core.quantize.common import (
     validate_runs,
     wrap_failure,
 )
+from core.quantize.fallback import MetricJudgement, TrialFailed, accumulated_fallback
 from core.quantize.modes import get_mode, register_mode, registered_modes
 from core.quantize.sensitivity import (
     NodeSensitivity,
@@ -514,6 +520,7 @@ class Outcome:
     mode_details: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
     chosen: bool = False
+    error: EngineError | None = None  # why it failed, when it failed with an error
 
     @property
     def usable(self) -> bool:
@@ -667,20 +674,6 @@ def _size(outcome: Outcome) -> int:
     return outcome.measurement.size_bytes if outcome.measurement else 0
 
 
-def fallback_sizes(ranked: int, max_nodes: int) -> list[int]:
-    """How many of the most sensitive nodes to keep in float32, tried in order:
-    1, 2, 4 ... and finally the cap (min of the ranked nodes and max_fallback_nodes)."""
-    cap = min(ranked, max_nodes)
-    sizes: list[int] = []
-    size = 1
-    while size < cap:
-        sizes.append(size)
-        size *= 2
-    if cap > 0:
-        sizes.append(cap)
-    return sizes
-
-
 # --- measuring on the worker -----------------------------------------------------------------
 
 MeasureFn = Callable[[Path], Measurement]
@@ -688,6 +681,18 @@ ProduceFn = Callable[[Candidate, Path, Path, RunContext], dict[str, Any]]
 # (the float32 model the quantizer saw, the quantized model) -> nodes, most sensitive first
 RankFn = Callable[[Path, Path], list[NodeSensitivity]]
 ProgressFn = Callable[[float, str, dict[str, Any]], None]
+# a model file -> its task metric on the step's eval rows (the fallback's trials)
+ScoreFn = Callable[[Path], float]
+
+
+@dataclass(frozen=True)
+class _Produced:
+    """A fallback variant the trials produced and scored (reused if it is kept)."""
+
+    name: str
+    path: Path
+    details: dict[str, Any]
+    metric: float
 
 
 class WorkerMeasure:
@@ -847,6 +852,7 @@ def tune(
     rank: RankFn | None = None,
     progress: ProgressFn | None = None,
     available_modes: Sequence[str] | None = None,
+    score: ScoreFn | None = None,
 ) -> dict[str, Any]:
     """Try candidates, measure each, write the best to `output_path`; return the evidence.
 
@@ -855,15 +861,23 @@ def tune(
     StepFailed (UnsupportedModel when every failure was one) when no candidate could be
     produced and measured; JobCancelled as soon as the job is cancelled.
     """
+    if measure is None:
+        worker = WorkerMeasure(model_path, data, ctx)
+        measure = worker
+        # the fallback's trials need the metric only: no timing
+        score = score or (lambda path: worker.metric(path)[1])
+    given = measure
+    score = score or (lambda path: given(path).metric_value)
     tuner = _Tuner(
         model_path=model_path,
         config=config,
         data=data,
         ctx=ctx,
-        measure=measure or WorkerMeasure(model_path, data, ctx),
+        measure=measure,
         produce=produce or produce_with_mode(data),
         rank=rank or rank_with_calibration(data, ctx),
         progress=progress or step_progress(ctx),
+        score=score,
     )
     return tuner.run(
         output_path, registered_modes() if available_modes is None else available_modes
@@ -880,10 +894,13 @@ class _Tuner:
     produce: ProduceFn
     rank: RankFn
     progress: ProgressFn
+    score: ScoreFn
     outcomes: list[Outcome] = field(default_factory=list)
     criteria: Criteria = field(init=False)
     _digests: dict[str, Outcome] = field(default_factory=dict)
     _references: dict[str, Path] = field(default_factory=dict)
+    _trials: int = 0
+    _trial_metrics: dict[str, float] = field(default_factory=dict)
 
     def run(self, output_path: Path, available: Sequence[str]) -> dict[str, Any]:
         profile = profile_model(load_model(self.model_path))
@@ -921,11 +938,11 @@ class _Tuner:
 
         if decision.chosen is None:
             chosen_outcome = input_outcome
-            shutil.copyfile(self.model_path, output_path)
+            copy_model(self.model_path, output_path)  # with its external data, if any
         else:
             chosen_outcome = self.outcomes[decision.chosen]
             assert chosen_outcome.path is not None
-            shutil.copyfile(chosen_outcome.path, output_path)
+            copy_model(chosen_outcome.path, output_path)
         chosen_outcome.chosen = True
         self.progress(1.0, f"auto: chose {chosen_outcome.candidate.name}", {})
         return self._details(
@@ -955,31 +972,22 @@ class _Tuner:
             tolerance=tolerance,
         )
 
-    def _try(self, candidate: Candidate) -> Outcome:
+    def _try(self, candidate: Candidate, produced: _Produced | None = None) -> Outcome:
+        """Produce (or take `produced`), validate and measure one candidate: a row."""
         folder = self.ctx.work_dir / "candidates" / f"{len(self.outcomes):02d}-{candidate.name}"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.onnx"
         outcome = Outcome(candidate, "failed", path=path)
         self.outcomes.append(outcome)
         try:
-            outcome.mode_details = self.produce(
-                candidate, self.model_path, path, dataclasses.replace(self.ctx, work_dir=folder)
-            )
-            validate_runs(path, self.data, self.ctx.device, what=f"candidate {candidate.name}")
-            missing = outcome.mode_details.get("nodes_to_exclude_not_found") or []
-            if missing:
-                outcome.note = (
-                    f"{candidate.mode} mode found no node named {', '.join(missing)} "
-                    "(nodes_to_exclude)"
-                )
-                return outcome
-            still = self._still_quantized(candidate, path)
-            if still:
-                outcome.note = (
-                    f"{candidate.mode} mode did not keep {', '.join(still)} in float32 "
-                    "(nodes_to_exclude)"
-                )
-                return outcome
+            if produced is None:
+                outcome.mode_details, note = self._produce(candidate, path, folder)
+                if note is not None:
+                    outcome.note = note
+                    return outcome
+            else:
+                copy_model(produced.path, path)
+                outcome.mode_details = produced.details
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
             if digest in self._digests:
                 twin = self._digests[digest]
@@ -995,11 +1003,34 @@ class _Tuner:
         except JobCancelled:
             raise
         except EngineError as exc:
-            outcome.note = f"{exc.code}: {exc.message}"
+            outcome.note, outcome.error = f"{exc.code}: {exc.message}", exc
         except Exception as exc:
             error = wrap_failure(exc, candidate.mode, self.model_path)
-            outcome.note = f"{error.code}: {error.message}"
+            outcome.note, outcome.error = f"{error.code}: {error.message}", error
         return outcome
+
+    def _produce(
+        self, candidate: Candidate, path: Path, folder: Path
+    ) -> tuple[dict[str, Any], str | None]:
+        """Write the candidate to `path` and check it runs; the mode's details, and a note
+        when the mode did not honour the candidate's exclusions (then it is not used)."""
+        details = self.produce(
+            candidate, self.model_path, path, dataclasses.replace(self.ctx, work_dir=folder)
+        )
+        validate_runs(path, self.data, self.ctx.device, what=f"candidate {candidate.name}")
+        missing = details.get("nodes_to_exclude_not_found") or []
+        if missing:
+            return details, (
+                f"{candidate.mode} mode found no node named {', '.join(missing)} "
+                "(nodes_to_exclude)"
+            )
+        still = self._still_quantized(candidate, path)
+        if still:
+            return details, (
+                f"{candidate.mode} mode did not keep {', '.join(still)} in float32 "
+                "(nodes_to_exclude)"
+            )
+        return details, None
 
     def _still_quantized(self, candidate: Candidate, path: Path) -> list[str]:
         excluded = candidate.nodes_to_exclude
@@ -1023,7 +1054,7 @@ class _Tuner:
             )
         return self._references[key]
 
-    # rule 5: keep the most sensitive nodes in float32 until the metric target holds
+    # rule 5: keep in float32 the nodes whose float32 measurably brings the metric back
     def _fallback_if_needed(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         criteria = self.criteria
         criterion = criteria.metric_criterion
@@ -1058,75 +1089,113 @@ class _Tuner:
                 o.judgement.latency_ratio if o.judgement else 0.0,
             ),
         )
-        assert base.path is not None
+        assert base.path is not None and base.measurement is not None
         self.progress(0.75, f"auto: ranking the nodes of {base.candidate.name}", {})
         ranking = self.rank(self._reference_for(base.candidate), base.path)
         sensitivity = {
             "base": base.candidate.name,
             "node_names": "as in the float32 graph the base's quantizer sees",
             "error": "relative L2 added by the node (output error - worst input error)",
+            "use": "orders the screening; the nodes kept are chosen by the measured metric",
             "samples": SENSITIVITY_SAMPLES,
             "nodes_ranked": len(ranking),
             "top": [item.as_dict() for item in ranking[:RANKING_REPORTED]],
         }
-        order = [item.node for item in ranking]
-        tried: list[dict[str, Any]] = []
-        passing: Outcome | None = None
-        failing_size, passing_size = 0, 0
-        stopped = ""
+        produced: dict[tuple[str, ...], _Produced] = {}
 
-        def attempt(size: int) -> Outcome:
-            outcome = self._try(base.candidate.excluding(order[:size]))
-            ok = bool(outcome.judgement and outcome.judgement.metric_ok)
-            tried.append({"nodes": size, "candidate": outcome.candidate.name, "metric_ok": ok})
+        def evaluate(nodes: tuple[str, ...]) -> float:
+            result = self._trial(base.candidate.excluding(nodes))
+            produced[nodes] = result
             self.progress(
-                0.8 + 0.15 * min(len(tried) / 8, 1.0),
-                f"auto: {outcome.candidate.name} {outcome.status}",
-                {"candidate": outcome.row(criteria.input_size_bytes)},
+                0.8 + 0.15 * min(len(produced) / self.config.max_fallback_trials, 1.0),
+                f"auto: {result.name} scored {result.metric:.4g}",
+                {"fallback_trial": {"nodes": len(nodes), "metric": result.metric}},
             )
-            return outcome
+            return result.metric
 
-        if not order:
-            stopped = "no quantized node of the base could be matched to the float32 graph"
-        for size in fallback_sizes(len(order), self.config.max_fallback_nodes):
-            outcome = attempt(size)
-            if outcome.judgement is None:  # failed (a duplicate carries its twin's)
-                stopped = f"{outcome.candidate.name} failed: {outcome.note}"
-                break
-            if outcome.judgement and outcome.judgement.metric_ok:
-                passing, passing_size = outcome, size
-                break
-            failing_size = size
-        else:
-            stopped = stopped or (
-                f"the metric target still fails with the {failing_size} most sensitive "
-                f"nodes in float32 (max_fallback_nodes {self.config.max_fallback_nodes}, "
-                f"{len(order)} nodes ranked)"
-            )
-        # fewer float32 nodes keep more speed: bisect down to the fewest that pass
-        while passing is not None and passing_size - failing_size > 1:
-            middle = (failing_size + passing_size) // 2
-            outcome = attempt(middle)
-            if outcome.judgement and outcome.judgement.metric_ok:
-                passing, passing_size = outcome, middle
-            else:
-                failing_size = middle
+        plan = accumulated_fallback(
+            [item.node for item in ranking],
+            base.measurement.metric_value,
+            evaluate,
+            self._metric_judgement,
+            max_nodes=self.config.max_fallback_nodes,
+            max_trials=self.config.max_fallback_trials,
+            positions={
+                item.node: item.position for item in ranking if item.position is not None
+            },
+        )
         fallback: dict[str, Any] = {
             "ran": True,
             "base": base.candidate.name,
-            "tried": tried,
-            "met_metric_target": passing is not None,
-            "nodes_to_exclude": order[:passing_size] if passing else order[:failing_size],
+            "method": "accumulated: units screened alone in float32, then added best "
+            "first, a step that does not bring the metric closer to the original reverted",
+            "units": plan.units,
+            "metric_name": base.measurement.metric_name,
+            "original_metric": criteria.baseline_metric,
+            "metric_criterion": dataclasses.asdict(criterion),
+            "max_fallback_nodes": self.config.max_fallback_nodes,
+            "max_fallback_trials": self.config.max_fallback_trials,
+            "measurements": sum(1 for t in plan.trials if t.metric is not None),
+            "curve": [point.as_dict() for point in plan.curve],
+            "gains": [{"unit": unit, "metric_drop_recovered": g} for unit, g in plan.gains],
+            "trials": [trial.as_dict() for trial in plan.trials],
+            "met_metric_target": plan.met,
+            "nodes_to_exclude": list(plan.kept),
+            "metric_with_nodes_kept": plan.metric,
+            "metric_drop_with_nodes_kept": plan.drop,
+            "stopped": plan.stopped,
         }
-        if stopped:
-            fallback["stopped"] = stopped
+        if plan.kept:
+            # the kept set competes like every candidate: fully measured, latency included
+            outcome = self._try(base.candidate.excluding(plan.kept), produced.get(plan.kept))
+            fallback["candidate"] = outcome.candidate.name
         return sensitivity, fallback
+
+    def _metric_judgement(self, value: float) -> MetricJudgement:
+        """A metric value against the job's metric target (the verdict's rules)."""
+        checks = metric_checks(self.criteria.baseline_metric, value, self.data.targets)
+        return MetricJudgement(
+            drop=max((check.measured for check in checks), default=0.0),
+            met=all(check.met for check in checks),
+        )
+
+    def _trial(self, candidate: Candidate) -> _Produced:
+        """Produce a fallback variant and score its metric only (no timing): the
+        fallback's search measures many, and only the set it keeps is timed."""
+        folder = self.ctx.work_dir / "candidates" / f"t{self._trials:02d}-{candidate.name}"
+        self._trials += 1
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "model.onnx"
+        try:
+            details, note = self._produce(candidate, path, folder)
+        except JobCancelled:
+            raise
+        except EngineError as exc:
+            raise TrialFailed(f"{exc.code}: {exc.message}") from exc
+        except Exception as exc:
+            error = wrap_failure(exc, candidate.mode, self.model_path)
+            raise TrialFailed(f"{error.code}: {error.message}") from exc
+        if note is not None:
+            # a mode that ignores one exclusion ignores the next ones too
+            raise TrialFailed(note, fatal=note.startswith(f"{candidate.mode} mode did not keep"))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest not in self._trial_metrics:
+            try:
+                self._trial_metrics[digest] = self.score(path)
+            except JobCancelled:
+                raise
+            except EngineError as exc:
+                raise TrialFailed(f"{exc.code}: {exc.message}") from exc
+        return _Produced(candidate.name, path, details, self._trial_metrics[digest])
 
     def _nothing_worked(self) -> EngineError:
         reasons = "; ".join(f"{o.candidate.name}: {o.note}" for o in self.outcomes)
-        notes = [o.note or "" for o in self.outcomes]
-        if notes and all(note.startswith(UnsupportedModel.code) for note in notes):
-            return UnsupportedModel(f"auto quantization: no candidate works: {reasons}")
+        errors = [o.error for o in self.outcomes]
+        if errors and all(isinstance(error, UnsupportedModel) for error in errors):
+            # every mode refused the model: say so under their code when they agree
+            codes = {error.code for error in errors if error is not None}
+            code = codes.pop() if len(codes) == 1 else "no_candidate_works"
+            return UnsupportedModel(f"auto quantization: no candidate works: {reasons}", code=code)
         return StepFailed(f"auto quantization: no candidate could be measured: {reasons}")
 
     def _details(
@@ -1191,7 +1260,6 @@ __all__ = [
     "ModelProfile",
     "Outcome",
     "choose",
-    "fallback_sizes",
     "judge",
     "plan_candidates",
     "profile_model",

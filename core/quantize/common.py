@@ -112,6 +112,24 @@ def refuse_requantization(model: onnx.ModelProto, mode: str) -> None:
         )
 
 
+def require_onnx_domain_ops(model: onnx.ModelProto, mode: str) -> None:
+    """Raise UnsupportedModel (code "nothing_to_quantize") for a model without a single
+    op of the ONNX domain, e.g. skl2onnx's LinearRegressor (ai.onnx.ml) alone: ONNX
+    Runtime's INT8 quantizers rewrite ONNX ops only, and without the ONNX domain among
+    its opsets they stop at "Failed to find proper ai.onnx domain"."""
+    domains = Counter(node.domain or "ai.onnx" for node in iter_nodes(model.graph))
+    if domains.get("ai.onnx"):
+        return
+    ops = sorted({f"{node.domain}.{node.op_type}" for node in iter_nodes(model.graph)})
+    raise UnsupportedModel(
+        f"{mode} quantization has nothing to quantize: every op of the model is outside "
+        f"the ONNX domain ({', '.join(ops) or 'no ops'}), and ONNX Runtime's INT8 "
+        "quantizer rewrites ONNX ops (MatMul, Gemm, Conv...) only; export the model with "
+        "ONNX ops (e.g. skl2onnx converts an MLP to MatMul), or use the fp16 mode",
+        code="nothing_to_quantize",
+    )
+
+
 def validate_runs(path: Path, data: StepData, device: str, *, what: str) -> None:
     """Raise StepFailed unless the model passes the ONNX checker (people download and
     re-upload it), loads in ONNX Runtime and runs one eval batch with finite outputs."""
@@ -274,6 +292,42 @@ def _gemm_replacement(
         ),
         onnx.helper.make_node("Add", [product, bias_name], [node.output[0]], name=f"{name}_Add"),
     ]
+
+
+def gemm_biases_as_vectors(model: onnx.ModelProto) -> int:
+    """Store the main graph's Gemm biases of shape (1, N) as (N,), in place; return how
+    many. Gemm broadcasts either the same way.
+
+    skl2onnx writes MLP intercepts as (1, N) rows, and quant_pre_process fuses its
+    MatMul + Add into Gemm with that bias. onnxruntime 1.32's QDQ quantizer, adjusting
+    per-channel weight scales for the int32 bias, indexes the bias per channel and fails
+    on a row ("The truth value of an array with more than one element is ambiguous").
+    Only biases that Gemms alone read are reshaped.
+    """
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    readers: dict[str, set[str]] = {}
+    for node in iter_nodes(graph):
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.op_type)
+    graph_io = {value.name for value in (*graph.input, *graph.output)}
+    reshaped = 0
+    for node in graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 3 or node.domain not in ("", "ai.onnx"):
+            continue
+        bias = initializers.get(node.input[2])
+        if (
+            bias is None
+            or len(bias.dims) != 2
+            or bias.dims[0] != 1
+            or readers.get(bias.name) != {"Gemm"}
+            or bias.name in graph_io
+        ):
+            continue
+        values = numpy_helper.to_array(bias).reshape(-1)
+        bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+        reshaped += 1
+    return reshaped
 
 
 # QLinearConv's inputs: the weight zero point may be one value for every channel.

@@ -34,11 +34,13 @@ from core.quantize.common import (
     compact_zero_points,
     exclusion_names,
     fold_shape_computations,
+    gemm_biases_as_vectors,
     gemm_to_matmul,
     has_external_data,
     missing_node_names,
     modernize_ir,
     pre_process,
+    require_onnx_domain_ops,
     restore_topological_order,
     size_report,
 )
@@ -73,7 +75,9 @@ def quantize_dynamic_mode(
     model_path: Path, output_path: Path, config: DynamicQuantize, data: StepData, ctx: RunContext
 ) -> dict[str, Any]:
     op_types = config.op_types or DYNAMIC_DEFAULT_OP_TYPES
-    model, ir_upgraded_from = modernize_ir(load_model(model_path))
+    model = load_model(model_path)
+    require_onnx_domain_ops(model, "dynamic")
+    model, ir_upgraded_from = modernize_ir(model)
     rewritten = 0
     if "MatMul" in op_types:
         # Exporters write nn.Linear on 2-D inputs as Gemm, which the integer-op quantizer
@@ -128,11 +132,18 @@ def quantize_static_mode(
     ctx: RunContext,
 ) -> dict[str, Any]:
     model = load_model(model_path)
+    require_onnx_domain_ops(model, "static")
     min_opset = PER_CHANNEL_MIN_OPSET if config.per_channel else QDQ_MIN_OPSET
     model, upgraded_from = ensure_opset(model, min_opset)
     model, ir_upgraded_from = modernize_ir(model)
     source = save_model(model, ctx.work_dir / "source.onnx")
     prepared, pre_process_note = pre_process(source, ctx.work_dir / "preprocessed.onnx")
+    biases_reshaped = 0
+    if not has_external_data(prepared):  # a > 2 GB model is not rewritten for its biases
+        prepared_model = load_model(prepared)
+        biases_reshaped = gemm_biases_as_vectors(prepared_model)
+        if biases_reshaped:
+            prepared = save_model(prepared_model, ctx.work_dir / "prepared.onnx")
     ctx.check_cancelled()
 
     batch_size = pinned_batch_size(data.inputs, data.task) or config.calibration_batch_size
@@ -209,6 +220,7 @@ def quantize_static_mode(
         "opset_upgraded_from": upgraded_from,
         "ir_version_upgraded_from": ir_upgraded_from,
         "pre_process": pre_process_note,
+        "gemm_biases_reshaped_to_vectors": biases_reshaped,
         "nodes_reordered_after_quantization": reordered,
         "zero_points_compacted": compacted,
     }

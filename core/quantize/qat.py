@@ -50,6 +50,7 @@ from core.training import (
     fit,
     loss_of,
     predict,
+    refuse_bound_inputs,
     training_data,
 )
 
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
 def quantize_qat_mode(
     model_path: Path, output_path: Path, config: QatQuantize, data: StepData, ctx: RunContext
 ) -> dict[str, Any]:
+    refuse_bound_inputs(data.task, "qat")
     train_arrays = data.require_train_arrays("qat")
     info = inspect_model(model_path)
     output_name = data.task.output or info.outputs[0].name

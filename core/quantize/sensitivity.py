@@ -62,6 +62,9 @@ class NodeSensitivity:
     output_error: float  # relative L2 of the node's output vs FP32
     input_error: float  # worst relative L2 among the float inputs it received
     cosine_distance: float  # 1 - cosine similarity of the output vs FP32
+    # the node's place among the float32 graph's quantized nodes (None: unknown); the
+    # fallback forms blocks of neighbours by it
+    position: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -71,6 +74,7 @@ class NodeSensitivity:
             "output_error": self.output_error,
             "input_error": self.input_error,
             "cosine_distance": self.cosine_distance,
+            "position": self.position,
         }
 
 
@@ -148,7 +152,7 @@ def rank_quantized_nodes(
             accumulator.add(ref_values.get(pair[0]), q_values.get(pair[1]))
 
     ranked = []
-    for probe in probes:
+    for position, probe in enumerate(probes):
         output = errors[probe.output]
         if not output.valid:
             continue
@@ -164,6 +168,7 @@ def rank_quantized_nodes(
                 output_error=output.relative_l2,
                 input_error=input_error,
                 cosine_distance=output.cosine_distance,
+                position=position,
             )
         )
     ranked.sort(key=lambda item: (-item.score, -item.output_error, item.node))

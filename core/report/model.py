@@ -167,8 +167,36 @@ class TrainingPlot(BaseModel):
     best_epoch: int | None = None
 
 
+class FallbackPoint(BaseModel):
+    nodes: int  # kept in float32
+    metric_drop: float  # in the metric target's units (0: the original's metric)
+    metric: float | None = None
+    unit: str | None = None  # what this step added (None: the base, all nodes INT8)
+
+
+class FallbackCurvePlot(BaseModel):
+    """Quantize auto's FP32 fallback: the metric drop against the nodes kept in float32,
+    each accepted step (the curve), the trials it did not keep, the set chosen, and the
+    target's limit."""
+
+    kind: Literal["fallback_curve"] = "fallback_curve"
+    title: str
+    metric_name: str
+    drop_label: str  # "absolute drop" or "relative drop"
+    limit: float | None = None
+    curve: list[FallbackPoint]
+    trials: list[FallbackPoint] = Field(default_factory=list)  # not kept
+    chosen: FallbackPoint | None = None
+
+
 PlotData = Annotated[
-    CandidatesPlot | RankingPlot | CurvesPlot | LayerBarsPlot | ParetoPlot | TrainingPlot,
+    CandidatesPlot
+    | RankingPlot
+    | CurvesPlot
+    | LayerBarsPlot
+    | ParetoPlot
+    | TrainingPlot
+    | FallbackCurvePlot,
     Field(discriminator="kind"),
 ]
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from core.report.model import (
     CandidatesPlot,
     CurvesPlot,
+    FallbackCurvePlot,
     LayerBarsPlot,
     ParetoPlot,
     PlotData,
@@ -145,6 +146,51 @@ def draw_curves(plot: CurvesPlot) -> Figure:
     return figure
 
 
+def draw_fallback_curve(plot: FallbackCurvePlot) -> Figure:
+    from matplotlib.ticker import MaxNLocator
+
+    figure, (axis,) = _figure(1, height_in=3.8)
+    axis.plot(
+        [p.nodes for p in plot.curve],
+        [p.metric_drop for p in plot.curve],
+        "o-",
+        c=BLUE,
+        ms=5,
+        label="kept steps",
+        zorder=3,
+    )
+    if plot.trials:
+        axis.scatter(
+            [p.nodes for p in plot.trials],
+            [p.metric_drop for p in plot.trials],
+            marker="x",
+            s=28,
+            c=GREY,
+            label="tried, not kept",
+            zorder=2,
+        )
+    if plot.chosen is not None:
+        axis.scatter(
+            [plot.chosen.nodes],
+            [plot.chosen.metric_drop],
+            s=160,
+            facecolors="none",
+            edgecolors=RED,
+            linewidths=2,
+            label="kept in FP32",
+            zorder=4,
+        )
+    if plot.limit is not None:
+        axis.axhline(plot.limit, color=ORANGE, ls="--", lw=1, label="target's limit")
+    axis.axhline(0.0, color=GREY, ls=":", lw=1, label="original")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_xlabel("nodes kept in float32")
+    axis.set_ylabel(plain(f"{plot.metric_name}: {plot.drop_label}", 60))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8, loc="best")
+    return figure
+
+
 def draw_layer_bars(plot: LayerBarsPlot) -> Figure:
     layers = list(reversed(plot.layers))  # first layer at the top
     figure, (axis,) = _figure(1, height_in=1.2 + 0.28 * len(layers))
@@ -250,3 +296,5 @@ def draw(plot: PlotData) -> Figure:
             return draw_pareto(plot)
         case TrainingPlot():
             return draw_training(plot)
+        case FallbackCurvePlot():
+            return draw_fallback_curve(plot)

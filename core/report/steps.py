@@ -18,6 +18,8 @@ from core.report.model import (
     Curve,
     CurvesPlot,
     Fact,
+    FallbackCurvePlot,
+    FallbackPoint,
     LayerBar,
     LayerBarsPlot,
     ParetoPlot,
@@ -65,6 +67,30 @@ class _Sensitivity(BaseModel):
     base: str | None = None
     error: str | None = None
     top: list[_RankedNode] = []
+
+
+class _FallbackTrial(BaseModel):
+    nodes: int
+    metric: float | None = None
+    metric_drop: float | None = None
+    accepted: bool = False
+    unit: str | None = None
+
+
+class _MetricCriterion(BaseModel):
+    limit: float | None = None
+    mode: str | None = None
+
+
+class _Fallback(BaseModel):
+    ran: bool = False
+    metric_name: str | None = None
+    metric_criterion: _MetricCriterion | None = None
+    curve: list[_FallbackTrial] = []
+    trials: list[_FallbackTrial] = []
+    nodes_to_exclude: list[str] = []
+    metric_with_nodes_kept: float | None = None
+    metric_drop_with_nodes_kept: float | None = None
 
 
 class _LayerRow(BaseModel):
@@ -170,6 +196,42 @@ def node_sensitivity_plot(details: Details) -> RankingPlot | None:
         title=f"Most sensitive nodes when quantized (base {ranking.base or '?'})",
         score_label=ranking.error or "added error",
         nodes=[RankedNode(name=n.node, op_type=n.op_type, score=n.score) for n in ranking.top],
+    )
+
+
+def fallback_curve_plot(details: Details) -> FallbackCurvePlot | None:
+    """Auto quantization's FP32 fallback: metric drop against nodes kept in float32."""
+    if not isinstance(details.get("fallback"), dict):
+        return None
+    fallback = _Fallback.model_validate(details["fallback"])
+    if not fallback.ran or not fallback.curve:
+        return None
+    criterion = fallback.metric_criterion or _MetricCriterion()
+    curve = [
+        FallbackPoint(nodes=p.nodes, metric_drop=p.metric_drop, metric=p.metric, unit=p.unit)
+        for p in fallback.curve
+        if p.metric_drop is not None
+    ]
+    trials = [
+        FallbackPoint(nodes=t.nodes, metric_drop=t.metric_drop, metric=t.metric, unit=t.unit)
+        for t in fallback.trials
+        if not t.accepted and t.metric_drop is not None
+    ]
+    chosen = None
+    if fallback.nodes_to_exclude and fallback.metric_drop_with_nodes_kept is not None:
+        chosen = FallbackPoint(
+            nodes=len(fallback.nodes_to_exclude),
+            metric_drop=fallback.metric_drop_with_nodes_kept,
+            metric=fallback.metric_with_nodes_kept,
+        )
+    return FallbackCurvePlot(
+        title="FP32 fallback: metric drop against the nodes kept in float32",
+        metric_name=fallback.metric_name or "metric",
+        drop_label=f"{criterion.mode or 'absolute'} drop",
+        limit=criterion.limit,
+        curve=curve,
+        trials=trials,
+        chosen=chosen,
     )
 
 
@@ -325,12 +387,15 @@ def _part(details: Details, key: str) -> Details:
 
 def quantize_facts(details: Details) -> list[Fact]:
     rows = _part(details, "metric_rows")
+    fallback = _part(details, "fallback")
     return [
         *_fact("mode", details.get("mode")),
         *_fact("chosen candidate", details.get("chosen")),
         *_fact("why", details.get("chosen_reason")),
         *_fact("candidates compared on eval rows (selection)", rows.get("selection")),
         *_fact("nodes kept in FP32", details.get("nodes_to_exclude")),
+        *_fact("FP32 fallback", fallback.get("stopped") or fallback.get("reason")),
+        *_fact("FP32 fallback measurements", fallback.get("measurements")),
         *_fact("returned the input unchanged", details.get("returned_input_unchanged") or None),
         *_fact("warning", details.get("warning")),
     ]
@@ -393,7 +458,10 @@ def auto_facts(details: Details) -> list[Fact]:
 
 # method -> (facts, plots in the order shown)
 SECTIONS: dict[str, tuple[FactBuilder, tuple[PlotBuilder, ...]]] = {
-    "quantize": (quantize_facts, (candidates_plot, node_sensitivity_plot, training_plot)),
+    "quantize": (
+        quantize_facts,
+        (candidates_plot, fallback_curve_plot, node_sensitivity_plot, training_plot),
+    ),
     "prune": (prune_facts, (layer_sparsity_plot, layer_sensitivity_plot, training_plot)),
     "distill": (distill_facts, (training_plot,)),
     "search": (search_facts, (pareto_plot,)),

@@ -46,6 +46,7 @@ from core.search.trial import (
     worker_label,
 )
 from core.spec import SearchStep
+from core.training import refuse_bound_inputs
 
 if TYPE_CHECKING:
     import optuna
@@ -61,6 +62,7 @@ def search(model_path: Path, config: SearchStep, data: StepData, ctx: RunContext
     """Search `config`'s space on the job's training data and return the chosen
     architecture as ONNX (the job's input and output names), with every trial, the
     front and the choice in the details and the front as artifacts."""
+    refuse_bound_inputs(data.task, "search")
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     original = data.original_model_path or model_path
     session = Session.prepare(config, data, original, ctx, role=MAIN_ROLE)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from core.context import MeasureSettings
+from tests.corpus.run import Corpus
 from tests.factories import (
     digits_arrays,
     digits_npz,
@@ -74,3 +75,10 @@ def mlp_onnx(mlp: torch.nn.Module, assets: Path) -> Path:
 @pytest.fixture(scope="session")
 def flat_npz(assets: Path) -> Path:
     return flat_digits_npz(assets / "flat_test.npz", split="test")
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """The corpus of other toolchains' exports (tests/corpus), each model built and each
+    (model, method) run once per session."""
+    return Corpus(tmp_path_factory.mktemp("corpus"))

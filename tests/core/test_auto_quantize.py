@@ -5,6 +5,8 @@ accuracy fallback, and what it reports. Decisions are tested with scripted laten
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import torch
 
 from core.context import MeasureSettings, RunContext
 from core.data import load_arrays
@@ -27,13 +30,13 @@ from core.quantize.auto import (
     Outcome,
     WorkerMeasure,
     choose,
-    fallback_sizes,
     judge,
     plan_candidates,
     profile_model,
     shallow_convolutions,
     tune,
 )
+from core.quantize.sensitivity import NodeSensitivity
 from core.registry import StepData
 from core.spec import (
     DEFAULT_METRIC_GUARD_RELATIVE,
@@ -45,6 +48,7 @@ from core.spec import (
     TaskSpec,
 )
 from core.timing import SpeedComparison
+from squeeze.examples import ResidualCNN, digits_arrays, export_onnx, train_classifier
 
 TASK = TaskSpec()
 BATCH = 32
@@ -281,13 +285,6 @@ def test_a_fallback_variant_keeps_its_base_exclusions_and_adds_the_ranked_nodes(
     assert variant.base == base.name
 
 
-def test_fallback_sizes_double_up_to_the_cap() -> None:
-    assert fallback_sizes(ranked=4, max_nodes=16) == [1, 2, 4]
-    assert fallback_sizes(ranked=100, max_nodes=16) == [1, 2, 4, 8, 16]
-    assert fallback_sizes(ranked=100, max_nodes=5) == [1, 2, 4, 5]
-    assert fallback_sizes(ranked=0, max_nodes=16) == []
-
-
 # --- which one is kept (pure decisions) ----------------------------------------------------
 
 
@@ -493,7 +490,7 @@ def test_an_impossible_metric_target_runs_the_fallback_and_says_it_is_not_met(
     details = tune(
         cnn_onnx,
         tmp_path / "model.onnx",
-        auto(candidate_modes=["static"], max_fallback_nodes=3),
+        auto(candidate_modes=["static"], max_fallback_nodes=3, max_fallback_trials=8),
         data,
         ctx,
         measure=measure,
@@ -506,51 +503,235 @@ def test_an_impossible_metric_target_runs_the_fallback_and_says_it_is_not_met(
     assert all(item["score"] >= 0 for item in sensitivity["top"])
     fallback = details["fallback"]
     assert fallback["ran"] and not fallback["met_metric_target"]
-    assert [t["nodes"] for t in fallback["tried"]] == [1, 2, 3]
-    assert fallback["nodes_to_exclude"] == ranked[:3]
-    assert "still fails" in fallback["stopped"]
-    rows = rows_by_name(details)
-    widest = rows["static-qdq-per-channel-fp32x3"]
-    assert widest["status"] == "measured"
-    assert widest["options"]["nodes_to_exclude"] == ranked[:3]
-    assert widest["base"] == "static-qdq-per-channel"
+    assert fallback["units"] == "nodes"
+    assert 1 <= len(fallback["trials"]) <= 8
+    assert {t["unit"] for t in fallback["trials"] if t["phase"] == "screen"} == set(ranked)
+    assert len(fallback["nodes_to_exclude"]) <= 3
+    assert set(fallback["nodes_to_exclude"]) <= set(ranked)
+    curve = [point["metric_drop"] for point in fallback["curve"]]
+    assert all(later < earlier for earlier, later in itertools.pairwise(curve))
+    assert fallback["stopped"]
+    if fallback["nodes_to_exclude"]:
+        kept = rows_by_name(details)[fallback["candidate"]]
+        assert kept["status"] == "measured"
+        assert kept["options"]["nodes_to_exclude"] == fallback["nodes_to_exclude"]
+        assert kept["base"] == "static-qdq-per-channel"
     assert details["targets_met_on_selection_rows"] is False
     assert details["met_on_selection_rows"]["max_metric_drop"] is False
     assert details["chosen_reason"].startswith("no candidate meets every target")
 
 
-def test_the_fallback_stops_at_the_fewest_float32_nodes_that_meet_the_target(
+# --- the fallback inside the tuner, with nodes whose effect on the metric is controlled -----
+
+FALLBACK_BASES: Script = {
+    "static-qdq-per-channel": (0.6, 0.03),
+    "static-qoperator-per-channel": (0.7, 0.03),
+    "static-qdq-per-channel-fp32-stem": (0.7, 0.03),
+    "static-qoperator-per-channel-fp32-stem": (0.7, 0.03),
+}
+
+
+def produce_marking_exclusions(
+    candidate: Candidate, source: Path, target: Path, ctx: RunContext
+) -> dict:
+    """Stands in for a quantizer, writing which nodes the variant keeps in float32."""
+    model = load_model(source)
+    model.doc_string = json.dumps({"name": candidate.name, "fp32": candidate.nodes_to_exclude})
+    onnx.save(model, target)
+    return {"mode": candidate.mode, "stand_in": True}
+
+
+def metric_by_nodes(
+    data: StepData, gains: dict[str, float], calls: list[list[str]] | None = None
+) -> tuple[Callable[[Path], Measurement], Callable[[Path], float]]:
+    """A measure and a score: a candidate's metric is its base's (FALLBACK_BASES) plus
+    the gain of each node it keeps in float32; variants run at 0.65x the input."""
+    assert data.original_metrics is not None
+    baseline = data.original_metrics.metric_value
+
+    def metric(path: Path) -> float:
+        text = load_model(path).doc_string
+        if not text:
+            return baseline  # the input
+        marks = json.loads(text)
+        if calls is not None:
+            calls.append(marks["fp32"])
+        base = marks["name"].split("-fp32x")[0]
+        return baseline - FALLBACK_BASES[base][1] + sum(gains.get(n, 0.0) for n in marks["fp32"])
+
+    def measure(path: Path) -> Measurement:
+        name = candidate_name(path)
+        ratio = FALLBACK_BASES.get(name, (0.65, 0.0))[0] if name else 1.0
+        latency = tuple(comparison(b, ratio) for b in (1, BATCH))
+        return Measurement(file_size(path), "accuracy", metric(path), latency)
+
+    return measure, metric
+
+
+def ranked_as(*nodes: str) -> Callable[[Path, Path], list[NodeSensitivity]]:
+    """The error proxy's ranking, in this order."""
+    return lambda _reference, _quantized: [
+        NodeSensitivity(node, "Conv", 1.0 - i / 10, 1.0, 0.0, 0.0, position=i)
+        for i, node in enumerate(nodes)
+    ]
+
+
+def fallback_tune(
+    cnn_onnx: Path,
+    data: StepData,
+    tmp_path: Path,
+    gains: dict[str, float],
+    *ranking: str,
+    **options: Any,
+) -> dict[str, Any]:
+    measure, score = metric_by_nodes(data, gains)
+    return tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(candidate_modes=["static"], **options),
+        data,
+        context(tmp_path),
+        measure=measure,
+        score=score,
+        produce=produce_marking_exclusions,
+        rank=ranked_as(*ranking),
+    )
+
+
+def test_the_fallback_keeps_the_nodes_whose_float32_measurably_brings_the_metric_back(
     cnn_onnx: Path, digits_data: StepData, tmp_path: Path
 ) -> None:
-    ctx = context(tmp_path)
+    # the proxy blames p1 and p2 most, but keeping them in float32 costs accuracy (as on
+    # the issue's detector); a and b, ranked last, are what the task needs
     data = with_targets(digits_data, max_metric_drop=0.01)
-    script: Script = {
-        "static-qdq-per-channel": (0.6, 0.2),
-        "static-qoperator-per-channel": (0.7, 0.2),
-        "static-qdq-per-channel-fp32-stem": (0.7, 0.2),
-        "static-qoperator-per-channel-fp32-stem": (0.7, 0.2),
-    }
-    for kept in (1, 2):
-        script[f"static-qdq-per-channel-fp32x{kept}"] = (0.7, 0.2)  # still too inaccurate
-    for kept in (3, 4):
-        script[f"static-qdq-per-channel-fp32x{kept}"] = (0.8, 0.005)
+    gains = {"p1": -0.01, "p2": -0.005, "a": 0.012, "b": 0.01}
+
+    details = fallback_tune(cnn_onnx, data, tmp_path, gains, "p1", "p2", "a", "b")
+
+    fallback = details["fallback"]
+    assert fallback["met_metric_target"] is True
+    assert fallback["nodes_to_exclude"] == ["a", "b"]
+    assert [p["unit"] for p in fallback["curve"]] == [None, "a", "b"]
+    assert [p["nodes"] for p in fallback["curve"]] == [0, 1, 2]
+    assert [p["metric_drop"] for p in fallback["curve"]] == pytest.approx([0.03, 0.018, 0.008])
+    never_kept = [t for t in fallback["trials"] if t["unit"] in ("p1", "p2")]
+    assert never_kept and not any(t["accepted"] for t in never_kept)
+    assert details["chosen"] == "static-qdq-per-channel-fp32x2"
+    assert details["nodes_to_exclude"] == ["a", "b"]
+    assert details["targets_met_on_selection_rows"] is True
+    # trials are not candidates: only the kept set is a row (measured, timed)
+    fallback_rows = [r for r in details["candidates"] if r["base"]]
+    assert [r["name"] for r in fallback_rows] == ["static-qdq-per-channel-fp32x2"]
+    assert fallback_rows[0]["latency_ratio"] == pytest.approx(0.65)
+
+
+def test_the_fallback_stops_and_says_so_when_no_set_of_nodes_reaches_the_target(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    data = with_targets(digits_data, max_metric_drop=0.01)
+    gains = {"a": 0.004, "b": 0.003, "c": 0.002}
+
+    details = fallback_tune(cnn_onnx, data, tmp_path, gains, "c", "b", "a")
+
+    fallback = details["fallback"]
+    assert fallback["met_metric_target"] is False
+    assert fallback["nodes_to_exclude"] == ["a", "b", "c"]
+    assert fallback["stopped"].startswith("every unit was tried and the metric target still fails")
+    # the closest set competes, and comes closest
+    assert details["chosen"] == "static-qdq-per-channel-fp32x3"
+    assert details["chosen_reason"].startswith("no candidate meets every target")
+    assert details["targets_met_on_selection_rows"] is False
+
+
+def test_the_fallback_spends_no_more_measurements_than_max_fallback_trials(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    data = with_targets(digits_data, max_metric_drop=0.01)
+    nodes = [f"n{i}" for i in range(12)]
+    calls: list[list[str]] = []
+    measure, score = metric_by_nodes(data, {n: 0.001 for n in nodes}, calls)
 
     details = tune(
         cnn_onnx,
         tmp_path / "model.onnx",
-        auto(candidate_modes=["static"]),
+        auto(candidate_modes=["static"], max_fallback_trials=5),
         data,
-        ctx,
-        measure=scripted_measure(data, script),
+        context(tmp_path),
+        measure=measure,
+        score=score,
+        produce=produce_marking_exclusions,
+        rank=ranked_as(*nodes),
     )
 
     fallback = details["fallback"]
-    assert [t["nodes"] for t in fallback["tried"]] == [1, 2, 4, 3]  # doubled, then bisected
+    assert fallback["units"] == "blocks of up to 6 neighbouring nodes"
+    assert len(fallback["trials"]) <= 5
+    # each trial scored once, then the set kept measured whole
+    assert len([c for c in calls if c and c[0] in nodes]) == len(fallback["trials"]) + 1
+    assert fallback["max_fallback_trials"] == 5
+
+
+@pytest.fixture(scope="module")
+def residual_cnn_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small residual CNN, briefly trained: deeper than the digits CNN (7 Convs)."""
+    images, labels = digits_arrays("train")
+    torch.manual_seed(0)  # the initial weights too: the same model every session
+    module = train_classifier(
+        ResidualCNN(width=8), images[:1024], labels[:1024], epochs=3, lr=3e-3, seed=0
+    )
+    example, _ = digits_arrays("test")
+    return export_onnx(
+        module, example[:1], tmp_path_factory.mktemp("residual") / "residual.onnx", opset=17
+    )
+
+
+def test_on_a_real_cnn_the_fallback_reaches_a_target_static_int8_misses(
+    residual_cnn_onnx: Path, tmp_path: Path
+) -> None:
+    """Agreement with the original on 300 rows: static INT8 changes 3 decisions, the
+    target allows one (a drop of 0.005). Measured, not scripted: only latency is
+    scripted, so that speed noise decides nothing. Measured here (seeded): keeping any of
+    the error proxy's top 3 nodes in float32 changes nothing, its 6th alone makes it
+    worse; the Gemm head helps alone, and with it the stem Conv (no gain alone) does."""
+    images, _ = digits_arrays("test")
+    train, _ = digits_arrays("train")
+    eval_arrays = {"input": images[:300]}  # no labels: agreement with the original
+    original, outputs = measure_model_with_outputs(
+        residual_cnn_onnx, eval_arrays, TASK, BATCH, MeasureSettings(1, 0, 1), "cpu"
+    )
+    data = StepData(
+        eval_arrays=eval_arrays,
+        calibration_arrays={"input": train[:256]},
+        inputs=inspect_model(residual_cnn_onnx).inputs,
+        task=TASK,
+        batch_size=BATCH,
+        reference_outputs=outputs,
+        original_metrics=original,
+        targets=Targets(max_metric_drop=0.005),
+    )
+    ctx = context(tmp_path)
+    script = {"static-qdq-per-channel": (0.6, 0.0)}
+
+    details = tune(
+        residual_cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(candidate_modes=["static"]),
+        data,
+        ctx,
+        measure=real_metric_scripted_latency(residual_cnn_onnx, data, ctx, script),
+    )
+
+    rows = rows_by_name(details)
+    assert rows["static-qdq-per-channel"]["met"]["max_metric_drop"] is False
+    fallback = details["fallback"]
     assert fallback["met_metric_target"] is True
-    assert details["chosen"] == "static-qdq-per-channel-fp32x3"
+    drops = [point["metric_drop"] for point in fallback["curve"]]
+    assert drops[0] > 0.005 >= drops[-1]
+    assert all(later < earlier for earlier, later in itertools.pairwise(drops))
+    assert len(fallback["trials"]) <= AutoQuantize.model_fields["max_fallback_trials"].default
+    assert details["chosen"] == fallback["candidate"]
     assert details["nodes_to_exclude"] == fallback["nodes_to_exclude"]
-    assert len(details["nodes_to_exclude"]) == 3
-    assert details["targets_met_on_selection_rows"] is True
+    assert rows[details["chosen"]]["met"]["max_metric_drop"] is True
 
 
 def test_candidates_are_judged_on_the_rows_the_step_is_given(

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from core.context import RunContext
-from core.errors import IncompatibleData
+from core.errors import IncompatibleData, UnsupportedModel
 from core.formats import inspect_model
-from core.prune.structured import prunable_layers, prune_structured
+from core.prune.structured import prunable_layers, prune_channels, prune_structured
 from core.registry import StepData
 from core.spec import StructuredPrune, TaskSpec
 from core.torch_bridge import onnx_to_torch, torch_to_onnx
@@ -254,3 +254,31 @@ def test_the_prune_step_runs_the_structured_kind_end_to_end(
     assert len(details["epochs"]) == 2  # one between the rounds, one after the last
     assert details["eval_metric"] >= torch_test_accuracy - 0.05
     assert conv_out_channels(onnx.load(output.model_path)) == [8, 16]
+
+
+class _FlattenToAConstantWidth(torch.nn.Module):
+    """conv (4 channels) -> reshape(-1, 64) -> linear: the reshape's width is the channel
+    count times 16, which torch-pruning does not rewrite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).reshape(-1, 64))
+
+
+def test_pruning_that_breaks_an_op_is_refused_naming_the_node(tmp_path: Path) -> None:
+    module = torch.fx.symbolic_trace(_FlattenToAConstantWidth())
+    config = StructuredPrune(method="prune", kind="structured", sparsity=0.5)
+    example = {"input": torch.rand(2, 1, 4, 4)}
+
+    with pytest.raises(UnsupportedModel) as refused:
+        prune_channels(module, config, example, RunContext(work_dir=tmp_path))
+
+    assert refused.value.code == "channel_dependency_untraced"
+    assert "torch-pruning could not follow the removed channels" in refused.value.message
+    assert refused.value.message.startswith(
+        "structured pruning broke the graph at node 'fc' (Linear)"
+    )

@@ -607,3 +607,28 @@ def test_every_mode_reports_sizes(quantize: Quantize, mlp_onnx: Path, mlp_data: 
         assert details["quantized_size_bytes"] < details["original_size_bytes"]
     int4 = quantize(model=mlp_onnx, data=mlp_data, mode="int4").details
     assert int4["unquantized_subgraph_weights"] == {"count": 0, "bytes": 0}
+
+
+def test_gemm_biases_stored_as_rows_are_quantized_as_vectors(
+    mlp_data: StepData, tmp_path: Path, quantize: Quantize
+) -> None:
+    """skl2onnx writes intercepts as (1, N) rows; onnxruntime 1.32's per-channel bias
+    adjustment fails on them, so static mode stores them as (N,) first."""
+    rng = np.random.default_rng(0)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Gemm", ["input", "w", "b"], ["embedding"], name="fc")],
+        "row_bias",
+        [onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 64])],
+        [onnx.helper.make_tensor_value_info("embedding", onnx.TensorProto.FLOAT, ["n", 8])],
+        [
+            numpy_helper.from_array(rng.normal(size=(64, 8)).astype(np.float32), "w"),
+            numpy_helper.from_array(rng.normal(size=(1, 8)).astype(np.float32), "b"),
+        ],
+    )
+    path = zoo.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]),
+                    tmp_path / "row_bias.onnx")  # fmt: skip
+
+    output = quantize(path, mlp_data, mode="static")
+
+    assert output.details["gemm_biases_reshaped_to_vectors"] == 1
+    assert output.details["quantized_node_counts"].get("DequantizeLinear")

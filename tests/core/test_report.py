@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from core.report import JobRecord, ProgressEvent, build_report, render_html
-from core.report.model import LayerBarsPlot, ParetoPlot, RankingPlot, TrainingPlot
+from core.report.model import (
+    FallbackCurvePlot,
+    LayerBarsPlot,
+    ParetoPlot,
+    RankingPlot,
+    TrainingPlot,
+)
 from core.report.plots import plain, render_svg
 from core.report.steps import step_section
 from core.results import Latency, ModelMetrics
@@ -112,6 +118,39 @@ def test_quantize_node_sensitivity_is_ranked_largest_first() -> None:
     [plot] = step_section(0, "quantize", "quantize (auto)", 1.0, details).plots
     assert isinstance(plot, RankingPlot)
     assert [(n.name, n.score) for n in plot.nodes] == [("/conv2/Conv", 0.3), ("/fc/Gemm", 0.1)]
+
+
+def test_the_fp32_fallback_is_drawn_as_its_curve_with_the_trials_it_did_not_keep() -> None:
+    def point(nodes: int, drop: float, unit: str | None, accepted: bool = True) -> dict[str, Any]:
+        return {"nodes": nodes, "metric_drop": drop, "metric": 0.9 - drop, "unit": unit,
+                "accepted": accepted}
+
+    details = {
+        "mode": "auto",
+        "fallback": {
+            "ran": True,
+            "metric_name": "accuracy",
+            "metric_criterion": {"key": "max_metric_drop", "limit": 0.01, "mode": "absolute"},
+            "curve": [point(0, 0.03, None), point(1, 0.018, "a"), point(2, 0.008, "b")],
+            "trials": [point(1, 0.04, "p1", False), point(1, 0.018, "a"), point(2, 0.008, "b")],
+            "nodes_to_exclude": ["a", "b"],
+            "metric_with_nodes_kept": 0.892,
+            "metric_drop_with_nodes_kept": 0.008,
+            "stopped": "the metric target holds with 2 nodes in float32",
+            "measurements": 3,
+        },
+    }
+    section = step_section(0, "quantize", "quantize (auto)", 1.0, details)
+
+    [plot] = section.plots
+    assert isinstance(plot, FallbackCurvePlot)
+    assert [(p.nodes, p.metric_drop) for p in plot.curve] == [(0, 0.03), (1, 0.018), (2, 0.008)]
+    assert [(p.nodes, p.unit) for p in plot.trials] == [(1, "p1")]
+    assert plot.chosen is not None and (plot.chosen.nodes, plot.chosen.metric_drop) == (2, 0.008)
+    assert plot.limit == 0.01 and plot.drop_label == "absolute drop"
+    facts = {f.label: f.value for f in section.facts}
+    assert facts["FP32 fallback"] == "the metric target holds with 2 nodes in float32"
+    assert "<svg" in render_svg(plot)
 
 
 def test_structured_pruning_plots_the_channels_removed_per_layer() -> None:

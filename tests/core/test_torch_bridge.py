@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from core.errors import UnsupportedModel
 from core.formats import TensorInfo, inspect_model, model_opset
-from core.torch_bridge import onnx_to_torch, torch_to_onnx
+from core.torch_bridge import onnx_to_torch, reshape_to, torch_to_onnx, write_back_weights
 from tests.factories import digits_arrays
 
 IMAGES, _ = digits_arrays("test")
@@ -198,4 +198,74 @@ def test_a_pinned_batch_stays_pinned(digits_cnn: torch.nn.Module, tmp_path: Path
         ort_outputs(path, {"input": IMAGES[:4]})[0],
         torch_output(module, IMAGES[:4]),
         atol=TOLERANCE,
+    )
+
+
+def test_a_bias_added_after_a_matmul_becomes_the_linears_bias_and_is_written_back(
+    tmp_path: Path,
+) -> None:
+    """MatMul + Add of a constant vector (a Linear on 3-D inputs): one nn.Linear with its
+    bias, so that the bias trains and channel pruning shrinks it with the weight."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((8, 4)).astype(np.float32)
+    bias = np.arange(4, dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["product"]),
+            helper.make_node("Add", ["b", "product"], ["y"]),  # bias first, as torch writes it
+        ],
+        "linear3d",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3, 4])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+    )
+    path = tmp_path / "linear3d.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.standard_normal((5, 3, 8)).astype(np.float32)
+
+    module = onnx_to_torch(path, tmp_path / "bridge")
+
+    (linear,) = [m for m in module.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear.bias is not None and linear.bias.requires_grad
+    assert not [n for n in module.graph.nodes if "add" in n.name.lower()]
+    np.testing.assert_allclose(torch_output(module, x), x @ weight + bias, atol=TOLERANCE)
+    with torch.no_grad():
+        linear.bias += 1.0
+    written = write_back_weights(module, path, tmp_path / "written.onnx")
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(written)).graph.initializer}
+    np.testing.assert_allclose(stored["b"], bias + 1.0)
+    np.testing.assert_allclose(ort_outputs(written, {"x": x})[0], x @ weight + bias + 1.0,
+                               atol=TOLERANCE)  # fmt: skip
+
+
+def test_a_reshape_flattening_to_a_constant_width_converts_as_flatten(tmp_path: Path) -> None:
+    """torch.export writes nn.Flatten as Reshape(x, [-1, C*H*W]); converted as Flatten,
+    the width follows the channels when pruning removes some."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+            helper.make_node("Reshape", ["c", "shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "head"], ["y"]),
+        ],
+        "flatten_by_reshape",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [
+            numpy_helper.from_array(rng.standard_normal((2, 1, 3, 3)).astype(np.float32), "w"),
+            numpy_helper.from_array(np.array([-1, 32], np.int64), "shape"),
+            numpy_helper.from_array(rng.standard_normal((32, 3)).astype(np.float32), "head"),
+        ],
+    )
+    path = tmp_path / "flatten.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = rng.standard_normal((2, 1, 4, 4)).astype(np.float32)
+
+    module = onnx_to_torch(path, tmp_path / "bridge")
+
+    assert not [n for n in module.graph.nodes if n.target is reshape_to]
+    assert any(isinstance(m, torch.nn.Flatten) or "Flatten" in type(m).__name__
+               for m in module.modules())  # fmt: skip
+    np.testing.assert_allclose(
+        torch_output(module, x), ort_outputs(path, {"x": x})[0], atol=TOLERANCE
     )
