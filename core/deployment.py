@@ -14,7 +14,7 @@ size, and also with the ONNX Runtime original (what switching runtimes buys):
   its candidates (core.runtimes.openvino_compress): bf16 compute, NNCF's INT8 as a user
   runs it, NNCF INT8 with our accuracy fallback when plain INT8 misses the metric, NNCF
   weight compression on MatMul-heavy models, and the upstream model itself when steps
-  changed it. They are chosen like quantize's auto candidates (core.quantize.auto.choose:
+  changed it. They are chosen like quantize's auto candidates (core.tune.choose:
   metric criterion on the selection rows, never slower than the runtime's original at any
   session and batch size, then the fastest, then the smallest); the chosen one is
   re-timed and scored on the held-out rows for its verdict.
@@ -39,12 +39,13 @@ from core.errors import EngineError, JobCancelled, short_reason
 from core.evaluation import EvalSplit
 from core.formats import TensorInfo, count_parameters, load_model
 from core.measure import collect_outputs, eval_batch_size, score, score_all
-from core.quantize.auto import Candidate, Criteria, Measurement, Outcome, choose, judge
 from core.results import Latency, ModelMetrics, SpeedAtBatch, TargetResult
 from core.runtimes import PreparedModel, Runner, RunSettings, get_runtime
 from core.runtimes.settings import DeploymentTarget
 from core.spec import JobSpec
 from core.timing import SpeedComparison, compare_times, noise_tolerance, time_interleaved
+from core.tune.choose import Named, Outcome, choose
+from core.tune.judge import Criteria, Measurement, judge
 from core.verdict import compute_verdict
 
 # Sessions with the runtime's defaults are timed in turns of this many runs.
@@ -138,7 +139,7 @@ def run_target(
             item.prepared.size_bytes(), name, value, tuple(speed), inputs.selection_metric
         )
         item.outcome = Outcome(
-            Candidate(item.name, None),
+            Named(item.name),
             "measured",
             measurement=measurement,
             judgement=judge(measurement, criteria),
@@ -227,9 +228,7 @@ def _openvino_candidates(
     if upstream.resolve() != inputs.original_path.resolve():
         attempt("openvino-fp32-upstream", lambda: ov.fp32_ir(upstream, folder / "fp32"))
     attempt("openvino-bf16", lambda: ov.bf16_ir(upstream, folder / "bf16"))
-    plain = attempt(
-        "nncf-int8", lambda: ov.nncf_int8(upstream, calibration, folder / "int8")
-    )
+    plain = attempt("nncf-int8", lambda: ov.nncf_int8(upstream, calibration, folder / "int8"))
     criterion = Criteria(
         targets=inputs.spec.targets,
         baseline_metric=inputs.selection_metric,
@@ -331,9 +330,7 @@ class _Measurer:
         samples = []
         for start in range(0, len(rows), self.batch):
             picked = rows[start : start + self.batch]
-            batch = take_rows(
-                {n: a[picked] for n, a in self.inputs.eval_feeds.items()}, self.batch
-            )
+            batch = take_rows({n: a[picked] for n, a in self.inputs.eval_feeds.items()}, self.batch)
             samples.append((self.inputs.layout.to_model(batch), picked))
         return samples
 

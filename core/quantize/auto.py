@@ -78,7 +78,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import onnx
 import onnxruntime as ort
 
@@ -94,14 +93,7 @@ from core.data import (
 from core.errors import EngineError, JobCancelled, StepFailed, UnsupportedModel
 from core.formats import copy_model, iter_nodes, load_model
 from core.measure import (
-    compare_to_original,
-    compute_outputs,
-    eval_batch_size,
     file_size,
-    latency_batch_sizes,
-    open_session,
-    score,
-    session_inputs,
     time_sessions,
 )
 from core.quantize.common import (
@@ -127,11 +119,11 @@ from core.spec import (
     StaticQuantize,
     Targets,
 )
-from core.timing import MIN_TOLERANCE, SpeedComparison
+from core.tune.choose import Decision, Outcome, choose
+from core.tune.judge import Criteria, Measurement, as_the_baseline, judge
+from core.tune.measure import WorkerMeasure
 from core.verdict import metric_checks
 
-# Metric drops that differ by less than this count as equal when breaking speed ties.
-METRIC_RESOLUTION = 1e-4
 # Sensitivity runs on a few calibration batches: enough to rank nodes, cheap to run.
 SENSITIVITY_SAMPLES = 64
 SENSITIVITY_BATCH_SIZE = 16
@@ -147,7 +139,6 @@ EXCLUDABLE_MODES = frozenset({"dynamic", "static"})
 
 ModelKind = Literal["conv", "matmul", "recurrent", "other"]
 CandidateConfig = DynamicQuantize | StaticQuantize | Fp16Quantize | Int4Quantize
-Status = Literal["measured", "failed", "duplicate", "skipped"]
 _TINY = 1e-12
 
 
@@ -368,312 +359,6 @@ def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Ca
     return []
 
 
-# --- what was measured, and how it is judged -------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Measurement:
-    size_bytes: int
-    metric_name: str
-    metric_value: float
-    # against the step's input at each deployment batch size (core.timing's rule)
-    latency: tuple[SpeedComparison, ...]
-    # the job's original model's metric on the same rows (None: the measurer does not
-    # know it, and the original's metric on the whole eval data is the baseline)
-    reference_metric: float | None = None
-
-    def at(self, batch_size: int) -> SpeedComparison:
-        for latency in self.latency:
-            if latency.batch_size == batch_size:
-                return latency
-        raise StepFailed(f"no latency was measured at batch size {batch_size}")
-
-
-@dataclass(frozen=True)
-class MetricCriterion:
-    key: Literal["max_metric_drop", "default_metric_guard"]
-    limit: float
-    mode: Literal["absolute", "relative"]
-
-
-@dataclass(frozen=True)
-class Criteria:
-    """What every candidate is judged against."""
-
-    targets: Targets
-    baseline_metric: float  # the job's original model's metric
-    input_size_bytes: int
-    batch_sizes: tuple[int, ...]  # the deployment batch sizes latency is judged at
-    allow_slower: bool = False
-    # the noise the input showed against itself: candidates closer than this are equally fast
-    tolerance: float = MIN_TOLERANCE
-
-    @property
-    def metric_criterion(self) -> MetricCriterion | None:
-        """The metric check the verdict will make (core.verdict.metric_checks)."""
-        checks = metric_checks(self.baseline_metric, self.baseline_metric, self.targets)
-        if not checks:
-            return None  # the guard is off, or has no scale (an original metric of 0)
-        mode: Literal["absolute", "relative"] = (
-            self.targets.metric_drop_mode
-            if checks[0].target == "max_metric_drop"
-            else "relative"
-        )
-        key: Literal["max_metric_drop", "default_metric_guard"] = (
-            "max_metric_drop" if checks[0].target == "max_metric_drop" else "default_metric_guard"
-        )
-        return MetricCriterion(key, checks[0].limit, mode)
-
-
-@dataclass(frozen=True)
-class Judgement:
-    metric_change: float  # value - original's value (higher-is-better metrics)
-    metric_drop: float | None  # in the metric criterion's units; None without one
-    metric_excess: float  # how far the drop is over its limit (0 when within)
-    latency_ms: float  # median at the largest deployment batch size
-    # vs the input, interleaved: the geometric mean over the deployment batch sizes
-    latency_ratio: float
-    slower: bool  # slower than the input at some deployment batch size
-    slower_at: tuple[int, ...]  # the batch sizes it is slower at
-    met: dict[str, bool]  # per target set, the metric guard, and not_slower_than_input
-
-    @property
-    def metric_ok(self) -> bool:
-        return self.metric_excess <= 0.0
-
-    @property
-    def latency_ok(self) -> bool:
-        return self.met.get("max_latency_ms", True) and self.met.get("min_speedup", True)
-
-    @property
-    def size_ok(self) -> bool:
-        return self.met.get("max_size_bytes", True)
-
-    @property
-    def targets_ok(self) -> bool:
-        return self.metric_ok and self.latency_ok and self.size_ok
-
-
-def metric_drop(value: float, baseline: float, criterion: MetricCriterion) -> float:
-    """How far `value` fell below `baseline`, in the criterion's units (pure)."""
-    drop = 0.0 - (value - baseline)  # (not -change: no "-0.0" in reports)
-    if criterion.mode == "relative":
-        drop = drop / max(abs(baseline), _TINY)
-    return drop
-
-
-def judge(measurement: Measurement, criteria: Criteria) -> Judgement:
-    """Check one measured candidate against the targets, by the verdict's own rules
-    (core.verdict for the metric, core.timing for "slower"), at every deployment batch
-    size (pure)."""
-    change = measurement.metric_value - criteria.baseline_metric
-    met: dict[str, bool] = {}
-    drop: float | None = None
-    excess = 0.0
-    value = measurement.metric_value
-    for check in metric_checks(criteria.baseline_metric, value, criteria.targets):
-        drop = check.measured
-        excess = max(drop - check.limit, 0.0)
-        met[check.target] = check.met
-    # every comparison measured: one per deployment batch size (and, for a deployment
-    # target, per thread count)
-    latencies = list(measurement.latency) or [measurement.at(b) for b in criteria.batch_sizes]
-    targets = criteria.targets
-    if targets.min_speedup is not None:
-        goal = 1.0 / targets.min_speedup
-        met["min_speedup"] = all(lat.ratio <= goal for lat in latencies)
-    if targets.max_latency_ms is not None:
-        limit = targets.max_latency_ms
-        met["max_latency_ms"] = all(lat.median_ms <= limit for lat in latencies)
-    if targets.max_size_bytes is not None:
-        met["max_size_bytes"] = measurement.size_bytes <= targets.max_size_bytes
-    slower_at = tuple(lat.batch_size for lat in latencies if lat.slower)
-    met["not_slower_than_input"] = not slower_at
-    ratio = float(np.exp(np.mean([np.log(max(lat.ratio, _TINY)) for lat in latencies])))
-    return Judgement(
-        metric_change=change,
-        metric_drop=drop,
-        metric_excess=excess,
-        latency_ms=latencies[-1].median_ms,
-        latency_ratio=ratio,
-        slower=bool(slower_at),
-        slower_at=slower_at,
-        met=met,
-    )
-
-
-def _as_the_baseline(judgement: Judgement) -> Judgement:
-    """The input judged against itself: never "slower" than itself, whatever the noise."""
-    met = dict(judgement.met) | {"not_slower_than_input": True}
-    return dataclasses.replace(judgement, slower=False, slower_at=(), met=met)
-
-
-@dataclass
-class Outcome:
-    """A candidate and what became of it: one row of the candidates table."""
-
-    candidate: Candidate
-    status: Status
-    path: Path | None = None
-    measurement: Measurement | None = None
-    judgement: Judgement | None = None
-    mode_details: dict[str, Any] = field(default_factory=dict)
-    note: str | None = None
-    chosen: bool = False
-    error: EngineError | None = None  # why it failed, when it failed with an error
-
-    @property
-    def usable(self) -> bool:
-        return self.status == "measured" and self.judgement is not None
-
-    def row(self, input_size_bytes: int) -> dict[str, Any]:
-        row: dict[str, Any] = {
-            "name": self.candidate.name,
-            "mode": self.candidate.mode,
-            "options": self.candidate.options(),
-            "base": self.candidate.base,
-            "status": self.status,
-        }
-        if self.note:
-            row["note"] = self.note
-        if self.measurement is not None and self.judgement is not None:
-            m, j = self.measurement, self.judgement
-            row |= {
-                "size_bytes": m.size_bytes,
-                "size_ratio": m.size_bytes / max(input_size_bytes, 1),
-                "latency": [
-                    {
-                        "batch_size": lat.batch_size,
-                        "median_ms": lat.median_ms,
-                        "input_median_ms": lat.baseline_median_ms,
-                        "ratio": lat.ratio,
-                        "tolerance": lat.tolerance,
-                        "slower": lat.slower,
-                    }
-                    for lat in m.latency
-                ],
-                "latency_ratio": j.latency_ratio,
-                "metric_name": m.metric_name,
-                "metric_value": m.metric_value,
-                "metric_change": j.metric_change,
-                "metric_drop": j.metric_drop,
-                "met": dict(j.met),
-            }
-        row["chosen"] = self.chosen
-        return row
-
-
-@dataclass(frozen=True)
-class Decision:
-    chosen: int | None  # index into the outcomes; None: return the input unchanged
-    reason: str
-
-
-def choose(outcomes: Sequence[Outcome], criteria: Criteria) -> Decision:
-    """Pick the winner among measured outcomes (rules 2, 3, 6 and 7; pure)."""
-    measured = [(i, o, o.judgement) for i, o in enumerate(outcomes) if o.judgement and o.usable]
-    if not measured:
-        return Decision(None, "no candidate could be produced and measured")
-    batch = "/".join(str(size) for size in criteria.batch_sizes)
-    eligible = [(i, o, j) for i, o, j in measured if criteria.allow_slower or not j.slower]
-    if not eligible:
-        _, fastest, j = min(measured, key=lambda item: item[2].latency_ratio)
-        return Decision(
-            None,
-            f"every candidate was slower than the input at some deployment batch size (the "
-            f"fastest, {fastest.candidate.name}, took {j.latency_ratio:.2f}x the input's time "
-            f"over batch {batch}, slower at batch "
-            f"{'/'.join(map(str, j.slower_at))}) and allow_slower is false: the input is "
-            "returned unchanged",
-        )
-    meeting = [(i, o, j) for i, o, j in eligible if j.targets_ok]
-    if meeting:
-        # A quantize job exists to compress: a candidate that barely shrinks the file (e.g.
-        # dynamic mode on a convolution model, which leaves every Conv in FP32) wins only
-        # when no candidate that compresses meets the targets without being slower.
-        compressing = [
-            item
-            for item in meeting
-            if _size(item[1]) <= criteria.input_size_bytes * COMPRESSED_SIZE_RATIO
-        ]
-        pool = compressing or meeting
-        # speed is compared as ratios: each was timed interleaved with the input
-        best = min(j.latency_ratio for _, _, j in pool)
-        as_fast = [
-            item for item in pool if item[2].latency_ratio <= best * (1 + criteria.tolerance)
-        ]
-        index, outcome, j = min(
-            as_fast,
-            key=lambda item: (
-                # drops closer than METRIC_RESOLUTION are the same drop (cosine 0.99999 vs
-                # 0.99998 says nothing): then the smaller file decides
-                round((item[2].metric_drop or 0.0) / METRIC_RESOLUTION),
-                _size(item[1]),
-                item[2].latency_ratio,
-            ),
-        )
-        reason = (
-            f"{outcome.candidate.name} meets every target and is the fastest at batch {batch} "
-            f"({j.latency_ratio:.2f}x the input's latency)"
-        )
-        faster = [
-            f"{o.candidate.name} (misses {', '.join(k for k, ok in j2.met.items() if not ok)})"
-            for _, o, j2 in eligible
-            if not j2.targets_ok and j2.latency_ratio < j.latency_ratio
-        ]
-        if faster:
-            reason += f"; faster but missing targets: {', '.join(faster)}"
-        in_pool = {id(item[1]) for item in pool}
-        barely_compressing = [
-            f"{o.candidate.name} ({_size(o) / max(criteria.input_size_bytes, 1):.2f}x the size)"
-            for _, o, j2 in meeting
-            if id(o) not in in_pool and j2.latency_ratio < j.latency_ratio
-        ]
-        if barely_compressing:
-            reason += (
-                f"; faster but barely compressing: {', '.join(barely_compressing)}, so the "
-                "candidate that compresses was kept"
-            )
-        if len(as_fast) > 1:
-            reason += (
-                f"; {len(as_fast)} candidates were equally fast within the "
-                f"{criteria.tolerance:.0%} noise tolerance: the smallest metric drop, then the "
-                "smallest file, decided"
-            )
-        if j.slower:
-            reason += "; it is slower than the input, which allow_slower permits"
-        return Decision(index, reason)
-
-    index, outcome, j = min(
-        eligible,
-        key=lambda item: (
-            not item[2].metric_ok,
-            item[2].metric_excess,
-            not item[2].latency_ok,
-            item[2].latency_ratio,
-            not item[2].size_ok,
-            _size(item[1]),
-        ),
-    )
-    missed = [name for name, ok in j.met.items() if not ok and name != "not_slower_than_input"]
-    reason = (
-        f"no candidate meets every target; {outcome.candidate.name} comes closest "
-        f"(missed: {', '.join(missed)}; preferring the metric target, then latency, then "
-        f"size) at {j.latency_ratio:.2f}x the input's latency at batch {batch}"
-    )
-    if j.slower:
-        reason += "; it is slower than the input, which allow_slower permits"
-    return Decision(index, reason)
-
-
-# A candidate at or above this share of the input's size counts as not compressing.
-COMPRESSED_SIZE_RATIO = 0.9
-
-
-def _size(outcome: Outcome) -> int:
-    return outcome.measurement.size_bytes if outcome.measurement else 0
-
-
 # --- measuring on the worker -----------------------------------------------------------------
 
 MeasureFn = Callable[[Path], Measurement]
@@ -693,88 +378,6 @@ class _Produced:
     path: Path
     details: dict[str, Any]
     metric: float
-
-
-class WorkerMeasure:
-    """Measures a model file against the step's input on this worker: its metric vs the
-    job's original (reference outputs and scoring as the pipeline does) on the step's
-    eval rows (in a job: the selection rows of the job's split), its size, and its
-    latency at every deployment batch size, timed interleaved with the input and a
-    second session of it by the verdict's own code (core.measure.compare_to_original)."""
-
-    def __init__(self, input_path: Path, data: StepData, ctx: RunContext) -> None:
-        self._input_path = input_path
-        self._data = data
-        self._ctx = ctx
-        self._feeds: Feeds = model_feeds(data.eval_arrays, data.inputs, data.task)
-        self._batch_sizes = latency_batch_sizes(
-            data.inputs, data.deployment_batch_sizes(), data.task
-        )
-        task = data.task
-        labels = data.eval_arrays.get(task.labels) if task.kind != "embedding" else None
-        self._labels = None if labels is None else np.asarray(labels)
-        self._reference = data.reference_outputs
-
-    def __call__(self, path: Path) -> Measurement:
-        metric_name, metric_value = self.metric(path)
-        return Measurement(
-            file_size(path),
-            metric_name,
-            metric_value,
-            self.latency(path),
-            reference_metric=self.reference_metric(),
-        )
-
-    def reference_metric(self) -> float:
-        """The original model's metric on these rows (its outputs against themselves)."""
-        if self._reference is None:
-            self._reference = self._outputs(self._input_path)
-        return score(self._data.task, self._reference, self._labels, self._reference)[1]
-
-    def latency(self, path: Path) -> tuple[SpeedComparison, ...]:
-        """Latency at each deployment batch size against the input's."""
-        (comparisons,) = compare_to_original(
-            self._input_path,
-            [path],
-            self._feeds,
-            self._batch_sizes,
-            self._ctx.measure,
-            self._ctx.device,
-            check_cancelled=self._ctx.check_cancelled,
-            layout=self._data.eval_layout,
-        )
-        return tuple(comparisons)
-
-    def metric(self, path: Path) -> tuple[str, float]:
-        """The task metric on these eval rows, against the original's outputs."""
-        outputs = self._outputs(path)
-        if self._reference is None:  # called outside a pipeline: the input is the reference
-            self._reference = (
-                outputs if path == self._input_path else self._outputs(self._input_path)
-            )
-        if outputs.shape != self._reference.shape:
-            raise StepFailed(
-                f"{path.name} has an output of shape {outputs.shape}, the original's is "
-                f"{self._reference.shape}"
-            )
-        return score(self._data.task, outputs, self._labels, self._reference)
-
-    def _outputs(self, path: Path) -> np.ndarray:
-        session = open_session(path, self._ctx.measure, self._ctx.device)
-        task = self._data.task
-        output_name = task.metric_output([meta.name for meta in session.get_outputs()])
-        outputs = compute_outputs(
-            session,
-            self._feeds,
-            output_name,
-            eval_batch_size(session_inputs(session), task),
-            self._ctx.check_cancelled,
-            layout=self._data.eval_layout,
-            sample_axis=task.output_sample_axis,
-        )
-        if outputs.dtype.kind == "f" and not np.all(np.isfinite(outputs)):
-            raise StepFailed(f"{path.name} produced non-finite values on the eval data")
-        return outputs
 
 
 def time_interleaved(
@@ -895,9 +498,9 @@ class _Tuner:
     rank: RankFn
     progress: ProgressFn
     score: ScoreFn
-    outcomes: list[Outcome] = field(default_factory=list)
+    outcomes: list[Outcome[Candidate]] = field(default_factory=list)
     criteria: Criteria = field(init=False)
-    _digests: dict[str, Outcome] = field(default_factory=dict)
+    _digests: dict[str, Outcome[Candidate]] = field(default_factory=dict)
     _references: dict[str, Path] = field(default_factory=dict)
     _trials: int = 0
     _trial_metrics: dict[str, float] = field(default_factory=dict)
@@ -918,7 +521,7 @@ class _Tuner:
             "measured",
             path=self.model_path,
             measurement=input_measurement,
-            judgement=_as_the_baseline(judge(input_measurement, self.criteria)),
+            judgement=as_the_baseline(judge(input_measurement, self.criteria)),
         )
 
         steps = len(candidates) + 1
@@ -972,7 +575,7 @@ class _Tuner:
             tolerance=tolerance,
         )
 
-    def _try(self, candidate: Candidate, produced: _Produced | None = None) -> Outcome:
+    def _try(self, candidate: Candidate, produced: _Produced | None = None) -> Outcome[Candidate]:
         """Produce (or take `produced`), validate and measure one candidate: a row."""
         folder = self.ctx.work_dir / "candidates" / f"{len(self.outcomes):02d}-{candidate.name}"
         folder.mkdir(parents=True, exist_ok=True)
@@ -1021,8 +624,7 @@ class _Tuner:
         missing = details.get("nodes_to_exclude_not_found") or []
         if missing:
             return details, (
-                f"{candidate.mode} mode found no node named {', '.join(missing)} "
-                "(nodes_to_exclude)"
+                f"{candidate.mode} mode found no node named {', '.join(missing)} (nodes_to_exclude)"
             )
         still = self._still_quantized(candidate, path)
         if still:
@@ -1120,9 +722,7 @@ class _Tuner:
             self._metric_judgement,
             max_nodes=self.config.max_fallback_nodes,
             max_trials=self.config.max_fallback_trials,
-            positions={
-                item.node: item.position for item in ranking if item.position is not None
-            },
+            positions={item.node: item.position for item in ranking if item.position is not None},
         )
         fallback: dict[str, Any] = {
             "ran": True,
@@ -1202,8 +802,8 @@ class _Tuner:
         self,
         profile: ModelProfile,
         notes: list[str],
-        input_outcome: Outcome,
-        chosen: Outcome,
+        input_outcome: Outcome[Candidate],
+        chosen: Outcome[Candidate],
         decision: Decision,
         sensitivity: dict[str, Any] | None,
         fallback: dict[str, Any] | None,
@@ -1253,14 +853,7 @@ class _Tuner:
 
 __all__ = [
     "Candidate",
-    "Criteria",
-    "Decision",
-    "Judgement",
-    "Measurement",
     "ModelProfile",
-    "Outcome",
-    "choose",
-    "judge",
     "plan_candidates",
     "profile_model",
     "tune",

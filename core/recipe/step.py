@@ -10,7 +10,7 @@ The planner asks every candidate kind (core.recipe.kinds) what it would try here
    `long_epochs` more (successive halving: short fine-tunes decide which get long ones);
 3. quantization of every trained survivor (`quantize_results`).
 
-Every candidate is measured like quantize auto's (core.quantize.auto.WorkerMeasure: the
+Every candidate is measured like quantize auto's (core.tune.measure.WorkerMeasure: the
 metric on the job's selection rows against the original, size, latency at every
 deployment batch size interleaved with the original by the verdict's timing rule) and
 judged by the same rules (metric target, the goal as `targets.min_speedup` /
@@ -39,20 +39,14 @@ from typing import Any
 from core.context import RunContext
 from core.errors import EngineError, JobCancelled, short_reason
 from core.measure import file_size
-from core.quantize.auto import (
-    Candidate,
-    Criteria,
-    Decision,
-    Outcome,
-    WorkerMeasure,
-    choose,
-    judge,
-)
 from core.recipe.kinds import Kind, KindContext, Produced, Proposal, get_kind, kinds
 from core.registry import StepData, StepOutput, register_step
 from core.spec import AutoStep
+from core.tune.choose import Decision, Named, Outcome, choose
 from core.tune.front import Point, pareto_front
 from core.tune.halving import survivors
+from core.tune.judge import Criteria, judge
+from core.tune.measure import WorkerMeasure
 
 
 @dataclass
@@ -208,7 +202,7 @@ class Recipe:
             tried.produced = kind.produce(proposal, base, epochs, self.kc, folder)
             measurement = self.measure(tried.produced.path)
             tried.outcome = Outcome(
-                Candidate(f"{proposal.name} ({stage})" if stage != "once" else proposal.name, None),
+                Named(f"{proposal.name} ({stage})" if stage != "once" else proposal.name),
                 "measured",
                 path=tried.produced.path,
                 measurement=measurement,
@@ -258,8 +252,7 @@ class Recipe:
             if meeting:
                 best = min(meeting, key=_size)
                 return best, (
-                    f"{best.proposal.name} ({best.stage}) meets every target and is the "
-                    "smallest"
+                    f"{best.proposal.name} ({best.stage}) meets every target and is the smallest"
                 )
         decision: Decision = choose(outcomes, self.criteria)
         if decision.chosen is None:
@@ -281,9 +274,7 @@ class Recipe:
         details = self._details(chosen, reason)
         pareto = self.ctx.work_dir / "pareto.json"
         pareto.write_text(json.dumps({"trials": details["trials"], "front": details["front"]}))
-        unchanged = (
-            f"auto kept the original: {reason}" if chosen is None else None
-        )
+        unchanged = f"auto kept the original: {reason}" if chosen is None else None
         return StepOutput(
             model_path=output,
             details=details,
@@ -399,13 +390,20 @@ def _training_source(
     """What the kinds that train use: the training data, else the calibration data (the
     teacher needs no labels); and a note when that means the eval data's selection rows."""
     task = data.task
-    if any(
-        not task.binding(name).splits_samples or task.binding(name).sample_axis
-        for name in task.inputs
-    ) or task.output_sample_axis:
-        return None, None, (
-            "the kinds that train were skipped: PyTorch steps do not yet take inputs with "
-            "other sample axes, arrays fed whole or constants"
+    if (
+        any(
+            not task.binding(name).splits_samples or task.binding(name).sample_axis
+            for name in task.inputs
+        )
+        or task.output_sample_axis
+    ):
+        return (
+            None,
+            None,
+            (
+                "the kinds that train were skipped: PyTorch steps do not yet take inputs with "
+                "other sample axes, arrays fed whole or constants"
+            ),
         )
     if data.train_arrays is not None:
         return "training data", data.train_arrays, None
@@ -418,4 +416,3 @@ def _training_source(
             "verdict is not affected); give training data for an independent choice",
         )
     return "calibration data", data.calibration_arrays, None
-

@@ -24,13 +24,7 @@ from core.measure import file_size, measure_model_with_outputs
 from core.pipeline import run
 from core.quantize.auto import (
     Candidate,
-    Criteria,
-    Measurement,
     ModelProfile,
-    Outcome,
-    WorkerMeasure,
-    choose,
-    judge,
     plan_candidates,
     profile_model,
     shallow_convolutions,
@@ -48,6 +42,9 @@ from core.spec import (
     TaskSpec,
 )
 from core.timing import SpeedComparison
+from core.tune.choose import Outcome, choose
+from core.tune.judge import Criteria, Measurement, judge
+from core.tune.measure import WorkerMeasure
 from squeeze.examples import ResidualCNN, digits_arrays, export_onnx, train_classifier
 
 TASK = TaskSpec()
@@ -741,7 +738,8 @@ def test_candidates_are_judged_on_the_rows_the_step_is_given(
     data = dataclasses.replace(
         digits_data,
         eval_arrays={name: array[rows] for name, array in digits_data.eval_arrays.items()},
-        reference_outputs=None if digits_data.reference_outputs is None
+        reference_outputs=None
+        if digits_data.reference_outputs is None
         else digits_data.reference_outputs[rows],
     )
     details = tune(
