@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 # bump when a case's model or data changes: cached models of another version are rebuilt
-CACHE_VERSION = 1
+CACHE_VERSION = 3
 Arrays = dict[str, np.ndarray]
 
 
@@ -136,11 +136,15 @@ def _train_loop(
     model: Any, batches: Callable[[Any], Any], loss_fn: Callable[..., Any], epochs: int,
     lr: float, seed: int,
 ) -> Any:  # fmt: skip
-    """Adam over `batches(generator)` (an iterable of argument tuples) for `epochs`."""
+    """Adam over `batches(generator)` (an iterable of argument tuples) for `epochs`, the
+    learning rate annealed to zero by a cosine per epoch (the last epoch does not undo the
+    earlier ones: CTC training at a constant rate fell from 0.91 to 0.72 exact match in an
+    epoch here)."""
     torch = _torch()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     model.train()
     for _ in range(epochs):
         for batch in batches(generator):
@@ -148,6 +152,7 @@ def _train_loop(
             loss = loss_fn(*batch)
             loss.backward()
             optimizer.step()
+        schedule.step()
     return model.eval()
 
 
@@ -254,7 +259,7 @@ def _noisy_digits(split: str, side: int, seed: int) -> tuple[np.ndarray, np.ndar
 def make_segmenter(scale: str, folder: Path, seed: int) -> Prepared:
     torch = _torch()
     big = scale == "bench"
-    side, width, epochs = (64, 32, 6) if big else (16, 8, 2)
+    side, width, epochs = (64, 32, 6) if big else (16, 8, 4)
     x_train, m_train = _noisy_digits("train", side, seed)
     x_test, m_test = _noisy_digits("test", side, seed)
     torch.manual_seed(seed)
@@ -333,7 +338,9 @@ def _text_lines(
 def make_recogniser(scale: str, folder: Path, seed: int) -> Prepared:
     torch = _torch()
     big = scale == "bench"
-    side, max_digits, channels, hidden, epochs = (16, 8, 64, 192, 10) if big else (8, 4, 8, 16, 2)
+    side, max_digits, channels, hidden, epochs, lr = (
+        (16, 8, 64, 192, 8, 1e-3) if big else (8, 4, 16, 32, 16, 3e-3)
+    )
     n_train, n_test = (3000, 600) if big else (600, 200)
     x_train, y_train = _text_lines("train", n_train, max_digits, side, seed)
     x_test, y_test = _text_lines("test", n_test, max_digits, side, seed)
@@ -348,7 +355,7 @@ def make_recogniser(scale: str, folder: Path, seed: int) -> Prepared:
         steps = torch.full((x.shape[0],), logprobs.shape[0], dtype=torch.long)
         return ctc(logprobs, targets, steps, lengths)
 
-    _train_loop(model, _shuffled_batches([x_train, y_train], 32), loss, epochs, 1e-3, seed)
+    _train_loop(model, _shuffled_batches([x_train, y_train], 32), loss, epochs, lr, seed)
     path = _export(
         model, (torch.from_numpy(x_test[:2]),), folder / "fp32.onnx",
         input_names=["line"], output_names=["logprobs"],
