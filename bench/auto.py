@@ -49,6 +49,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 import traceback
@@ -682,7 +683,7 @@ def report(
     args: argparse.Namespace, bench: Bench, infos: list[ModelInfo], rows: list[Row],
     load: tuple[tuple[float, ...], tuple[float, ...]], wall_s: float,
 ) -> str:  # fmt: skip
-    command = " ".join(["PYTHONPATH=. python bench/auto.py", *sys.argv[1:]])
+    command = "PYTHONPATH=. python bench/auto.py " + shlex.join(sys.argv[1:])
     lines = [
         "# Auto: squeeze's goal-driven recipe against the hand-made baselines",
         "",
