@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint typecheck pytest bench
+.PHONY: demo test lint typecheck pytest bench bench-deps
 
 demo:
 	$(PY) scripts/demo.py
@@ -20,3 +20,8 @@ typecheck:
 
 pytest:
 	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Benchmark-only packages (bench/auto.py's real MiniLM), into the project venv; the lock
+# constrains them, so no locked package (torch above all) changes version.
+bench-deps:
+	$(PY) -m pip install -r requirements-bench.txt -c requirements.lock
