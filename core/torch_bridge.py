@@ -547,7 +547,8 @@ def _stored_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
 def _set_initializer(model: onnx.ModelProto, name: str, array: np.ndarray) -> None:
     """Store `array` as initializer `name`, replacing the Constant or Identity node that
     produced `name` when it was not an initializer."""
-    tensor = numpy_helper.from_array(np.ascontiguousarray(array), name)
+    # (np.asarray keeps a scalar a scalar; np.ascontiguousarray would make it shape (1,))
+    tensor = numpy_helper.from_array(np.asarray(array, order="C"), name)
     for initializer in model.graph.initializer:
         if initializer.name == name:
             initializer.CopyFrom(tensor)
@@ -758,7 +759,7 @@ def _dynamic_batch_dim(inputs: Sequence[TensorInfo]) -> Any:
 def _example_tensor(array: np.ndarray, rows: int | None) -> torch.Tensor:
     if rows is not None and array.ndim and len(array) < rows:
         array = array[np.arange(rows) % len(array)]
-    return torch.from_numpy(np.ascontiguousarray(array))
+    return torch.from_numpy(np.asarray(array, order="C"))
 
 
 def _onnx2torch_version() -> str:

@@ -69,8 +69,9 @@ class OpenVinoRunner:
 
     def run(self, feeds: Feeds) -> list[np.ndarray]:
         # share_outputs=False: the arrays are copies, not views a later run overwrites
-        # share_inputs: no copy of a contiguous array (a strided one is made contiguous)
-        inputs = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
+        # share_inputs: no copy of a contiguous array (a strided one is made contiguous;
+        # np.asarray, not np.ascontiguousarray, which turns a 0-d input into shape (1,))
+        inputs = {name: np.asarray(array, order="C") for name, array in feeds.items()}
         results = self.request.infer(inputs, share_inputs=True, share_outputs=False)
         return [np.asarray(results[port]) for port in self.compiled.outputs]
 

@@ -137,6 +137,31 @@ def test_outputs_belong_to_the_caller_and_are_not_overwritten_by_the_next_run(
     np.testing.assert_array_equal(first, kept)
 
 
+def scalar_input_onnx(path: Path) -> Path:
+    """y = x * gain, with `gain` a 0-d input (a sample rate, a temperature)."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "gain"], ["y"])],
+        "scaled",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.mark.parametrize("runtime_name", RUNTIMES)
+def test_a_scalar_input_stays_a_scalar(runtime_name: str, tmp_path: Path) -> None:
+    model = scalar_input_onnx(tmp_path / "scaled.onnx")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    (y,) = outputs_of(runtime_name, model, tmp_path, {"x": x, "gain": np.array(2.0, dtype=np.float32)})
+    np.testing.assert_allclose(y, x * 2)
+
+
 def test_openvino_cannot_compile_weights_inside_if_branches_and_says_so(tmp_path: Path) -> None:
     model = if_weights_onnx(tmp_path / "if.onnx")
     # ONNX Runtime runs it: the model is valid
