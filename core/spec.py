@@ -855,10 +855,11 @@ class JobSpec(StrictModel):
     def _label_only_baseline_needs_labels(self) -> JobSpec:
         for index, step in enumerate(self.steps):
             label_only = isinstance(step, DistillStep) and step.compare_label_only
-            if label_only and self.task.kind == "embedding":
+            if label_only and self.task.kind not in ("classification", "regression"):
                 raise ValueError(
-                    f"steps[{index}]: compare_label_only needs labels, and embedding "
-                    "tasks have none: set it to false"
+                    f"steps[{index}]: compare_label_only needs labels the outputs are trained "
+                    f"on (classification or regression), and {self.task.kind} tasks have "
+                    "none: set it to false"
                 )
         return self
 

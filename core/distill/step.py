@@ -82,6 +82,10 @@ def distill(model_path: Path, config: DistillStep, data: StepData, ctx: RunConte
         raise IncompatibleData(
             f"compare_label_only trains the student on labels alone, but the training data "
             f"has no label array {data.task.labels!r}: add it or set compare_label_only false"
+            if data.task.kind in ("classification", "regression")
+            else f"compare_label_only trains on labels alone, which squeeze does for "
+            f"classification and regression tasks, not {data.task.kind}: set "
+            "compare_label_only false"
         )
     teacher = Teacher(
         path=teacher_path,
@@ -167,7 +171,7 @@ def distill(model_path: Path, config: DistillStep, data: StepData, ctx: RunConte
             if runs.label_only is not None
             else None
         ),
-        "notes": _notes(config, labels is not None, runs.distilled),
+        "notes": _notes(config, labels is not None, runs.distilled, data.task.kind),
     }
     if runs.feature_pairs:
         details["loss"]["feature_pairs"] = runs.feature_pairs
@@ -243,8 +247,11 @@ def _train_students(
 
 def _labels(arrays: Any, task: TaskSpec, output_shape: tuple[int, ...]) -> np.ndarray | None:
     """The training labels the loss mixes in: class indices for classification, targets
-    of the output's shape for regression; None when absent (and for embeddings)."""
-    labels = arrays.get(task.labels) if task.kind != "embedding" else None
+    of the output's shape for regression; None when absent, and for the kinds whose labels
+    are no target for the output itself (embeddings; masks and sequences, whose labels are
+    class maps or CTC label sequences, not the logits: the teacher's outputs alone
+    teach those)."""
+    labels = arrays.get(task.labels) if task.kind in ("classification", "regression") else None
     if labels is None:
         return None
     if task.kind == "classification":
@@ -375,11 +382,14 @@ def _loss_report(
     return report
 
 
-def _notes(config: DistillStep, has_labels: bool, run: TrainingRun) -> list[str]:
+def _notes(config: DistillStep, has_labels: bool, run: TrainingRun, kind: str) -> list[str]:
     notes = []
     if not has_labels and config.alpha < 1.0:
         notes.append(
             "the training data has no labels: the loss is the teacher term alone (alpha 1)"
+            if kind in ("classification", "regression")
+            else f"a {kind} task's labels are no target for its outputs: the loss is the "
+            "teacher term alone (alpha 1)"
         )
     if run.best_epoch == 0:
         notes.append(

@@ -87,6 +87,7 @@ class Recipe:
             data=dataclasses.replace(data, train_arrays=train_arrays),
             training_source=source,
             ctx=ctx,
+            no_training_reason=self.training_note or "nothing to train on",
         )
         self.measure = WorkerMeasure(model_path, data, ctx)
         self.tried: list[Tried] = []
@@ -402,7 +403,8 @@ def _training_source(
             None,
             (
                 "the kinds that train were skipped: PyTorch steps do not yet take inputs with "
-                "other sample axes, arrays fed whole or constants"
+                "other sample axes, arrays fed whole or constants (task.inputs), nor outputs "
+                "read on another axis"
             ),
         )
     if data.train_arrays is not None:

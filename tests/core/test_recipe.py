@@ -119,3 +119,38 @@ def test_the_budget_stops_the_planner_and_the_original_is_kept(
     assert details["chosen"] == "input"
     assert result.verdict.outcome == "unchanged"
     assert final.read_bytes() == cnn_onnx.read_bytes()
+
+
+def test_kinds_that_train_say_they_were_skipped_for_an_input_fed_as_a_constant(
+    tmp_path: Path,
+) -> None:
+    import numpy as np
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "gain"], ["y"])],
+        "scaled",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3]),
+            helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+    )
+    model = tmp_path / "scaled.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", x=rng.normal(size=(64, 3)).astype(np.float32))
+    np.savez(tmp_path / "train.npz", x=rng.normal(size=(64, 3)).astype(np.float32))
+    spec = JobSpec.model_validate(
+        auto_job(kinds=["prune_distill", "student"]).model_dump()
+        | {"task": {"kind": "regression", "inputs": {"gain": {"constant": 2.0}}}}
+    )
+    result, _ = run(
+        model,
+        {"eval": tmp_path / "eval.npz", "train": tmp_path / "train.npz"},
+        spec,
+        RunContext(work_dir=tmp_path / "w", measure=FAST),
+    )
+    skipped = result.steps[0].details["skipped_kinds"]
+    assert set(skipped) == {"prune_distill", "student"}
+    assert all("constants" in why and "no training" not in why for why in skipped.values())

@@ -158,7 +158,8 @@ def scalar_input_onnx(path: Path) -> Path:
 def test_a_scalar_input_stays_a_scalar(runtime_name: str, tmp_path: Path) -> None:
     model = scalar_input_onnx(tmp_path / "scaled.onnx")
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
-    (y,) = outputs_of(runtime_name, model, tmp_path, {"x": x, "gain": np.array(2.0, dtype=np.float32)})
+    gain = np.array(2.0, dtype=np.float32)
+    (y,) = outputs_of(runtime_name, model, tmp_path, {"x": x, "gain": gain})
     np.testing.assert_allclose(y, x * 2)
 
 

@@ -229,3 +229,61 @@ def test_training_steps_refuse_inputs_they_cannot_feed_yet() -> None:
             train_dataset_id="train",
             steps=[{"method": "prune", "fine_tune": {"epochs": 0}}],
         )
+
+
+def distill_job(task: dict[str, Any]) -> JobSpec:
+    return job(
+        task,
+        train_dataset_id="train",
+        steps=[{"method": "distill", "student": {"source": "step_input"}, "epochs": 1}],
+    )
+
+
+def test_a_segmenter_distils_on_the_teachers_maps_not_on_its_label_masks(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = export(
+        Segmenter(),
+        (torch.zeros(2, 1, 16, 16),),
+        tmp_path / "seg.onnx",
+        input_names=["image"],
+        output_names=["mask"],
+        dynamic_axes={"image": {0: "batch"}, "mask": {0: "batch"}},
+    )
+    rng = np.random.default_rng(0)
+    images = rng.random((ROWS, 1, 16, 16), dtype=np.float32)
+    # label masks (N, H, W): class maps, not targets for the (N, 1, H, W) probabilities
+    np.savez(tmp_path / "eval.npz", image=images, label=(images[:, 0] > 0.5).astype(np.uint8))
+    train = rng.random((ROWS, 1, 16, 16), dtype=np.float32)
+    np.savez(tmp_path / "train.npz", image=train, label=(train[:, 0] > 0.5).astype(np.uint8))
+    datasets = {"eval": tmp_path / "eval.npz", "train": tmp_path / "train.npz"}
+    result, _ = run(model, datasets, distill_job({"kind": "mask"}), context(tmp_path))
+
+    (step,) = result.steps
+    assert step.details["loss"]["labels_used"] is False
+    assert any("mask task's labels are no target" in note for note in step.details["notes"])
+    assert result.final.metric_name == "iou"
+
+
+def test_a_ctc_recogniser_distils_without_reading_label_sequences_as_targets(
+    tmp_path: Path,
+) -> None:
+    torch.manual_seed(0)
+    model = export(
+        Recogniser(),
+        (torch.zeros(2, 10, 12),),
+        tmp_path / "ctc.onnx",
+        input_names=["features"],
+        output_names=["logprobs"],
+        dynamic_axes={"features": {0: "batch"}, "logprobs": {0: "batch"}},
+    )
+    np.savez(tmp_path / "eval.npz", **recogniser_data())
+    np.savez(tmp_path / "train.npz", **recogniser_data(seed=1))
+    datasets = {"eval": tmp_path / "eval.npz", "train": tmp_path / "train.npz"}
+    task = {"kind": "sequence", "ctc": {"blank": 0}}
+    result, _ = run(model, datasets, distill_job(task), context(tmp_path))
+
+    (step,) = result.steps
+    assert step.details["loss"]["labels_used"] is False
+    assert result.final.metric_name == "exact_match"

@@ -56,6 +56,8 @@ class KindContext:
     # "training data", "calibration data" or None (kinds that train are then skipped)
     training_source: str | None
     ctx: RunContext
+    # why nothing can be trained here, when training_source is None
+    no_training_reason: str = "nothing to train on"
 
 
 class Kind(Protocol):

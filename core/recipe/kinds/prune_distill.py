@@ -23,7 +23,7 @@ class PruneDistill:
 
     def propose(self, kc: KindContext) -> tuple[list[Proposal], str | None]:
         if kc.training_source is None:
-            return [], "no training or calibration data to recover a pruned model on"
+            return [], kc.no_training_reason
         heads = _has_attention(kc)
         what = "attention heads" if heads else "channels"
         return [

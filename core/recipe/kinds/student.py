@@ -21,7 +21,7 @@ class Student:
 
     def propose(self, kc: KindContext) -> tuple[list[Proposal], str | None]:
         if kc.training_source is None:
-            return [], "no training or calibration data to train a student on"
+            return [], kc.no_training_reason
         if len(kc.data.inputs) != 1 or kc.data.inputs[0].dtype not in ("float32", "float16"):
             return [], "built-in students take one float input; this model takes others"
         speedup = kc.config.goal.speedup
