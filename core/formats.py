@@ -14,6 +14,7 @@ extracts an uploaded archive into a fresh one; a plain upload is inspected with
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
@@ -271,6 +272,27 @@ def model_files(path: Path) -> list[Path]:
     """The model file followed by the external data files it references (checked)."""
     external = verify_external_data(parse_model(path), path.parent)
     return [path, *(path.parent / name for name in external.files)]
+
+
+def bytes_digest(path: Path) -> str:
+    """SHA-256 of one file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_digest(model: Path) -> str:
+    """SHA-256 of a model: its file's bytes and its external data files' (by their names,
+    which the model refers to); the model file's own name does not count, so a copy under
+    another name is the same model."""
+    digest = hashlib.sha256()
+    for index, path in enumerate(model_files(model)):
+        if index:
+            digest.update(path.name.encode())
+        digest.update(bytes_digest(path).encode())
+    return digest.hexdigest()
 
 
 def model_size_bytes(path: Path) -> int:

@@ -34,7 +34,7 @@ from core.data import (
 from core.deployment import TargetInputs, run_targets
 from core.errors import EngineError, IncompatibleData, InvalidDataset, StepFailed, short_reason
 from core.evaluation import rows_of, split_eval_rows
-from core.formats import ModelInfo, copy_model, inspect_model, model_files
+from core.formats import ModelInfo, copy_model, files_digest, inspect_model, model_files
 from core.manifest import build_manifest
 from core.measure import (
     capture_other_outputs,
@@ -465,7 +465,7 @@ def _metric_on(
 
 
 def _same_files_reason(before: Path, after: Path) -> str | None:
-    if _files_digest(before) == _files_digest(after):
+    if files_digest(before) == files_digest(after):
         return "the step returned its input byte for byte"
     return None
 
@@ -479,21 +479,11 @@ def _job_unchanged_reason(
         for step in steps
         if step.unchanged_reason
     )
-    if _files_digest(original) == _files_digest(final):
+    if files_digest(original) == files_digest(final):
         return "the result is the input, byte for byte" + (f" ({reasons})" if reasons else "")
     if all(s.unchanged_reason for s in steps):
         return f"every step left the model as it was ({reasons})"
     return None
-
-
-def _files_digest(model: Path) -> str:
-    digest = hashlib.sha256()
-    for path in model_files(model):
-        digest.update(path.name.encode())
-        with path.open("rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _compare_speed(
@@ -512,7 +502,7 @@ def _compare_speed(
     process, both see the same conditions. The step results keep their own timings.
     The same file is not timed against itself: its ratio is 1 by construction.
     """
-    if _files_digest(original_path) == _files_digest(final_path):
+    if files_digest(original_path) == files_digest(final_path):
         return [
             SpeedComparison(
                 batch_size=lat.batch_size,
