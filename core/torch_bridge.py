@@ -45,6 +45,7 @@ from onnx2torch.node_converters.reshape import OnnxReshape
 from onnx2torch.onnx_graph import OnnxGraph, OnnxNode
 from torch import fx, nn
 
+from core import torch_converters  # noqa: F401  (registers converters onnx2torch lacks)
 from core.errors import StepFailed, UnsupportedModel, short_reason
 from core.formats import (
     TensorInfo,

@@ -158,6 +158,28 @@ def test_ops_onnx2torch_lacks_are_refused_by_name(tmp_path: Path) -> None:
     assert "Gemm" not in raised.value.message
 
 
+@pytest.mark.parametrize("op_type", ["GreaterOrEqual", "LessOrEqual"])
+def test_comparisons_at_opset_17_convert_like_opset_12(op_type: str, tmp_path: Path) -> None:
+    # a HuggingFace encoder's attention mask compares positions with GreaterOrEqual-16,
+    # which onnx2torch never registered
+    graph = helper.make_graph(
+        [
+            helper.make_node(op_type, ["x", "limit"], ["mask"]),
+            helper.make_node("Cast", ["mask"], ["y"], to=TensorProto.FLOAT),
+        ],
+        "compare",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [numpy_helper.from_array(np.array([0.0], np.float32), "limit")],
+    )
+    path = tmp_path / "compare.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.array([[-1.0, 0.0, 1.0, 2.0]], np.float32)
+
+    module = onnx_to_torch(path, tmp_path / "bridge")
+    np.testing.assert_array_equal(torch_output(module, x), ort_outputs(path, {"x": x})[0])
+
+
 def test_a_node_the_converter_rejects_is_named(tmp_path: Path) -> None:
     # Reshape with allowzero=1 and a 0 in the shape: onnx2torch has a Reshape converter
     # but refuses this attribute, which (unlike allowzero without zeros) matters here.
