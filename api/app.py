@@ -33,8 +33,8 @@ from api.routes import (
     webhooks,
     workers,
 )
-from squeeze.logs import configure_logging
-from squeeze.settings import Settings, get_settings
+from service.logs import configure_logging
+from service.settings import Settings, get_settings
 from store.blobs import open_blob_store
 from store.db import make_engine, make_sessionmaker
 from store.migrate import upgrade_to_head

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep
 from api.errors import Forbidden, Unauthenticated
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import tenants
 from store.db import transaction
 

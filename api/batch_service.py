@@ -19,7 +19,7 @@ from api.errors import BatchTooLarge
 from api.job_service import check_references, method_label, spec_sha256
 from api.quotas import check_job_slot
 from api.worker_check import check_all, record_waiting, requirements_for
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import batches, jobs, webhooks
 from store.tables import BatchRow, JobRow
 from worker.enqueue import JobQueue

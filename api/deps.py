@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.blobs import BlobStore
 from worker.enqueue import JobQueue
 

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from fastapi.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.blobs import CHUNK_BYTES, BlobMissing, BlobStore, LocalBlobStore
 
 

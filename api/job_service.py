@@ -22,7 +22,7 @@ from core.data import DatasetInfo, check_compatible
 from core.errors import IncompatibleData
 from core.formats import ModelInfo
 from core.spec import AutoStep, JobSpec, SearchStep
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import catalog, jobs, tenants, webhooks
 from store.catalog import NotFound
 from store.db import transaction

@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import PayloadTooLarge
 from api.problems import response_for
-from squeeze.settings import Settings
+from service.settings import Settings
 
 DEFAULT_LIMIT_BYTES = 1024 * 1024
 # Room for the multipart framing around an uploaded file (boundaries, part headers).

@@ -6,7 +6,7 @@ import re
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from squeeze.logs import log_context
+from service.logs import log_context
 
 JOB_PATH = re.compile(r"^/v1/jobs/(?P<job_id>[^/]+)")
 

@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Met
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import metrics, workers
 from store.jobs import STATES
 from worker.enqueue import JobQueue

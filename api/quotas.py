@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from api.errors import QuotaExceeded
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import tenants
 
 

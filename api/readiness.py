@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import NotReady
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import workers
 from store.blobs import BlobStore
 from store.db import ping

@@ -6,7 +6,7 @@ from sqlalchemy.orm import Session
 
 from api.quotas import Quotas
 from api.schemas import QuotasOut, TenantOut, Usage
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import tenants
 
 

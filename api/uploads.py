@@ -32,7 +32,7 @@ from api.errors import InvalidUpload, UnsupportedMediaType
 from api.quotas import Quotas, storage_exceeded, storage_left
 from core.archive import ArchiveLimits, inspect_upload
 from core.data import inspect_dataset
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import blob_refs, catalog
 from store.blobs import BlobStore, BlobTooLarge, StagedBlob
 from store.tables import DatasetRow, ModelRow

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from api.errors import NoWorkerForTarget
 from core.spec import JobSpec
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import jobs, workers
 
 

@@ -170,7 +170,7 @@ def _shuffled_batches(arrays: list[np.ndarray], batch_size: int) -> Callable[[An
 
 
 def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
-    from squeeze.examples import digits_arrays
+    from service.examples import digits_arrays
 
     return digits_arrays(split)  # type: ignore[arg-type]
 
@@ -188,7 +188,7 @@ def _resize(images: np.ndarray, side: int) -> np.ndarray:
 
 def make_dw_cnn(scale: str, folder: Path, seed: int) -> Prepared:
     from bench.quantize import _Bench
-    from squeeze.examples import export_onnx, train_classifier
+    from service.examples import export_onnx, train_classifier
 
     torch = _torch()
     quantize_bench = _Bench(
@@ -637,7 +637,7 @@ def make_streaming(scale: str, folder: Path, seed: int) -> Prepared:
 
 
 def make_mlp(scale: str, folder: Path, seed: int) -> Prepared:
-    from squeeze.examples import export_onnx, train_classifier
+    from service.examples import export_onnx, train_classifier
 
     torch = _torch()
     nn = torch.nn

@@ -112,7 +112,7 @@ def _run_task(name: str, args: argparse.Namespace) -> Task:
 
     from core.formats import inspect_model
     from core.measure import count_parameters
-    from squeeze.examples import (
+    from service.examples import (
         TransformerEncoderClassifier,
         digits_arrays,
         digits_sequences,
@@ -381,7 +381,7 @@ def _report(tasks: list[Task], args: argparse.Namespace, seconds: float) -> str:
         f"{args.teacher_width}-{2 * args.teacher_width}-{4 * args.teacher_width} channels, "
         "max pooling, global average pooling) on digits images; transformer = "
         "TransformerEncoderClassifier(d_model 128, 4 heads, 4 layers, ff 512) from "
-        "squeeze/examples.py on digits as 8-step sequences; both trained "
+        "service/examples.py on digits as 8-step sequences; both trained "
         f"{args.teacher_epochs} epochs (AdamW, one-cycle schedule, seed 0) on "
         f"{1 - args.validation_fraction:.0%} of the training split. Students: the family "
         "sized by the step to each parameter ratio; distilled = the `distill` step with "

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.lean_http import LeanHttpClient, LeanHttpError  # noqa: E402
 from scripts.demo import api_command as demo_api_command  # noqa: E402
 from scripts.demo import free_port, stop, wait_ready  # noqa: E402
-from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
+from service.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
 
 ADMIN_KEY = "sqz_bench-load-admin-key"
 FINAL = {"succeeded", "failed", "cancelled"}

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     from core.spec import PRUNE_STEP_ADAPTER, DistillStep, TaskSpec
 
     DISTILL_ADAPTER = TypeAdapter(DistillStep)
-    from squeeze.examples import (
+    from service.examples import (
         DigitsCNN,
         ResidualCNN,
         TransformerEncoderClassifier,

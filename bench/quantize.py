@@ -124,7 +124,7 @@ class _Bench:
         self.decisions: list[str] = []
 
     def cases(self) -> dict[str, ModelCase]:
-        from squeeze.examples import (
+        from service.examples import (
             DepthwiseSeparableCNN,
             DigitsCNN,
             RecurrentClassifier,
@@ -172,7 +172,7 @@ class _Bench:
         import numpy as np
         import torch
 
-        from squeeze.examples import digits_arrays, digits_sequences
+        from service.examples import digits_arrays, digits_sequences
 
         if case.inputs == "sequences":
             (x_train, y_train), (x_test, y_test) = digits_sequences("train"), digits_sequences()
@@ -192,7 +192,7 @@ class _Bench:
     def run_model(self, name: str) -> list[Row]:
         import numpy as np
 
-        from squeeze.examples import export_onnx, train_classifier
+        from service.examples import export_onnx, train_classifier
 
         case = self.cases()[name]
         folder = self.work / name

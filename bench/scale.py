@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.demo import api_command, free_port, stop, wait_ready  # noqa: E402
-from squeeze.settings import Settings  # noqa: E402
+from service.settings import Settings  # noqa: E402
 from tests import services  # noqa: E402
 
 ADMIN_KEY = "sqz_bench-scale-admin-key"
@@ -76,7 +76,7 @@ def tiny_inputs(folder: Path) -> tuple[Path, Path]:
     import torch
     from torch import nn
 
-    from squeeze.examples import digits_arrays, export_onnx, save_npz
+    from service.examples import digits_arrays, export_onnx, save_npz
 
     torch.manual_seed(0)
     images, labels = digits_arrays("train")

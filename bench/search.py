@@ -1,7 +1,7 @@
 """Architecture search benchmark on digits: the best model found under a latency budget
 against a hand-designed baseline of similar cost, and the front each algorithm finds.
 
-The baseline is squeeze.examples.DigitsCNN (the CNN the demo uploads: two 3x3 convs and
+The baseline is service.examples.DigitsCNN (the CNN the demo uploads: two 3x3 convs and
 two linear layers, 268k parameters), trained with the same recipe as every trial (Adam,
 the same epochs, learning rate and batch size) on the whole training split, and exported
 to ONNX as a user would. The search runs the `search` step as a job runs it (core's step
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 def _baseline(args: argparse.Namespace, work: Path) -> Path:
     import torch
 
-    from squeeze.examples import DigitsCNN, digits_arrays, export_onnx, train_classifier
+    from service.examples import DigitsCNN, digits_arrays, export_onnx, train_classifier
 
     x_train, y_train = digits_arrays("train")
     torch.manual_seed(args.seed)
@@ -173,7 +173,7 @@ def _baseline(args: argparse.Namespace, work: Path) -> Path:
 
 
 def _test_split() -> tuple[np.ndarray, np.ndarray]:
-    from squeeze.examples import digits_arrays
+    from service.examples import digits_arrays
 
     return digits_arrays("test")
 
@@ -191,7 +191,7 @@ def _search(
     from core.formats import inspect_model
     from core.registry import StepData, get_step
     from core.spec import SearchStep, TaskSpec
-    from squeeze.examples import digits_arrays
+    from service.examples import digits_arrays
 
     x_train, y_train = digits_arrays("train")
     x_test, y_test = digits_arrays("test")

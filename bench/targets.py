@@ -128,7 +128,7 @@ class Bench:
         import numpy as np
         import torch
 
-        from squeeze.examples import export_onnx, train_classifier
+        from service.examples import export_onnx, train_classifier
 
         case = self.cases()[name]
         folder = self.work / name

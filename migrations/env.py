@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-from squeeze.settings import get_settings
+from service.settings import get_settings
 from store.db import make_engine
 from store.tables import Base
 

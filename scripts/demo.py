@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from squeeze.examples import (  # noqa: E402
+from service.examples import (  # noqa: E402
     accuracy,
     digits_arrays,
     export_onnx,

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.demo import free_port, service  # noqa: E402
-from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
+from service.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
 
 
 class SmallDepthwiseCnn(nn.Module):

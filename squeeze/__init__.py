@@ -1,7 +1,7 @@
-"""squeeze: the settings shared by the service, and the Python client and CLI.
+"""squeeze: the Python client and CLI (the service lives in api/, worker/, core/, store/, service/).
 
 `from squeeze import Client` works; the client is imported on first use only, so the
-service's processes, which import `squeeze.settings`, do not load it.
+service's processes do not load it.
 """
 
 from __future__ import annotations

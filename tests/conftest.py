@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from squeeze.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn
+from service.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn
 from tests import services
 
 

@@ -1,6 +1,6 @@
 """Small models and datasets built in the test session (no shipped blobs).
 
-The digits CNN and ONNX export come from `squeeze.examples` (what a user runs on their
+The digits CNN and ONNX export come from `service.examples` (what a user runs on their
 side); this adds an MLP for the regression and embedding tasks, .npz writers and a
 harmless pickle payload.
 """
@@ -17,7 +17,7 @@ import onnx.numpy_helper
 import torch
 
 # The user-side builders are the ones the demo and benchmarks use.
-from squeeze.examples import DigitsCNN, digits_arrays, export_onnx, train_digits_cnn
+from service.examples import DigitsCNN, digits_arrays, export_onnx, train_digits_cnn
 
 __all__ = ["DigitsCNN", "digits_arrays", "export_onnx", "train_digits_cnn"]
 

@@ -21,7 +21,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from squeeze.settings import Settings
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ADMIN_DSN = os.environ.get(

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from squeeze.settings import Settings
+from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import json
 import logging
 import threading
 
-from squeeze.logs import JobIdFilter, JsonFormatter, log_context
+from service.logs import JobIdFilter, JsonFormatter, log_context
 
 
 def formatted(record: logging.LogRecord) -> dict[str, object]:

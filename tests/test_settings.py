@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from worker.celery_app import make_celery
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from squeeze.settings import Settings, get_settings
+from service.settings import Settings, get_settings
 
 RUN_JOB_TASK = "squeeze.run_job"
 # a helper joining a running job's architecture search (worker/search_helper.py)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.blobs import BlobStore
 from store.db import transaction
 from store.retention import collect_blobs, expire_rows

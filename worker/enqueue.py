@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu.exceptions import ChannelError
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from worker.celery_app import RUN_JOB_TASK, SEARCH_TRIALS_TASK, make_celery
 
 

@@ -7,7 +7,7 @@ import threading
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeeze.logs import log_context
+from service.logs import log_context
 from store import jobs
 from store.db import transaction
 from worker.limits import SHUTDOWN

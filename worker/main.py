@@ -16,8 +16,8 @@ from celery import signals
 from celery.exceptions import Reject
 from celery.worker import state as worker_state
 
-from squeeze.logs import configure_logging, job_id_var, log_context
-from squeeze.settings import get_settings
+from service.logs import configure_logging, job_id_var, log_context
+from service.settings import get_settings
 from store.blobs import open_blob_store
 from store.db import make_engine, make_sessionmaker
 from store.migrate import upgrade_to_head

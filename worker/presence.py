@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.devices import DeviceReport, probe_in_subprocess
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import workers
 from store.db import transaction
 

@@ -12,7 +12,7 @@ import logging
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import jobs, workers
 from store.db import transaction
 from worker.enqueue import JobQueue

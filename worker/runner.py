@@ -35,7 +35,7 @@ from core.context import MeasureSettings, RunContext
 from core.errors import EngineError, JobCancelled
 from core.formats import SINGLE_FILE_LIMIT_BYTES, load_model, model_files, save_model
 from core.spec import JobSpec
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import blob_refs, catalog, jobs
 from store.blobs import BlobMissing, BlobStore, StagedBlob
 from store.db import transaction

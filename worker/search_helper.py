@@ -25,7 +25,7 @@ from core.archive import materialise_model
 from core.context import MeasureSettings, RunContext
 from core.errors import JobCancelled
 from core.search import join_search
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import jobs
 from store.blobs import BlobStore
 from store.db import transaction

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from core.context import SearchStore
 from core.search.study import ensure_storage
-from squeeze.settings import Settings
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from datetime import datetime, timedelta
 import httpx
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeeze.logs import log_context
-from squeeze.settings import Settings
+from service.logs import log_context
+from service.settings import Settings
 from squeeze.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, signature_header
 from store import webhooks
 from store.db import transaction

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.blobs.base import (
     CHUNK_BYTES,
     BlobCorrupt,

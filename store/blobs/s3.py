@@ -20,7 +20,7 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.blobs.base import (
     CHUNK_BYTES,
     BlobInfo,

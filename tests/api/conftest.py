@@ -20,7 +20,7 @@ from httpx import Response
 from sqlalchemy import func, select
 
 from api.app import create_app
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.tables import DatasetRow, JobEventRow, JobRow, ModelRow
 from tests.factories import digits_arrays, digits_npz, export_onnx
 

@@ -17,7 +17,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
 from api.log_context import JobLogContextMiddleware
-from squeeze.logs import JobIdFilter, JsonFormatter, configure_logging, log_context
+from service.logs import JobIdFilter, JsonFormatter, configure_logging, log_context
 from store.tables import JobRow, utcnow
 from tests.api.conftest import Api, assert_problem
 

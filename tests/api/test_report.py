@@ -23,7 +23,7 @@ from markupsafe import escape
 from api.app import create_app
 from api.routes.reports import negotiated_format
 from core.report.html import format_size
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import jobs
 from store.db import transaction
 from tests.api.conftest import ADMIN_TOKEN, Api, assert_problem

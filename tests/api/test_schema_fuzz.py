@@ -27,7 +27,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from api.app import create_app
-from squeeze.settings import Settings
+from service.settings import Settings
 from tests.api.conftest import ADMIN_TOKEN
 
 CHECKS = [

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.tables import ApiKeyRow
 from tests.api.conftest import ADMIN_TOKEN, Api, Uploaded, assert_problem
 from worker.runner import JobRunner

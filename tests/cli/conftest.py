@@ -18,8 +18,8 @@ import uvicorn
 from sqlalchemy import select
 
 from api.app import create_app
+from service.settings import Settings
 from squeeze.cli import main
-from squeeze.settings import Settings
 from store.tables import JobRow
 from tests.api.conftest import ADMIN_TOKEN, assets, dataset_file, model_file  # noqa: F401
 from tests.services import fast_test_settings

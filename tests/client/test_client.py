@@ -9,9 +9,9 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from service.examples import DigitsCNN
 from squeeze.client import Client, SqueezeError
 from squeeze.client.models import Job, Model
-from squeeze.examples import DigitsCNN
 from tests.api.conftest import Api
 from worker.runner import JobRunner
 

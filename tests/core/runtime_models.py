@@ -12,7 +12,7 @@ import onnx.helper as helper
 import onnx.numpy_helper as numpy_helper
 import torch
 
-from squeeze.examples import TransformerEncoderClassifier, digits_sequences, export_onnx
+from service.examples import TransformerEncoderClassifier, digits_sequences, export_onnx
 
 
 def transformer_onnx(path: Path) -> Path:

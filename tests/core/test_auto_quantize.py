@@ -45,7 +45,7 @@ from core.timing import SpeedComparison
 from core.tune.choose import Outcome, choose
 from core.tune.judge import Criteria, Measurement, judge
 from core.tune.measure import WorkerMeasure
-from squeeze.examples import ResidualCNN, digits_arrays, export_onnx, train_classifier
+from service.examples import ResidualCNN, digits_arrays, export_onnx, train_classifier
 
 TASK = TaskSpec()
 BATCH = 32

@@ -29,7 +29,7 @@ from core.families import (
 )
 
 SHAPES: dict[str, tuple[int, ...]] = {"cnn": (1, 8, 8), "mlp": (64,), "transformer": (8, 8)}
-DIGITS_CNN_PARAMETERS = 268_362  # squeeze.examples.DigitsCNN, the tests' usual teacher
+DIGITS_CNN_PARAMETERS = 268_362  # service.examples.DigitsCNN, the tests' usual teacher
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -15,7 +15,7 @@ from core.formats import inspect_model
 from core.registry import StepData, StepOutput, get_step
 from core.runtimes import RunSettings, get_runtime
 from core.spec import QUANTIZE_STEP_ADAPTER, DistillStep, SearchStep, StructuredPrune, TaskSpec
-from squeeze.examples import digits_arrays
+from service.examples import digits_arrays
 
 pytestmark = pytest.mark.gpu
 

@@ -21,7 +21,7 @@ from core.prune.structured import prunable_layers
 from core.registry import StepData
 from core.spec import PruneSensitivity, TaskSpec
 from core.torch_bridge import onnx_to_torch
-from squeeze.examples import digits_arrays
+from service.examples import digits_arrays
 
 X_TEST, Y_TEST = digits_arrays("test")
 

@@ -19,7 +19,7 @@ from core.prune.structured import prunable_layers, prune_channels, prune_structu
 from core.registry import StepData
 from core.spec import StructuredPrune, TaskSpec
 from core.torch_bridge import onnx_to_torch, torch_to_onnx
-from squeeze.examples import (
+from service.examples import (
     DepthwiseSeparableCNN,
     ResidualCNN,
     accuracy,

@@ -27,7 +27,7 @@ from core.quantize import common
 from core.quantize.common import compact_zero_points, size_report
 from core.registry import StepData, StepOutput, get_step
 from core.spec import QUANTIZE_STEP_ADAPTER, TaskSpec
-from squeeze.examples import TransformerEncoderClassifier, export_onnx
+from service.examples import TransformerEncoderClassifier, export_onnx
 from tests.core import zoo
 
 TASK = TaskSpec()

@@ -25,7 +25,7 @@ from core.errors import EngineError
 from core.formats import inspect_model
 from core.registry import StepData, StepOutput, get_step
 from core.spec import QUANTIZE_STEP_ADAPTER, TaskSpec
-from squeeze.examples import (
+from service.examples import (
     DepthwiseSeparableCNN,
     RecurrentClassifier,
     ResidualCNN,

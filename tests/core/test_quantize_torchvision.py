@@ -23,7 +23,7 @@ from core.data import load_arrays
 from core.formats import inspect_model
 from core.registry import StepData, get_step
 from core.spec import QUANTIZE_STEP_ADAPTER, TaskSpec
-from squeeze.examples import export_onnx
+from service.examples import export_onnx
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

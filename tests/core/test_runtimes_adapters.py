@@ -19,7 +19,7 @@ from core.runtimes import (
 )
 from core.runtimes.openvino_runtime import compile_config
 from core.runtimes.ort_runtime import providers, session_options
-from squeeze.examples import digits_arrays, digits_sequences
+from service.examples import digits_arrays, digits_sequences
 from tests.core.runtime_models import if_weights_onnx, interleaved_ms, transformer_onnx
 from tests.factories import export_onnx
 

@@ -13,7 +13,7 @@ import torch
 from core.errors import EngineError
 from core.runtimes import PreparedModel, Runner, RunSettings, get_runtime
 from core.runtimes import openvino_compress as oc
-from squeeze.examples import digits_arrays
+from service.examples import digits_arrays
 from tests.core.runtime_models import if_weights_onnx
 from tests.factories import export_onnx, make_mlp
 

@@ -274,7 +274,7 @@ def test_a_trial_past_its_time_limit_is_stopped_and_counted_as_pruned(
 def test_auto_picks_the_transformer_family_for_sequences_and_its_trials_export(
     tmp_path: Path,
 ) -> None:
-    from squeeze.examples import TransformerEncoderClassifier, digits_sequences, export_onnx
+    from service.examples import TransformerEncoderClassifier, digits_sequences, export_onnx
 
     x_train, y_train = (a[:160] for a in digits_sequences("train"))
     x_test, y_test = (a[:64] for a in digits_sequences("test"))

@@ -3,7 +3,7 @@
 Every model here takes the digits as "input": images (N, 1, 8, 8) or, for the sequence
 models, rows as a sequence (N, 8, 8); and gives 10 class scores as "logits". The common
 architectures (MobileNet-, ResNet-style, Transformer, LSTM/GRU) live in
-`squeeze.examples`; this file adds what users upload less often but does break
+`service.examples`; this file adds what users upload less often but does break
 quantizers: hard activations, upsampling, control flow with weights inside, symbolic
 dims beyond the batch, a graph shape inference cannot finish, and exports at several
 opsets and with the dynamo exporter.
@@ -19,7 +19,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from squeeze.examples import export_onnx
+from service.examples import export_onnx
 
 FLOAT = TensorProto.FLOAT
 

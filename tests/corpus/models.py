@@ -33,7 +33,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from squeeze.examples import DigitsCNN, digits_arrays, export_onnx, train_classifier
+from service.examples import DigitsCNN, digits_arrays, export_onnx, train_classifier
 from tests.core import zoo
 
 Inputs = Literal["images", "flat", "sequences", "gru_state", "gru_state_layers_first"]

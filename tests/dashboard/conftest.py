@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.blobs import open_blob_store
 from store.db import make_engine, make_sessionmaker
 from tests.api.conftest import ADMIN_TOKEN

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
-from squeeze.settings import Settings
+from service.settings import Settings
 from tests.api.conftest import ADMIN_TOKEN
 from tests.conftest import DigitsFiles
 from tests.services import WorkerProcess, delete_redis_queues, fast_test_settings, wait_for

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import select
 
 from api.app import create_app
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.tables import JobRow
 from tests.api.conftest import ADMIN_TOKEN
 from tests.conftest import DigitsFiles

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 
 from core.evaluation import split_eval_rows
-from squeeze.examples import digits_arrays
+from service.examples import digits_arrays
 from tests.conftest import DigitsFiles
 from tests.integration.conftest import DeploymentFactory, download
 from tests.services import wait_for

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.blobs import BlobMissing, BlobStore, BlobTooLarge, open_blob_store
 from store.blobs.s3 import S3BlobStore
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import catalog, jobs, tenants
 from store.blobs import BlobStore, open_blob_store
 from store.db import make_engine, make_sessionmaker, transaction

@@ -53,7 +53,7 @@ def test_a_job_over_its_memory_limit_fails_with_a_clear_code_and_the_process_liv
     normal = store.submit()
     script = textwrap.dedent(
         f"""
-        from squeeze.settings import Settings
+        from service.settings import Settings
         from store.blobs import open_blob_store
         from store.db import make_engine, make_sessionmaker
         from worker.runner import JobRunner

@@ -11,7 +11,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.devices import DeviceReport, Gpu
-from squeeze.settings import Settings
+from service.settings import Settings
 from store import workers
 from store.db import make_engine, make_sessionmaker, transaction
 from store.migrate import upgrade_to_head

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from sqlalchemy import make_url
 
-from squeeze.settings import Settings
+from service.settings import Settings
 from store.migrate import upgrade_to_head
 from worker.search_storage import SCHEMA, prepare_search_storage, search_storage_url, search_store
 

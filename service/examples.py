@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from squeeze.client.torch_export import export_onnx  # noqa: F401  (re-exported for the demo, tests and benchmarks)
+
 
 def digits_arrays(
     split: Literal["train", "test"] = "test", *, seed: int = 0, test_fraction: float = 0.25
@@ -270,52 +272,6 @@ def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
     with torch.no_grad():
         predictions = model(torch.from_numpy(images)).argmax(dim=1).numpy()
     return float((predictions == labels).mean())
-
-
-def export_onnx(
-    module: nn.Module,
-    example: torch.Tensor | np.ndarray,
-    path: Path,
-    opset: int = 17,
-    *,
-    input_name: str = "input",
-    output_name: str = "logits",
-    dynamic_batch: bool = True,
-    dynamo: bool = False,
-) -> Path:
-    """Export to ONNX: one input and output, batch axis dynamic.
-
-    The TorchScript exporter by default; `dynamo=True` uses torch.export (opset 18 or
-    newer). PyTorch's fused Transformer fast path (`_transformer_encoder_layer_fwd`) has
-    no ONNX form, so it is switched off while exporting.
-    """
-    tensor = torch.from_numpy(example) if isinstance(example, np.ndarray) else example
-    if dynamo and dynamic_batch and tensor.shape[0] == 1:
-        # torch.export specializes dimensions of size 1: show it a batch of two
-        tensor = torch.cat([tensor, tensor])
-    dynamic_axes = {input_name: {0: "batch"}, output_name: {0: "batch"}} if dynamic_batch else None
-    # torch.export names dynamic dims its own way (dynamic_shapes, per forward argument)
-    dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamo and dynamic_batch else None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    module.eval()
-    fast_path = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad():
-            torch.onnx.export(
-                module,
-                (tensor,),
-                str(path),
-                input_names=[input_name],
-                output_names=[output_name],
-                dynamic_axes=None if dynamo else dynamic_axes,
-                dynamic_shapes=dynamic_shapes,
-                opset_version=opset,
-                dynamo=dynamo,
-            )
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast_path)
-    return path
 
 
 def save_npz(path: Path, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
