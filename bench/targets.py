@@ -31,6 +31,7 @@ process it can cost the next session CPU time (see ../shared/FIELD_NOTES.md):
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import sys
@@ -87,6 +88,10 @@ class Row:
     accuracy_change: float = float("nan")
     within_drop: bool = False
     failure: str | None = None
+
+
+def is_squeeze(row: Row) -> bool:
+    return row.method.startswith("squeeze")
 
 
 def time_interleaved(
@@ -401,20 +406,47 @@ class Bench:
                     f"| {row.accuracy:.4f} ({100 * row.accuracy_change:+.2f}) "
                     f"| {'ok' if row.within_drop else 'no'} |"
                 )
-        lines += ["", "## Fastest hand-made baseline within the drop, batch 1", ""]
+        lines += ["", "## Targets: squeeze's best target vs the fastest hand-made baseline, b1", ""]
+        lines += [
+            "Each within the 1% relative drop; FP32 OpenVINO counts as a hand-made baseline. "
+            "The issue's geometric-mean target (>= 3x) is over the real-model kinds, which "
+            "bench/auto.py measures, not these models.",
+            "",
+        ]
         for threads in self.thread_counts:
+            best_squeeze: list[float] = []
             for model in dict.fromkeys(r.model for r in rows):
                 within = [
                     r for r in rows
                     if r.threads == threads and r.model == model and r.failure is None
                     and r.within_drop
                 ]  # fmt: skip
-                if within:
-                    best = max(within, key=lambda r: r.speedup[1])
+                hand = [r for r in within if not is_squeeze(r)]
+                ours = [r for r in within if is_squeeze(r)]
+                if not hand:
+                    continue
+                baseline = max(hand, key=lambda r: r.speedup[1])
+                if not ours:
                     lines.append(
-                        f"- {model}, {threads} thread(s): {best.method} ({best.runtime}), "
-                        f"{best.speedup[1]:.2f}x FP32 ONNX Runtime"
+                        f"- FAIL {model}, {threads} thread(s): no squeeze target within the drop; "
+                        f"fastest by hand {baseline.method} ({baseline.runtime}) "
+                        f"{baseline.speedup[1]:.2f}x"
                     )
+                    continue
+                best = max(ours, key=lambda r: r.speedup[1])
+                best_squeeze.append(best.speedup[1])
+                verdict = "PASS" if best.speedup[1] >= baseline.speedup[1] else "FAIL"
+                lines.append(
+                    f"- {verdict} {model}, {threads} thread(s): {best.method} "
+                    f"{best.speedup[1]:.2f}x vs fastest by hand {baseline.method} "
+                    f"({baseline.runtime}) {baseline.speedup[1]:.2f}x FP32 ONNX Runtime"
+                )
+            if best_squeeze:
+                mean = math.exp(sum(math.log(x) for x in best_squeeze) / len(best_squeeze))
+                lines.append(
+                    f"- {threads} thread(s): geometric mean of squeeze's best at batch 1 over "
+                    f"these {len(best_squeeze)} models: {mean:.2f}x"
+                )
         return "\n".join(lines) + "\n"
 
 
