@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     # all busy are waiting their turn: neither re-sent nor counted.
     max_resends: int = Field(default=5, ge=0)
 
+    # The pool children that run jobs lower their CPU priority by this much (os.nice), so
+    # on a machine shared with the API a busy worker cannot starve status polls; the
+    # worker's parent (heartbeat, reaper) keeps its priority. 0 turns it off.
+    worker_job_nice: int = Field(default=10, ge=0, le=19)
     # Workers register in the database and beat every worker_heartbeat_s from their
     # parent process; one silent for worker_dead_after_s counts as dead, and its row is
     # deleted after worker_forget_after_s.
