@@ -94,6 +94,25 @@ def npy_bytes(array: np.ndarray, allow_pickle: bool = False) -> bytes:
     return buffer.getvalue()
 
 
+def npy_header(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
+    """A version 1.0 .npy header declaring `shape`, whatever it is (numpy refuses to
+    write negative or overflowing shapes itself)."""
+    text = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape!r}, }}".encode()
+    padded = text.ljust(((len(text) + 10) // 64 + 1) * 64 - 10) + b"\n"
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(padded)) + padded
+
+
+def npz_declaring(shape: tuple[int, ...], payload: bytes = b"") -> bytes:
+    """An .npz whose one array declares `shape` and holds `payload`."""
+    return zip_of({"x.npy": npy_header(shape) + payload})
+
+
+def npz_of_many_arrays(count: int) -> bytes:
+    """An .npz of `count` one-element arrays (each a member with its own header)."""
+    member = npy_header((1,)) + bytes(4)
+    return zip_of({f"a{index}.npy": member for index in range(count)})
+
+
 def zip_of(members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression) as archive:
@@ -166,6 +185,131 @@ def nested_if_model(depth: int) -> bytes:
         graph = _field(1, node)
     opset = _field(1, b"") + _varint_field(2, 17)
     return _varint_field(1, 8) + _field(7, graph) + _field(8, opset)
+
+
+def _scalar_model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProto]) -> bytes:
+    """A model y = x + r, where the nodes compute the float scalar r."""
+    graph = helper.make_graph(
+        [*nodes, helper.make_node("Add", ["r", "x"], ["y"])],
+        "hostile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def constant_of_shape_bomb(count: int = 24, elements: int = 2**28) -> bytes:
+    """`count` ConstantOfShape([elements]) float nodes summed into one scalar: a ~1.5 KB
+    file whose constant folding would materialise count * elements * 4 bytes (24 GiB)."""
+    one = numpy_helper.from_array(np.array([1.0], np.float32))
+    shape = numpy_helper.from_array(np.array([elements], np.int64))
+    nodes = [helper.make_node("Constant", [], ["shape"], value=shape)]
+    nodes += [
+        helper.make_node("ConstantOfShape", ["shape"], [f"ones{i}"], value=one)
+        for i in range(count)
+    ]
+    nodes += [
+        helper.make_node("Sum", [f"ones{i}" for i in range(count)], ["total"]),
+        helper.make_node("ReduceSum", ["total"], ["r"], keepdims=0),
+    ]
+    return _scalar_model(nodes, [])
+
+
+def expand_bomb(dims: tuple[int, ...] = (2**16, 2**16)) -> bytes:
+    """The input broadcast by Expand to a constant shape: 16 GiB to hold at run time."""
+    nodes = [
+        helper.make_node("Expand", ["x", "shape"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+    ]
+    return _scalar_model(nodes, [numpy_helper.from_array(np.array(dims, np.int64), "shape")])
+
+
+def tile_bomb(repeats: tuple[int, ...] = (2**15, 2**15)) -> bytes:
+    """A 2x2 initializer tiled by constant repeats: folded, 16 GiB."""
+    nodes = [
+        helper.make_node("Tile", ["small", "repeats"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+    ]
+    return _scalar_model(
+        nodes,
+        [
+            numpy_helper.from_array(np.ones((2, 2), np.float32), "small"),
+            numpy_helper.from_array(np.array(repeats, np.int64), "repeats"),
+        ],
+    )
+
+
+def range_bomb(limit: int = 2**31) -> bytes:
+    """Range(0, limit, 1) of constant floats: folded, 8 GiB."""
+    nodes = [
+        helper.make_node("Range", ["start", "limit", "delta"], ["big"]),
+        helper.make_node("ReduceSum", ["big"], ["r"], keepdims=0),
+    ]
+    scalars = {"start": 0.0, "limit": float(limit), "delta": 1.0}
+    return _scalar_model(
+        nodes, [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in scalars.items()]
+    )
+
+
+def loop_model(trip_count: int | None, condition_stays_true: bool = True) -> bytes:
+    """A Loop adding 1 to a float per iteration; `trip_count` None leaves M out. Its body
+    passes the condition through unchanged (nothing can end it but the trip count), or,
+    with `condition_stays_true=False`, computes it from the running value."""
+    body_nodes = [
+        helper.make_node("Constant", [], ["one"], value=numpy_helper.from_array(np.float32(1))),
+        helper.make_node("Add", ["acc_in", "one"], ["acc_out"]),
+    ]
+    if condition_stays_true:
+        body_nodes.append(helper.make_node("Identity", ["cond_in"], ["cond_out"]))
+    else:
+        limit = numpy_helper.from_array(np.float32(10))
+        body_nodes += [
+            helper.make_node("Constant", [], ["limit"], value=limit),
+            helper.make_node("Less", ["acc_out", "limit"], ["cond_out"]),
+        ]
+    body = helper.make_graph(
+        body_nodes,
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, []),
+        ],
+    )
+    initializers = [
+        numpy_helper.from_array(np.array(True), "go"),
+        numpy_helper.from_array(np.float32(0), "zero"),
+    ]
+    if trip_count is not None:
+        initializers.append(numpy_helper.from_array(np.array(trip_count, np.int64), "trips"))
+    loop = helper.make_node(
+        "Loop", ["trips" if trip_count is not None else "", "go", "zero"], ["r"], body=body
+    )
+    return _scalar_model([loop], initializers)
+
+
+def nested_ifs(depth: int) -> bytes:
+    """If-nodes nested `depth` deep with onnx.helper (valid, unlike nested_if_model)."""
+    leaf = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["out0"])],
+        "leaf",
+        [],
+        [helper.make_tensor_value_info("out0", TensorProto.FLOAT, [])],
+    )
+    graph = leaf
+    for level in range(1, depth + 1):
+        node = helper.make_node(
+            "If", ["go"], [f"out{level}"], then_branch=graph, else_branch=leaf
+        )
+        output = helper.make_tensor_value_info(f"out{level}", TensorProto.FLOAT, [])
+        graph = helper.make_graph([node], f"level{level}", [], [output])
+    nodes = [*graph.node, helper.make_node("Identity", [f"out{depth}"], ["r"])]
+    return _scalar_model(nodes, [numpy_helper.from_array(np.array(True), "go")])
 
 
 # --- the corpus --------------------------------------------------------------------------
