@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from api.auth import bootstrap_admin_key
 from api.concurrency import ConcurrencyLimitMiddleware
@@ -33,6 +33,7 @@ from api.routes import (
     webhooks,
     workers,
 )
+from api.text_guard import refuse_unstorable_text
 from service.logs import configure_logging
 from service.settings import Settings, get_settings
 from store.blobs import open_blob_store
@@ -98,6 +99,9 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         docs_url="/docs",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        # Before any route's own dependencies (auth included): text no column can store
+        # never reaches a query.
+        dependencies=[Depends(refuse_unstorable_text)],
     )
     app.state.services = services
     app.state.metrics = ServiceMetrics(services.sessions, services.queue, settings)

@@ -33,6 +33,12 @@ class InvalidUpload(ApiError):
     code = "invalid_upload"
 
 
+class InvalidCharacters(ApiError):
+    """A path, query or JSON string holding what no column can store (NUL, ...)."""
+
+    code = "invalid_characters"
+
+
 class UnsupportedMediaType(ApiError):
     code = "unsupported_media_type"
 

@@ -61,6 +61,8 @@ def corrected(document: dict[str, Any]) -> dict[str, Any]:
             if "requestBody" in operation:
                 for status, phrase in BODY_ERRORS.items():
                     responses.setdefault(status, {"description": phrase})
+            # api.text_guard answers it on any operation (a control character in a query).
+            responses.setdefault("422", {"description": "Unprocessable Content"})
             for status, response in responses.items():
                 if int(status) >= 400:
                     response["content"] = {PROBLEM_MEDIA_TYPE: {"schema": PROBLEM_REF}}

@@ -24,6 +24,7 @@ from api.errors import (
     ApiError,
     BatchTooLarge,
     Forbidden,
+    InvalidCharacters,
     InvalidSpec,
     InvalidUpload,
     NotReady,
@@ -97,6 +98,7 @@ RULES: dict[type[Exception], Rule] = {
     UnknownReference: Rule(422, "Unknown reference"),
     InvalidSpec: Rule(422, "Invalid request"),
     InvalidUpload: Rule(422, "Invalid upload"),
+    InvalidCharacters: Rule(422, "Invalid characters"),
     NotFound: Rule(404, "Not found", "not_found"),
     JobNotFound: Rule(404, "Not found", "not_found", _job_not_found),
     IdempotencyConflict: Rule(

@@ -32,6 +32,7 @@ from api.errors import InvalidUpload, UnsupportedMediaType
 from api.quotas import Quotas, storage_exceeded, storage_left
 from core.archive import ArchiveLimits, inspect_upload
 from core.data import inspect_dataset
+from core.graph_limits import GraphLimits
 from service.settings import Settings
 from store import blob_refs, catalog
 from store.blobs import BlobStore, BlobTooLarge, StagedBlob
@@ -64,12 +65,13 @@ async def upload_model(
     """Store the ONNX model, or the archive of a model and its external data, in the
     request's `file` part (InvalidModel when it is neither)."""
     limits = archive_limits(settings)
+    graph = graph_limits(settings)
     kind = UploadKind(
         tenant_id=tenant_id,
         settings=settings,
         max_bytes=settings.max_model_bytes,
         default_filename="model.onnx",
-        inspect=lambda path: inspect_upload(path, settings.work_dir, limits),
+        inspect=lambda path: inspect_upload(path, settings.work_dir, limits, graph),
         add_row=catalog.add_model,
     )
     return await _upload(request, session, blobs, kind)
@@ -83,6 +85,15 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
     )
 
 
+def graph_limits(settings: Settings) -> GraphLimits:
+    return GraphLimits(
+        max_tensor_bytes=settings.max_model_tensor_bytes,
+        max_folded_bytes=settings.max_model_folded_bytes,
+        max_loop_trip_count=settings.max_model_loop_trip_count,
+        max_subgraph_depth=settings.max_model_subgraph_depth,
+    )
+
+
 async def upload_dataset(
     request: Request, session: Session, blobs: BlobStore, settings: Settings, tenant_id: str
 ) -> DatasetRow:
@@ -92,7 +103,9 @@ async def upload_dataset(
         settings=settings,
         max_bytes=settings.max_dataset_bytes,
         default_filename="dataset.npz",
-        inspect=lambda path: inspect_dataset(path, settings.max_dataset_uncompressed_bytes),
+        inspect=lambda path: inspect_dataset(
+            path, settings.max_dataset_uncompressed_bytes, settings.max_dataset_arrays
+        ),
         add_row=catalog.add_dataset,
     )
     return await _upload(request, session, blobs, kind)

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     max_model_uncompressed_bytes: int = Field(default=16 * 1024 * 1024 * 1024, gt=0)
     max_model_archive_members: int = Field(default=4096, gt=0)
     max_model_archive_compression_ratio: float = Field(default=100.0, gt=1)
+    # What an uploaded graph may make a runtime compute or hold (core/graph_limits.py),
+    # checked statically from shapes and constants: any one tensor of known static shape;
+    # what constant folding would materialise (on top of 4x the model's own size); a
+    # Loop's constant trip count; how deep If/Loop/Scan bodies nest.
+    max_model_tensor_bytes: int = Field(default=4 * 1024**3, gt=0)
+    max_model_folded_bytes: int = Field(default=2 * 1024**3, gt=0)
+    max_model_loop_trip_count: int = Field(default=1_000_000, gt=0)
+    max_model_subgraph_depth: int = Field(default=16, ge=0, le=30)
+    # An .npz dataset's members (arrays): each costs a file header read and a row in the
+    # dataset's description, so a million tiny arrays are refused.
+    max_dataset_arrays: int = Field(default=1024, gt=0)
 
     # Celery queues; tests give each run its own names so runs cannot steal each other's work.
     queue_cpu: str = "cpu"

@@ -11,7 +11,7 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, select, update
@@ -144,9 +144,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         when = datetime.fromisoformat(created_at)
-    except (TypeError, ValueError, UnicodeDecodeError) as error:
+        # In UTC here, as the column binds it: year 1 at +14:00 or year 9999 at -23:59
+        # has no UTC time (OverflowError, a 500 from the query before).
+        when = when.astimezone(UTC) if when.tzinfo is not None else when
+    except (TypeError, ValueError, UnicodeDecodeError, OverflowError) as error:
         raise InvalidCursor("the cursor is not one this service issued") from error
-    if when.tzinfo is None or not isinstance(job_id, str):
+    # Ids are service-made: one with NUL (which PostgreSQL cannot bind) is no cursor of ours.
+    if when.tzinfo is None or not isinstance(job_id, str) or not job_id.isprintable():
         raise InvalidCursor("the cursor is not one this service issued")
     return when, job_id
 
