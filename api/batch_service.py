@@ -72,7 +72,7 @@ def submit_batch(
     specs = body.job_specs()
     for spec in specs:
         check_references(session, spec, tenant_id)
-    check_job_slot(session, tenant_id, settings, needed=len(specs))
+    check_job_slot(session, tenant_id, settings, specs=specs)
     waiting = {
         spec.device: check_all(
             session, requirements_for(spec, queue.queue_for(spec.device)), settings

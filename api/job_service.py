@@ -85,7 +85,7 @@ def submit_job(
     )
     waiting = None
     if not replay:
-        check_job_slot(session, tenant_id, settings)
+        check_job_slot(session, tenant_id, settings, specs=[spec])
         waiting = check_all(
             session, requirements_for(spec, queue.queue_for(spec.device)), settings
         )
