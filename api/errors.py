@@ -104,6 +104,25 @@ class InvalidSpec(ApiError):
     code = "invalid_request"
 
 
+class ForbiddenWebhook(InvalidSpec):
+    """A webhook_url whose host is, or resolves to, a non-public address (SSRF)."""
+
+    code = "webhook_destination_forbidden"
+
+    def __init__(self, reason: str, *, field: str = "webhook_url") -> None:
+        super().__init__(
+            f"{field}: {reason}; webhooks go to public addresses only (an installation "
+            "whose receivers share its network sets SQUEEZE_WEBHOOK_ALLOW_PRIVATE_HOSTS)"
+        )
+        self.field = field
+        self.reason = reason
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        error = {"loc": ["body", self.field], "msg": self.reason, "type": self.code}
+        return {"field": self.field, "errors": [error]}
+
+
 class Unauthenticated(ApiError):
     """No API key, or one this service does not know (or revoked)."""
 
