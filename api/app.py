@@ -12,7 +12,13 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
-from api.auth import bootstrap_admin_key
+from api.admission import (
+    AuthGateMiddleware,
+    BodyBufferMiddleware,
+    RateLimitMiddleware,
+    buckets_for,
+)
+from api.auth import KeyCache, bootstrap_admin_key
 from api.concurrency import ConcurrencyLimitMiddleware
 from api.deps import Services
 from api.limits import BodyLimits, BodySizeLimitMiddleware
@@ -107,10 +113,36 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     app.state.metrics = ServiceMetrics(services.sessions, services.queue, settings)
     install_problem_handlers(app)
     install_openapi(app)
-    app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits.from_settings(settings))
+    # Starlette runs the last added outermost: a request meets them bottom to top, so it
+    # is authenticated, rate-limited and (unless it uploads) has its body in full before
+    # it takes a slot (api/admission.py).
+    limits = BodyLimits.from_settings(settings)
+    app.state.key_cache = KeyCache()
     app.add_middleware(
-        ConcurrencyLimitMiddleware, max_concurrent=settings.api_max_concurrent_requests
+        BodySizeLimitMiddleware, limits=limits, idle_timeout_s=settings.api_body_idle_timeout_s
     )
+    app.add_middleware(
+        ConcurrencyLimitMiddleware,
+        max_concurrent=settings.api_max_concurrent_requests,
+        max_uploads=settings.api_max_concurrent_uploads,
+        is_upload=limits.is_streamed,
+    )
+    app.add_middleware(BodyBufferMiddleware, limits=limits, timeout_s=settings.api_body_timeout_s)
+    app.add_middleware(
+        RateLimitMiddleware,
+        buckets=(
+            buckets_for(
+                settings.resolved_rate_limit_redis_url,
+                settings.rate_limit_per_s,
+                settings.rate_limit_burst,
+            )
+            if settings.rate_limit_per_s > 0
+            else None
+        ),
+        rate_per_s=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+    )
+    app.add_middleware(AuthGateMiddleware, sessions=services.sessions, cache=app.state.key_cache)
     app.add_middleware(JobLogContextMiddleware)
     routers = (
         health.router,

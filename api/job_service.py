@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import InvalidSpec, UnknownReference
+from api.errors import ForbiddenWebhook, InvalidSpec, UnknownReference
 from api.quotas import check_job_slot
 from api.worker_check import check_all, record_waiting, requirements_for
 from core.data import DatasetInfo, check_compatible
@@ -28,6 +28,7 @@ from store.catalog import NotFound
 from store.db import transaction
 from store.tables import ArtifactRow, JobEventRow, JobRow
 from worker.enqueue import JobQueue
+from worker.webhook_destination import ForbiddenDestination, check_destination
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,8 @@ def submit_job(
     """Check the spec against the tenant's uploads and insert the job (or find its replay).
 
     Raises UnknownReference for a model or dataset the tenant never uploaded,
-    IncompatibleData when a dataset cannot feed the model, IdempotencyConflict when the
+    IncompatibleData when a dataset cannot feed the model, ForbiddenWebhook for a webhook
+    URL that leads to a non-public address, IdempotencyConflict when the
     key was used for a different spec, QuotaExceeded when the tenant has its quota of
     active jobs (a replay is answered even then), NoWorkerForTarget when no live worker
     serves the job's queue and device (settings.absent_worker_policy "refuse"; under
@@ -79,13 +81,14 @@ def submit_job(
     """
     request_sha256 = request_hash(spec, webhook_url)
     check_time_budgets(spec, settings)
+    check_webhook_destination(webhook_url, settings)
     check_references(session, spec, tenant_id)
     replay = idempotency_key is not None and jobs.has_idempotency_key(
         session, tenant_id, idempotency_key
     )
     waiting = None
     if not replay:
-        check_job_slot(session, tenant_id, settings)
+        check_job_slot(session, tenant_id, settings, specs=[spec])
         waiting = check_all(
             session, requirements_for(spec, queue.queue_for(spec.device)), settings
         )
@@ -105,6 +108,21 @@ def submit_job(
     if created and waiting is not None:
         record_waiting(session, job.id, waiting, settings)
     return Submission(job=job, created=created)
+
+
+def check_webhook_destination(webhook_url: str | None, settings: Settings) -> None:
+    """Refuse (422) a webhook URL whose host is or resolves to a loopback, link-local or
+    private address: it would be refused at every delivery attempt anyway. A name that
+    does not resolve now is accepted (its receiver may not exist yet); each delivery
+    checks the destination again and connects to the address it checked."""
+    if webhook_url is None or settings.webhook_allow_private_hosts:
+        return
+    try:
+        check_destination(webhook_url)
+    except ForbiddenDestination as refused:
+        raise ForbiddenWebhook(str(refused)) from None
+    except OSError:
+        pass
 
 
 def request_hash(spec: JobSpec, webhook_url: str | None) -> str:

@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect
 from api.errors import (
     ApiError,
     BatchTooLarge,
+    BodyTimeout,
     Forbidden,
     InvalidCharacters,
     InvalidSpec,
@@ -31,6 +32,7 @@ from api.errors import (
     NoWorkerForTarget,
     PayloadTooLarge,
     QuotaExceeded,
+    RateLimited,
     Unauthenticated,
     UnknownReference,
     UnsupportedMediaType,
@@ -126,6 +128,8 @@ RULES: dict[type[Exception], Rule] = {
     Unauthenticated: Rule(401, "Unauthenticated"),
     Forbidden: Rule(403, "Forbidden"),
     QuotaExceeded: Rule(429, "Quota exceeded"),
+    RateLimited: Rule(429, "Too many requests"),
+    BodyTimeout: Rule(408, "Request timeout"),
     BatchTooLarge: Rule(422, "Batch too large"),
     NoWorkerForTarget: Rule(422, "No worker for the job"),
     # Nobody reads this answer; mapping it keeps a dropped upload out of the error log.

@@ -14,7 +14,15 @@ from core.formats import ModelInfo
 from core.results import Outcome, PipelineResult
 from core.spec import JobSpec, check_submission
 from store import jobs
-from store.tables import ApiKeyRow, ArtifactRow, DatasetRow, JobEventRow, JobRow, ModelRow
+from store.tables import (
+    AdminAuditRow,
+    ApiKeyRow,
+    ArtifactRow,
+    DatasetRow,
+    JobEventRow,
+    JobRow,
+    ModelRow,
+)
 
 # Mirrors store.jobs.STATES (a test keeps the two equal); a Literal documents the values.
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -225,10 +233,10 @@ class Readiness(BaseModel):
 
 class TenantIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    # None: the service's default quota.
+    # None: the service's default quota; 0: nothing (a tenant that may not store or run).
     # Bounded by the database column (BigInteger), not by policy.
-    quota_storage_bytes: int | None = Field(default=None, gt=0, le=2**62)
-    quota_concurrent_jobs: int | None = Field(default=None, gt=0, le=100_000)
+    quota_storage_bytes: int | None = Field(default=None, ge=0, le=2**62)
+    quota_concurrent_jobs: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class Usage(BaseModel):
@@ -288,6 +296,37 @@ class ApiKeyCreated(ApiKeyOut):
     webhook_secret: str = Field(
         description="signs the webhooks of jobs this key submits (HMAC-SHA256); shown "
         "here and on rotation only"
+    )
+
+
+class AuditEntryOut(BaseModel):
+    id: str
+    created_at: datetime
+    actor_key_id: str | None = Field(description="the key that acted; null: the service")
+    action: str
+    target_kind: str
+    target_id: str
+    tenant_id: str | None
+    details: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: AdminAuditRow) -> AuditEntryOut:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            actor_key_id=row.actor_key_id,
+            action=row.action,
+            target_kind=row.target_kind,
+            target_id=row.target_id,
+            tenant_id=row.tenant_id,
+            details=row.details,
+        )
+
+
+class AuditList(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
     )
 
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import InvalidUpload, UnsupportedMediaType
-from api.quotas import Quotas, storage_exceeded, storage_left
+from api.quotas import Quotas, reserve_storage, storage_exceeded, storage_left
 from core.archive import ArchiveLimits, inspect_upload
 from core.data import inspect_dataset
 from core.graph_limits import GraphLimits
@@ -151,6 +151,7 @@ def _store(
     staged: StagedBlob, filename: str, session: Session, blobs: BlobStore, kind: UploadKind[RowT]
 ) -> RowT:
     info = kind.inspect(staged.path)
+    reserve_storage(session, kind.tenant_id, kind.settings, staged.size_bytes)
     row = kind.add_row(
         session,
         tenant_id=kind.tenant_id,

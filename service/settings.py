@@ -101,6 +101,24 @@ class Settings(BaseSettings):
     # pool (store.db: 40 connections per process) and the sync thread pool (40): see
     # api/concurrency.py for the deadlock this prevents.
     api_max_concurrent_requests: int = Field(default=32, ge=1, le=39)
+    # Of those, how many may be uploads streaming their bodies (the slow requests that
+    # legitimately hold a slot); the rest stay free for polls and probes.
+    api_max_concurrent_uploads: int = Field(default=8, ge=1, le=38)
+    # Request bodies: a JSON body (up to 1 MiB) must arrive whole within
+    # api_body_timeout_s (it is read before the request takes a slot); an upload may
+    # stream for as long as it needs but never wait over api_body_idle_timeout_s for its
+    # next bytes. Either is a 408 `body_timeout`.
+    api_body_timeout_s: float = Field(default=30.0, gt=0)
+    api_body_idle_timeout_s: float = Field(default=30.0, gt=0)
+
+    # Rate limit of the write routes (POST/PUT/PATCH/DELETE under /v1), per API key: a
+    # token bucket refilled at rate_limit_per_s up to rate_limit_burst; an empty bucket is
+    # a 429 `rate_limited` with Retry-After. 0 turns it off. Kept in Redis (shared by every
+    # API process) when rate_limit_redis_url is set, or the broker is Redis; otherwise in
+    # each API process's memory (N processes then allow N times the rate).
+    rate_limit_per_s: float = Field(default=10.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+    rate_limit_redis_url: str = ""
 
     # Measurement: ONNX Runtime threads per timed session and repetitions.
     measure_threads: int = Field(default=1, ge=1)
@@ -188,6 +206,8 @@ class Settings(BaseSettings):
             raise ValueError("worker_heartbeat_s must be shorter than worker_dead_after_s")
         if self.worker_forget_after_s <= self.worker_dead_after_s:
             raise ValueError("worker_forget_after_s must exceed worker_dead_after_s")
+        if self.api_max_concurrent_uploads >= self.api_max_concurrent_requests:
+            raise ValueError("api_max_concurrent_uploads must be below api_max_concurrent_requests")
         if self.blob_store == "s3" and not self.s3_bucket:
             raise ValueError("blob_store 's3' needs s3_bucket (SQUEEZE_S3_BUCKET)")
         return self
@@ -199,6 +219,14 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_rate_limit_redis_url(self) -> str | None:
+        """Where the rate limit's buckets live: None for this process's memory."""
+        if self.rate_limit_redis_url:
+            return self.rate_limit_redis_url
+        broker = self.resolved_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else None
 
     @property
     def uses_filesystem_broker(self) -> bool:
