@@ -158,7 +158,10 @@ def endless_loop_onnx(path: Path, trip_count: float = 1e18) -> Path:
     )
     nodes = [
         helper.make_node(
-            "Constant", [], ["trips"], value=helper.make_tensor("t", TensorProto.FLOAT, [], [trip_count])
+            "Constant",
+            [],
+            ["trips"],
+            value=helper.make_tensor("t", TensorProto.FLOAT, [], [trip_count]),
         ),
         helper.make_node("Add", ["nothing", "trips"], ["trips_f"]),
         helper.make_node("Cast", ["trips_f"], ["trip_count"], to=TensorProto.INT64),
@@ -178,7 +181,10 @@ def memory_hog_onnx(path: Path, floats: int) -> Path:
 
     nodes = [
         helper.make_node(
-            "Constant", [], ["count"], value=helper.make_tensor("c", TensorProto.FLOAT, [1], [floats])
+            "Constant",
+            [],
+            ["count"],
+            value=helper.make_tensor("c", TensorProto.FLOAT, [1], [floats]),
         ),
         helper.make_node("Add", ["nothing", "count"], ["count_f"]),
         helper.make_node("Cast", ["count_f"], ["shape"], to=TensorProto.INT64),

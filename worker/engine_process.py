@@ -3,9 +3,10 @@
 Native code cannot be interrupted from Python: an ONNX Runtime session running a `Loop`
 of 2^62 iterations ignores both the job's cancel flag (polled between progress reports)
 and Celery's soft time limit (an exception raised between bytecodes). So a job's
-measurement and steps, and a search helper's trials, run in a child process started
-from a fork server (its engine modules imported once per pool process); the pool
-process supervises it:
+measurement and steps, and a search helper's trials, run in a child process (a fresh
+interpreter, `python -m worker.engine_process`: nothing of the pool process, its
+database connections or a CUDA context, crosses into it); the pool process supervises
+it:
 
 - the request goes to the child as a JSON file; progress and requests for search helpers
   come back over a pipe as JSON, the outcome as a JSON file in the work dir: nothing the
@@ -24,9 +25,10 @@ import contextlib
 import ctypes
 import json
 import logging
-import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,8 +45,6 @@ REQUEST_FILE = "engine-request.json"
 OUTCOME_FILE = "engine-outcome.json"
 # How often the parent looks at the child's memory and at the stop conditions.
 POLL_INTERVAL_S = 0.1
-# The fork server imports these once; each job's child is forked from it.
-PRELOAD_MODULES = ["core.pipeline", "core.search"]
 _PR_SET_PDEATHSIG = 1
 
 ProgressSink = Callable[[float, str, dict[str, Any]], None]
@@ -75,10 +75,8 @@ class MemoryLimitExceeded(EngineError):
         )
 
     def record(self) -> dict[str, Any]:
-        """What the job's record keeps about it (its `result` JSON)."""
-        return {
-            "memory": {"peak_rss_bytes": self.peak_rss_bytes, "limit_bytes": self.limit_bytes}
-        }
+        """What the job's log keeps about it (the data of its final event)."""
+        return {"peak_rss_bytes": self.peak_rss_bytes, "limit_bytes": self.limit_bytes}
 
 
 class TimeLimitExceeded(EngineError):
@@ -162,12 +160,6 @@ def memory_use(pid: int) -> MemoryUse | None:
     return MemoryUse(values["VmRSS"], values.get("VmHWM", values["VmRSS"]))
 
 
-def _context() -> Any:
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD_MODULES)
-    return context
-
-
 def run_engine(
     request: EngineRequest,
     *,
@@ -192,11 +184,25 @@ def run_engine(
     outcome_path = request.work_dir / OUTCOME_FILE
     outcome_path.unlink(missing_ok=True)
     request_path.write_text(json.dumps(request.to_json()))
-    context = _context()
-    receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(
-        target=child_main, args=(str(request_path), str(outcome_path), sender), name="engine"
-    )
+    receiving_fd, sending_fd = os.pipe()
+    receiver = Connection(receiving_fd, writable=False)
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker.engine_process",
+                str(request_path),
+                str(outcome_path),
+                str(sending_fd),
+                str(os.getpid()),
+            ],
+            pass_fds=(sending_fd,),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": _python_path()},
+        )
+    finally:
+        os.close(sending_fd)  # the child holds its copy: EOF here once it has ended
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     baseline_rss: int | None = None
     peak_rss = 0
@@ -205,13 +211,11 @@ def run_engine(
     def kill() -> None:
         nonlocal killed_by_us
         killed_by_us = True
-        if process.is_alive():
+        if process.poll() is None:
             process.kill()
-        process.join()
+        process.wait()
 
     try:
-        process.start()
-        sender.close()
         pipe_open = True
         while True:
             if pipe_open:
@@ -233,8 +237,9 @@ def run_engine(
                 elif message["type"] == "helpers" and request_helpers is not None:
                     request_helpers(message["study_name"], int(message["count"]))
             else:
-                process.join(poll_interval_s)
-            use = memory_use(process.pid) if process.pid is not None else None
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(poll_interval_s)
+            use = memory_use(process.pid)
             if use is not None:
                 peak_rss = max(peak_rss, use.peak_rss_bytes)
                 if (
@@ -257,14 +262,19 @@ def run_engine(
             if deadline is not None and time.monotonic() > deadline:
                 kill()
                 raise TimeLimitExceeded(f"the job ran past its time limit ({time_limit_s:g} s)")
-            if not process.is_alive() and not (pipe_open and receiver.poll(0)):
+            if process.poll() is not None and not (pipe_open and receiver.poll(0)):
                 break
-        process.join()
     finally:
-        if process.is_alive():
+        if process.poll() is None:
             kill()
         receiver.close()
-    return _outcome(outcome_path, process.exitcode, peak_rss, memory_limit_bytes, killed_by_us)
+    return _outcome(outcome_path, process.returncode, peak_rss, memory_limit_bytes, killed_by_us)
+
+
+def _python_path() -> str:
+    """The child imports this package from where this process did."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
 
 
 def _outcome(
@@ -313,8 +323,7 @@ def _outcome(
 
 
 def child_main(request_path: str, outcome_path: str, channel: Connection) -> None:
-    """The child's entry point: run the request, write the outcome file, exit."""
-    _die_with_parent()
+    """The child's work: run the request, write the outcome file."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s engine %(name)s: %(message)s"
     )
@@ -395,9 +404,18 @@ def _run(request: EngineRequest, progress: ProgressSink, helpers: HelperSink) ->
     return {"result": result.model_dump(mode="json"), "final_model": str(final_model)}
 
 
-def _die_with_parent() -> None:
-    """The child dies when the fork server does, and the fork server ends when the pool
-    process that started it does: a worker killed outright leaves no engine running."""
+def _die_with_parent(parent_pid: int) -> None:
+    """The child dies with the pool process that started it: a worker killed outright
+    leaves no engine running."""
     # not on Linux: the parent's kill() still applies
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the request above took effect
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    # python -m worker.engine_process REQUEST OUTCOME FD PARENT_PID
+    request_arg, outcome_arg, fd_arg, parent_arg = sys.argv[1:5]
+    _die_with_parent(int(parent_arg))
+    child_main(request_arg, outcome_arg, Connection(int(fd_arg), readable=False))

@@ -345,7 +345,7 @@ class JobRunner:
             state="failed",
             error_code="memory_limit_exceeded",
             error_message=error.message,
-            result=error.record(),
+            event_data=error.record(),
         )
 
     def _memory_allowance(self, spec: JobSpec) -> int:
