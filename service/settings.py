@@ -92,10 +92,13 @@ class Settings(BaseSettings):
     # stays 200 and lists the unserved queues as warnings: the API itself can serve).
     ready_requires_workers_for: list[str] = Field(default_factory=list)
 
-    # How much memory one job may take on a worker beyond what the worker process held when
-    # the job started (heap and anonymous mappings); None: no ceiling. A job spec may ask
-    # for less (`max_memory_bytes`), never more.
+    # How much memory one job may take on a worker beyond what its engine process held when
+    # the job started (heap and anonymous mappings, and the resident set); None: the
+    # default below. A job spec may ask for less (`max_memory_bytes`), never more.
     job_memory_limit_bytes: int | None = Field(default=None, gt=0)
+    # Without job_memory_limit_bytes, the ceiling is this share of the machine's memory
+    # (or of the worker's cgroup limit), enforced on the job's engine process.
+    job_memory_fraction: float = Field(default=0.8, gt=0, le=1)
 
     # Requests inside the API at once (the rest wait on the event loop). Below the database
     # pool (store.db: 40 connections per process) and the sync thread pool (40): see

@@ -329,8 +329,11 @@ def finish(
     error_code: str | None = None,
     error_message: str | None = None,
     artifacts: list[ArtifactRecord] = (),  # type: ignore[assignment]
+    event_data: dict[str, Any] | None = None,
 ) -> bool:
     """End this attempt; artifacts are published in the same transaction as the state.
+    `event_data` joins the data of the final event (e.g. the peak memory of a job that
+    ran out of it).
 
     False means the attempt no longer owns the job: nothing was written.
     """
@@ -369,7 +372,9 @@ def finish(
             )
         )
     message = state if error_message is None else f"{state}: {error_message}"
-    add_event(session, job_id, attempt, state, message, {"error_code": error_code})
+    add_event(
+        session, job_id, attempt, state, message, {**(event_data or {}), "error_code": error_code}
+    )
     return True
 
 

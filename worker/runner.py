@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +32,24 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import pipeline
 from core.archive import ArchiveLimits, materialise_model, pack_model
-from core.context import MeasureSettings, RunContext
+from core.context import MeasureSettings
 from core.errors import EngineError, JobCancelled
 from core.formats import SINGLE_FILE_LIMIT_BYTES, load_model, model_files, save_model
+from core.results import PipelineResult
 from core.spec import JobSpec
 from service.settings import Settings
 from store import blob_refs, catalog, jobs
 from store.blobs import BlobMissing, BlobStore, StagedBlob
 from store.db import transaction
+from worker.engine_process import (
+    EngineRequest,
+    MemoryLimitExceeded,
+    TimeLimitExceeded,
+    run_engine,
+)
 from worker.enqueue import JobQueue
 from worker.lease import LeaseKeeper
-from worker.limits import SHUTDOWN, causes, is_allocation_failure, memory_ceiling
+from worker.limits import SHUTDOWN, causes, is_allocation_failure, job_memory_limit
 from worker.report_page import report_html
 from worker.search_storage import search_store
 
@@ -142,6 +150,20 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
     )
 
 
+def measure_settings(settings: Settings) -> MeasureSettings:
+    return MeasureSettings(
+        threads=settings.measure_threads,
+        warmup_runs=settings.measure_warmup_runs,
+        runs=settings.measure_runs,
+    )
+
+
+def job_memory_allowance(settings: Settings, spec: JobSpec) -> int:
+    """The job's memory ceiling: the worker's, or lower where the spec asks for less."""
+    ceiling = job_memory_limit(settings)
+    return ceiling if spec.max_memory_bytes is None else min(ceiling, spec.max_memory_bytes)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -189,6 +211,7 @@ class JobRunner:
 
     def _run_attempt(self, job_id: str, attempt: int, work_dir: Path, keeper: LeaseKeeper) -> str:
         allowance: int | None = None  # the job's memory ceiling, once its spec is read
+        started = time.monotonic()
         try:
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
@@ -204,28 +227,34 @@ class JobRunner:
                 )
                 for model_id, blob in inputs.other_model_paths.items()
             }
-            ctx = RunContext(
+            request = EngineRequest(
+                kind="pipeline",
                 work_dir=work_dir,
+                model_path=model_path,
+                dataset_paths=inputs.dataset_paths,
+                spec=inputs.spec.model_dump(mode="json"),
                 device=pipeline.resolve_device(inputs.spec.device),
                 seed=inputs.spec.seed,
-                measure=MeasureSettings(
-                    threads=self.settings.measure_threads,
-                    warmup_runs=self.settings.measure_warmup_runs,
-                    runs=self.settings.measure_runs,
-                ),
-                on_progress=self._progress_writer(job_id, attempt),
-                is_cancelled=keeper.should_stop,
+                measure=measure_settings(self.settings),
+                models=other_models,
+                memory_allowance_bytes=allowance,
             )
             if any(step.method == "search" for step in inputs.spec.steps):
-                ctx = dataclasses.replace(
-                    ctx,
-                    search_store=search_store(self.settings, job_id),
-                    request_helpers=self._helper_sender(job_id, inputs.queue),
+                request = dataclasses.replace(
+                    request, search_store=search_store(self.settings, job_id)
                 )
-            with memory_ceiling(allowance):
-                result, final_model = pipeline.run(
-                    model_path, inputs.dataset_paths, inputs.spec, ctx, models=other_models
-                )
+            # The engine runs in a child this process kills on a cancel, a lost lease, a
+            # shutdown or the time limit: native code cannot be interrupted otherwise.
+            payload = run_engine(
+                request,
+                on_progress=self._progress_writer(job_id, attempt),
+                request_helpers=self._helper_sender(job_id, inputs.queue),
+                should_stop=keeper.should_stop,
+                time_limit_s=self.settings.task_soft_time_limit_s - (time.monotonic() - started),
+                memory_limit_bytes=allowance,
+            )
+            result = PipelineResult.model_validate(payload["result"])
+            final_model = Path(payload["final_model"])
             if keeper.lost:
                 raise LeaseLost(job_id)
             artifacts, files = self._publish_artifacts(
@@ -256,9 +285,15 @@ class JobRunner:
                 error_code="cancelled",
                 error_message="cancelled by request",
             )
+        except MemoryLimitExceeded as error:
+            return self._memory_exceeded(job_id, attempt, error)
+        except TimeLimitExceeded:
+            return self._time_limit_exceeded(job_id, attempt)
         except EngineError as error:
             if allowance is not None and is_allocation_failure(error):
-                return self._memory_exceeded(job_id, attempt, allowance, error)
+                return self._memory_exceeded(
+                    job_id, attempt, MemoryLimitExceeded.of(error, allowance)
+                )
             if any(isinstance(seen, SoftTimeLimitExceeded) for seen in causes(error)):
                 return self._time_limit_exceeded(job_id, attempt)
             return self._finish(
@@ -280,7 +315,9 @@ class JobRunner:
             return self._time_limit_exceeded(job_id, attempt)
         except Exception as error:  # the record must say why, whatever went wrong
             if allowance is not None and is_allocation_failure(error):
-                return self._memory_exceeded(job_id, attempt, allowance, error)
+                return self._memory_exceeded(
+                    job_id, attempt, MemoryLimitExceeded.of(error, allowance)
+                )
             log.exception("job %s attempt %d crashed", job_id, attempt)
             return self._finish(
                 job_id,
@@ -300,27 +337,19 @@ class JobRunner:
             f"({self.settings.task_soft_time_limit_s} s)",
         )
 
-    def _memory_exceeded(
-        self, job_id: str, attempt: int, allowance: int, error: BaseException
-    ) -> str:
+    def _memory_exceeded(self, job_id: str, attempt: int, error: MemoryLimitExceeded) -> str:
+        """Failed, never retried: the same job on the same limit would fail the same way."""
         return self._finish(
             job_id,
             attempt,
             state="failed",
             error_code="memory_limit_exceeded",
-            error_message=(
-                f"the job needed more than its memory limit of {allowance} bytes "
-                f"({type(error).__name__}: {str(error)[:200]})"
-            ),
+            error_message=error.message,
+            event_data=error.record(),
         )
 
-    def _memory_allowance(self, spec: JobSpec) -> int | None:
-        limits = [
-            limit
-            for limit in (self.settings.job_memory_limit_bytes, spec.max_memory_bytes)
-            if limit is not None
-        ]
-        return min(limits) if limits else None
+    def _memory_allowance(self, spec: JobSpec) -> int:
+        return job_memory_allowance(self.settings, spec)
 
     def _release(self, job_id: str, attempt: int) -> str:
         """The worker is shutting down: the job goes back to the queue for another. The
