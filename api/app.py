@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import gc
 import tomllib
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI
 
+from api import outbox_sender
 from api.admission import (
     AuthGateMiddleware,
     BodyBufferMiddleware,
@@ -95,7 +98,15 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         freeze_startup_objects()
+        sender = asyncio.create_task(
+            outbox_sender.drain_forever(
+                services.sessions, services.queue, settings.outbox_interval_s
+            )
+        )
         yield
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
         engine.dispose()
 
     app = FastAPI(

@@ -94,14 +94,18 @@ class NotReady(ApiError):
 
     code = "not_ready"
 
-    def __init__(self, checks: dict[str, str]) -> None:
+    def __init__(self, checks: dict[str, str], outbox: dict[str, Any] | None = None) -> None:
         failing = sorted(name for name, status in checks.items() if status != "ok")
         super().__init__(f"not ready: {', '.join(failing)} failing")
         self.checks = checks
+        # the job messages waiting for the broker (what an outage is holding back)
+        self.outbox = outbox
 
     @property
     def extensions(self) -> dict[str, Any]:
-        return {"checks": self.checks}
+        if self.outbox is None:
+            return {"checks": self.checks}
+        return {"checks": self.checks, "outbox": self.outbox}
 
 
 class InvalidSpec(ApiError):

@@ -1,9 +1,10 @@
 """Jobs as the API sees them: submission with idempotency, listing, cancel, artifacts.
 
-Submission writes the job row in the request's transaction; the message to the broker is
-sent only after that commit (`enqueue`, run as a background task), so a worker never
-receives an id it cannot find. A failed send loses nothing: the job stays queued in the
-database and the reaper sends it again.
+Submission writes the job row and its message (an outbox row, store.outbox) in the
+request's transaction; the message is sent only after that commit (`enqueue`, run as a
+background task), so a worker never receives an id it cannot find. A failed send loses
+nothing and waits for no reaper: the message stays in the outbox, and the API's timer
+and the workers' outbox pass send it as soon as the broker answers.
 """
 
 from __future__ import annotations
@@ -23,9 +24,8 @@ from core.errors import IncompatibleData
 from core.formats import ModelInfo
 from core.spec import AutoStep, JobSpec, SearchStep
 from service.settings import Settings
-from store import catalog, jobs, tenants, webhooks
+from store import catalog, jobs, outbox, tenants, webhooks
 from store.catalog import NotFound
-from store.db import transaction
 from store.tables import ArtifactRow, JobEventRow, JobRow
 from worker.enqueue import JobQueue
 from worker.webhook_destination import ForbiddenDestination, check_destination
@@ -210,20 +210,22 @@ def check_no_leakage(spec: JobSpec, digests: dict[str, str]) -> None:
 
 
 def enqueue(sessions: sessionmaker[Session], queue: JobQueue, job_id: str, queue_name: str) -> bool:
-    """Send the committed job to the broker and record when; False when the send failed."""
+    """Send the committed job's message from the outbox at once; False when the broker
+    did not take it (the message stays in the outbox: the API's timer and the workers'
+    outbox pass send it as soon as the broker answers)."""
     try:
-        queue.send(job_id, queue_name)
-    except Exception:
-        # The row is committed and queued: the reaper sends it again later.
+        result = outbox.drain(sessions, queue.send, job_ids=[job_id])
+    except Exception:  # the database itself failed: the row stays for the next pass
+        logger.warning("could not drain the outbox for job %s", job_id, exc_info=True)
+        return False
+    if result.error is not None:
         logger.warning(
-            "could not send job %s to queue %s; it stays queued for the reaper",
+            "could not send job %s to queue %s (%s); its message waits in the outbox",
             job_id,
             queue_name,
-            exc_info=True,
+            result.error,
         )
         return False
-    with transaction(sessions) as session:
-        jobs.mark_enqueued(session, job_id)
     return True
 
 

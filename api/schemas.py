@@ -220,12 +220,20 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class OutboxBacklog(BaseModel):
+    pending: int
+    oldest_age_s: float | None = None
+
+
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
     # live workers consuming each of the service's queues, and what is unserved
     workers: dict[str, int] = {}
     warnings: list[str] = []
+    # job messages not yet taken by the broker (the outbox) and the oldest one's age
+    outbox: OutboxBacklog | None = None
+
 
 
 # --- tenants and API keys -------------------------------------------------------------

@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     # due unclaimed it fails with `never_claimed`. Jobs of a queue whose live workers are
     # all busy are waiting their turn: neither re-sent nor counted.
     max_resends: int = Field(default=5, ge=0)
+    # Job messages wait in the database's outbox until the broker takes them: the API
+    # and every worker send what is left every outbox_interval_s (a broker outage delays
+    # jobs by the outage, not by requeue_queued_after_s).
+    outbox_interval_s: float = Field(default=2.0, gt=0)
 
     # The pool children that run jobs lower their CPU priority by this much (os.nice), so
     # on a machine shared with the API a busy worker cannot starve status polls; the

@@ -245,6 +245,23 @@ class JobEventRow(Base):
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class JobOutboxRow(Base):
+    """A message to the broker written in the transaction that queued the job (the
+    transactional outbox): a row here is a run_job message not yet handed to the broker.
+    The row goes once the broker took the message (store.outbox.drain)."""
+
+    __tablename__ = "job_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    queue: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # failed sends so far, and why the last one failed (the broker's error, in words)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
 class ArtifactRow(Base):
     __tablename__ = "artifacts"
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifacts_job_name"),)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.schemas import JobState
-from store import jobs
+from store import jobs, outbox
 from store.db import transaction
 from store.jobs import STATES, ArtifactRecord
 from tests.api.conftest import Api, Uploaded, assert_problem, write_npz
@@ -85,8 +85,9 @@ def test_job_is_committed_and_accepted_when_the_broker_is_down(
     job_id = response.json()["id"]
     assert api.client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
     with transaction(session_factory(api)) as session:
-        # the reaper will send it
+        # its message waits in the outbox, for the broker's return
         assert jobs.get_job(session, job_id, tenant_id=None).enqueued_at is None
+        assert outbox.backlog(session).pending == 1
 
 
 def test_job_without_labels_in_its_data_is_accepted(
