@@ -74,6 +74,13 @@ def test_the_client_wheel_installs_alone_in_a_fresh_venv(tmp_path: Path) -> None
 
     help_text = run(venv / "bin" / "squeeze", "--help")
     assert "usage: squeeze" in help_text and "quantize" in help_text and "serve" in help_text
+    # `serve` needs the service, which this install lacks: it says what to install
+    serve = subprocess.run(
+        [venv / "bin" / "squeeze", "serve", "--data-dir", tmp_path / "data"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert serve.returncode == 2 and "pip install 'squeeze[server]'" in serve.stderr, serve
+    assert not (tmp_path / "data").exists()
     loaded = run(
         python,
         "-c",
