@@ -129,6 +129,9 @@ class JobOut(BaseModel):
     # cancelled), and why in words; null while it runs.
     outcome: Outcome | None = None
     outcome_reason: str | None = None
+    # the worker queue the job runs from (its device's: SQUEEZE_QUEUE_CPU or _GPU), so a
+    # client can tell, with /readyz's live workers per queue, that nothing will run it
+    queue: str | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> JobOut:
@@ -157,6 +160,7 @@ class JobOut(BaseModel):
             ),
             webhook_url=row.webhook_url,
             batch_id=row.batch_id,
+            queue=row.queue,
             outcome=row.outcome,  # type: ignore[arg-type]  # validated against Outcome
             outcome_reason=jobs.outcome_reason(row),
         )

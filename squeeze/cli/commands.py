@@ -11,6 +11,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 from squeeze.cli import exit_codes, render, specs
+from squeeze.cli.absent_worker import AbsentWorkerWarning
 from squeeze.cli.progress import BatchWatcher, Display, JobWatcher, TransferBar
 from squeeze.client import Client
 from squeeze.client.errors import SqueezeError
@@ -169,8 +170,15 @@ def _run_job(cli: Cli, spec: dict[str, Any], *, default_output: Path | None) -> 
 
 
 def _watch_job(cli: Cli, job: Job) -> Job:
-    watcher = JobWatcher(cli.client, cli.display())
-    return cli.client.wait(job, max_poll_s=2.0, on_update=watcher)
+    display = cli.display()
+    watcher = JobWatcher(cli.client, display)
+    absent = AbsentWorkerWarning(cli.client, cli.err, before_warning=display.done)
+
+    def update(current: Job) -> None:
+        watcher(current)
+        absent(current)
+
+    return cli.client.wait(job, max_poll_s=2.0, on_update=update)
 
 
 def _print_outcome(cli: Cli, job: Job) -> None:

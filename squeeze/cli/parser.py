@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from squeeze.cli import commands, lifecycle
+from squeeze.cli import commands, lifecycle, serve
 from squeeze.cli.exit_codes import EPILOG
 from squeeze.cli.specs import (
     parse_batch_sizes,
@@ -235,4 +235,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=commands.cancel)
 
     lifecycle.register(command)
+    serve.register(command)
     return parser

@@ -174,6 +174,8 @@ class Job(Wire):
     # improved | unchanged | targets_missed | failed | cancelled, once final
     outcome: str | None = None
     outcome_reason: str | None = None
+    # the worker queue it runs from (None from a service older than the field)
+    queue: str | None = None
 
     @property
     def is_final(self) -> bool:
