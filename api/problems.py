@@ -217,9 +217,9 @@ def _in_words(
         relative = {**error, "loc": tuple(rest)}
         if where == "body":
             body_errors.append(relative)
-            found = describe(relative, exc.body, body_type, root_name=root_name)
+            found = _sentence(relative, exc.body, body_type, root_name)
         else:
-            found = describe(relative, None, None)
+            found = _sentence(relative, None, None, root_name)
             part = f"{_PARTS.get(str(where), str(where))} `{found.path}`"
             found = UserError(found.path, found.message.replace(f"`{found.path}`", part, 1))
             sentences.append(found)
@@ -227,8 +227,22 @@ def _in_words(
         # documentation URL pydantic adds to each error is noise on the wire.
         kept = {key: item for key, item in error.items() if key not in ("url", "ctx")}
         errors.append(json_safe({**kept, "msg": found.message, "path": found.path}))
-    sentences += describe_all(body_errors, exc.body, body_type, root_name=root_name)
+    try:
+        sentences += describe_all(body_errors, exc.body, body_type, root_name=root_name)
+    except Exception:  # a wording bug must not turn a 422 into a 500
+        logger.exception("describing validation errors failed")
+        sentences += [_sentence(error, None, None, root_name) for error in body_errors]
     return sentences, errors
+
+
+def _sentence(error: dict[str, Any], document: Any, body_type: Any, root_name: str) -> UserError:
+    try:
+        return describe(error, document, body_type, root_name=root_name)
+    except Exception:  # a wording bug must not turn a 422 into a 500
+        logger.exception("describing a validation error failed")
+        loc = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "invalid"))
+        return UserError(loc, f"{loc}: {message}" if loc else message)
 
 
 async def _on_known_error(request: Request, exc: Exception) -> JSONResponse:

@@ -34,6 +34,11 @@ def explain(error: SqueezeError, args: argparse.Namespace, argv: Sequence[str] |
     """`squeeze: code (status): detail`, and for a few errors the way out."""
     where = f" ({error.status})" if error.status else ""
     head = f"squeeze: {error.code}{where}: {error.detail}"
+    listed = _each_error(error)
+    if len(listed) > 1:
+        return f"squeeze: {error.code}{where}: {len(listed)} errors\n" + "\n".join(
+            f"  - {message}" for message in listed
+        )
     url = getattr(args, "url", "")
     if error.code == "connection_error":
         return (
@@ -62,6 +67,21 @@ def explain(error: SqueezeError, args: argparse.Namespace, argv: Sequence[str] |
             f"(a typo, revoked, or another service's)\n  {where_key}"
         )
     return head
+
+
+def _each_error(error: SqueezeError) -> list[str]:
+    """A refused request's errors, one sentence each (one per place: a union's members
+    report the same place)."""
+    if error.code != "invalid_request":
+        return []
+    items = error.problem.get("errors")
+    if not isinstance(items, list):
+        return []
+    by_place: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, dict) and item.get("msg"):
+            by_place.setdefault(str(item.get("path", item.get("loc"))), str(item["msg"]))
+    return list(by_place.values())
 
 
 def _reason(detail: str) -> str:

@@ -292,7 +292,24 @@ def in_flag_words(error: SqueezeError, flags: dict[str, str]) -> SqueezeError:
     named by those flags: `targets.max_metric_drop` -> `--max-drop`."""
     if getattr(error, "code", None) != "invalid_request" or not flags:
         return error
-    detail = str(error.detail)
+    problem = dict(error.problem)
+    if isinstance(problem.get("errors"), list):
+        problem["errors"] = [
+            {**item, "msg": _flag_words(str(item.get("msg", "")), flags)}
+            if isinstance(item, dict)
+            else item
+            for item in problem["errors"]
+        ]
+    return SqueezeError(
+        error.status,
+        error.code,
+        _flag_words(str(error.detail), flags),
+        problem=problem,
+        retry_after_s=error.retry_after_s,
+    )
+
+
+def _flag_words(detail: str, flags: dict[str, str]) -> str:
     if "steps[0].fine_tune.epochs" in flags or "fine_tune.epochs" in flags:
         detail = detail.replace("fine_tune.epochs = 0", "--epochs 0")
     if "steps[0].mode" in flags:  # one step, written by the command: no index to show
@@ -300,6 +317,4 @@ def in_flag_words(error: SqueezeError, flags: dict[str, str]) -> SqueezeError:
     for path in sorted(flags, key=len, reverse=True):
         flag = flags[path]
         detail = re.sub(rf"(?<![\w.\[]){re.escape(path)}(?![\w\[])", flag, detail)
-    return SqueezeError(
-        error.status, error.code, detail, problem=error.problem, retry_after_s=error.retry_after_s
-    )
+    return detail

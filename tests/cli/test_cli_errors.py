@@ -162,8 +162,15 @@ def test_a_spec_file_s_errors_keep_the_fields_it_wrote(
     code, _, err = live.run("submit", str(spec), "--model", str(model), "--eval", str(data))
 
     assert code == EXIT_ERROR
-    assert "`steps[0].method` must be one of quantize, prune, distill, search, auto; got " in err
-    assert "`targets.max_drop`: unknown field of `targets`; did you mean `max_metric_drop`?" in err
+    lines = err.splitlines()
+    assert lines[-3] == "squeeze: invalid_request (422): 2 errors"  # one per line
+    assert lines[-2] == (
+        "  - `steps[0].method` must be one of quantize, prune, distill, search, auto; got "
+        "`quantise` — did you mean `quantize`?"
+    )
+    assert lines[-1].startswith(
+        "  - `targets.max_drop`: unknown field of `targets`; did you mean `max_metric_drop`?"
+    )
 
 
 # --- the service itself ----------------------------------------------------------------
