@@ -100,7 +100,14 @@ def sniff(path: Path) -> Sniffed:
         return Sniffed("other", why="an archive without an .onnx model")
     if looks_like_onnx(path):
         return Sniffed("onnx")
-    if head[:1] in (b"{", b"[") or path.suffix.lower() in (".json", ".yaml", ".yml"):
+    suffix = path.suffix.lower()
+    if suffix in (".csv", ".tsv"):
+        return Sniffed("other", why="a CSV table (squeeze dataset --csv makes an .npz of it)")
+    if suffix in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"):
+        return Sniffed(
+            "other", why="an image (squeeze dataset --images makes an .npz of a folder of them)"
+        )
+    if head[:1] in (b"{", b"[") or suffix in (".json", ".yaml", ".yml"):
         return Sniffed("other", why="a text file (JSON or YAML?)")
     if head.startswith(b"\x80") or path.suffix.lower() in (".pt", ".pth", ".bin"):
         return Sniffed("other", why="not ONNX (a PyTorch checkpoint? export it to ONNX first)")
@@ -132,9 +139,12 @@ def check_dataset(path: Path, flag: str) -> Sniffed:
             "named arrays (see `squeeze inspect MODEL` for the arrays it needs, and "
             "`squeeze dataset` to build one)"
         )
-    raise LocalFileError(
-        f"{flag} {path}: not an .npz dataset: {found.why} (build one with `squeeze dataset`)"
-    )
+    why = found.why
+    if why.startswith("neither"):
+        why = "it is not a zip of named .npy arrays"
+    if "squeeze dataset" not in why:
+        why += " (build one with `squeeze dataset`)"
+    raise LocalFileError(f"{flag} {path}: not an .npz dataset: {why}")
 
 
 def _existing(path: Path, flag: str) -> Sniffed:
