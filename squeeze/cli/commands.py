@@ -10,7 +10,7 @@ from typing import Any, TextIO
 
 from pydantic import BaseModel
 
-from squeeze.cli import exit_codes, render, specs
+from squeeze.cli import exit_codes, files, render, specs
 from squeeze.cli.absent_worker import AbsentWorkerWarning
 from squeeze.cli.progress import BatchWatcher, Display, JobWatcher, TransferBar
 from squeeze.client import Client
@@ -57,22 +57,42 @@ class Cli:
 
     # --- uploads -----------------------------------------------------------------------
 
-    def model_ref(self, value: str) -> str:
+    def model_ref(self, value: str, flag: str = "MODEL") -> str:
         """A model id: the file uploaded, or the id as given."""
-        return self._ref(value, "model")
+        return self._ref(value, "model", flag)
 
-    def dataset_ref(self, value: str) -> str:
-        return self._ref(value, "dataset")
+    def dataset_ref(self, value: str, flag: str = "--eval") -> str:
+        return self._ref(value, "dataset", flag)
 
-    def _ref(self, value: str, kind: str) -> str:
+    def _ref(self, value: str, kind: str, flag: str) -> str:
         path = Path(value)
-        if path.is_file():
+        if self.check(value, kind, flag):
             known = self.uploaded.get(path.resolve())
             return known if known is not None else str(self.upload(path, kind).id)
+        return value
+
+    def check(self, value: str, kind: str, flag: str) -> bool:
+        """Whether `value` is a local file (checked to be a `kind`) rather than an id;
+        raises LocalFileError naming `flag` for anything else. Nothing is uploaded."""
+        path = Path(value)
         prefix = "mdl_" if kind == "model" else "ds_"
-        if value.startswith(prefix):
-            return value
-        raise specs.SpecError(f"{value}: no such file (nor a {kind} id, {prefix}...)")
+        if not path.exists() and value.startswith(prefix):
+            return False
+        if not path.exists():
+            other = "ds_" if kind == "model" else "mdl_"
+            hint = (
+                f"; {value} is a {'dataset' if kind == 'model' else 'model'} id"
+                if value.startswith(other)
+                else ""
+            )
+            raise files.LocalFileError(
+                f"{flag} {value}: no such file (nor a {kind} id, {prefix}...){hint}"
+            )
+        if kind == "model":
+            files.check_model(path, flag)
+        else:
+            files.check_dataset(path, flag)
+        return True
 
     def upload(self, path: Path, kind: str) -> Any:
         bar = TransferBar(self.display(), f"uploading {path.name}")
@@ -89,15 +109,24 @@ class Cli:
 
 
 def upload(cli: Cli) -> int:
-    rows = []
-    for value in cli.args.paths:
-        path = Path(value)
-        if not path.is_file():
-            raise specs.SpecError(f"{value}: no such file")
+    kinds = []
+    for value in cli.args.paths:  # every file checked before the first is uploaded
         kind = cli.args.kind
         if kind == "auto":
-            kind = "dataset" if path.suffix.lower() == ".npz" else "model"
-        rows.append(cli.upload(path, kind))
+            path = Path(value)
+            if not path.is_file():
+                raise files.LocalFileError(f"{value}: no such file")
+            found = files.sniff(path)
+            if found.kind == "other":
+                raise files.LocalFileError(
+                    f"{value}: neither an ONNX model nor an .npz dataset: {found.why}"
+                )
+            kind = "dataset" if found.kind == "npz" else "model"
+        cli.check(value, kind, "PATH")
+        kinds.append(kind)
+    rows = [
+        cli.upload(Path(value), kind) for value, kind in zip(cli.args.paths, kinds, strict=True)
+    ]
     if cli.json:
         cli.print_json(rows)
     else:
@@ -110,38 +139,79 @@ def upload(cli: Cli) -> int:
     return exit_codes.OK
 
 
+def _check_inputs(
+    cli: Cli, spec: dict[str, Any] | None, models: list[tuple[str, str]]
+) -> None:
+    """Before anything is uploaded: the evaluation data is given (by --eval, or by the
+    spec file), and every local file is what its flag takes."""
+    if cli.args.eval is None and not (spec or {}).get("eval_dataset_id"):
+        where = f" or set eval_dataset_id in {cli.args.spec}" if spec is not None else ""
+        raise specs.SpecError(
+            "--eval is required: the evaluation data every metric is measured on (an .npz "
+            f"of the model's inputs and labels, or a dataset id ds_...){where}; "
+            "`squeeze inspect MODEL` lists the arrays it needs"
+        )
+    for value, flag in models:
+        cli.check(value, "model", flag)
+    for name in specs.DATASET_FLAGS:
+        value = getattr(cli.args, name)
+        if value is not None:
+            cli.check(value, "dataset", f"--{name}")
+
+
 def _with_data(cli: Cli, spec: dict[str, Any]) -> dict[str, Any]:
     """The spec with the data flags' datasets (uploaded when they are files)."""
     for flag, field_name in specs.DATASET_FLAGS.items():
         value = getattr(cli.args, flag)
         if value is not None:
-            spec[field_name] = cli.dataset_ref(value)
+            spec[field_name] = cli.dataset_ref(value, f"--{flag}")
     return specs.merge(spec, specs.common_fields(cli.args))
 
 
 def submit(cli: Cli) -> int:
     spec = specs.load_spec(Path(cli.args.spec))
+    models = [(cli.args.model, "--model")] if cli.args.model is not None else []
+    _check_inputs(cli, spec, models)
     if cli.args.model is not None:
-        spec["model_id"] = cli.model_ref(cli.args.model)
-    return _run_job(cli, _with_data(cli, spec), default_output=None)
+        spec["model_id"] = cli.model_ref(cli.args.model, "--model")
+    flags = specs.flag_fields(cli.args, from_spec=spec)
+    return _run_job(cli, _with_data(cli, spec), default_output=None, flags=flags)
 
 
 def quantize(cli: Cli) -> int:
+    _check_inputs(cli, None, [(cli.args.model, "MODEL")])
     spec = {"model_id": cli.model_ref(cli.args.model), "steps": [specs.quantize_step(cli.args)]}
-    return _run_job(cli, _with_data(cli, spec), default_output=_output_for(cli, "quantized"))
+    return _run_job(
+        cli,
+        _with_data(cli, spec),
+        default_output=_output_for(cli, "quantized"),
+        flags=specs.flag_fields(cli.args),
+    )
 
 
 def prune(cli: Cli) -> int:
+    _check_inputs(cli, None, [(cli.args.model, "MODEL")])
     spec = {"model_id": cli.model_ref(cli.args.model), "steps": [specs.prune_step(cli.args)]}
-    return _run_job(cli, _with_data(cli, spec), default_output=_output_for(cli, "pruned"))
+    return _run_job(
+        cli,
+        _with_data(cli, spec),
+        default_output=_output_for(cli, "pruned"),
+        flags=specs.flag_fields(cli.args),
+    )
 
 
 def compress(cli: Cli) -> int:
+    _check_inputs(cli, None, [(cli.args.model, "MODEL")])
     step: dict[str, Any] = {"method": "auto", "goal": cli.args.goal}
     if cli.args.time_budget is not None:
         step["time_budget_s"] = cli.args.time_budget
     spec = {"model_id": cli.model_ref(cli.args.model), "goal": cli.args.goal, "steps": [step]}
-    return _run_job(cli, _with_data(cli, spec), default_output=_output_for(cli, "compressed"))
+    return _run_job(
+        cli,
+        _with_data(cli, spec),
+        default_output=_output_for(cli, "compressed"),
+        flags=specs.flag_fields(cli.args),
+    )
 
 
 def _output_for(cli: Cli, label: str) -> Path | None:
@@ -150,10 +220,17 @@ def _output_for(cli: Cli, label: str) -> Path | None:
     return Path(f"{source.stem}.{label}.onnx") if source.is_file() else None
 
 
-def _run_job(cli: Cli, spec: dict[str, Any], *, default_output: Path | None) -> int:
-    job = cli.client.submit_job(
-        spec, webhook_url=cli.args.webhook_url, idempotency_key=cli.args.idempotency_key
-    )
+def _run_job(
+    cli: Cli, spec: dict[str, Any], *, default_output: Path | None, flags: dict[str, str]
+) -> int:
+    """Submit, watch, download; a refused spec's errors name the flags that set the
+    fields (`flags`: spec path -> flag), not the JSON the CLI wrote for them."""
+    try:
+        job = cli.client.submit_job(
+            spec, webhook_url=cli.args.webhook_url, idempotency_key=cli.args.idempotency_key
+        )
+    except SqueezeError as error:
+        raise specs.in_flag_words(error, flags) from error
     cli.note(f"submitted {job.id}")
     if cli.args.detach:
         if cli.json:
@@ -201,15 +278,20 @@ def batch(cli: Cli) -> int:
     models = sorted(path for path in folder.glob(cli.args.pattern) if path.is_file())
     if not models:
         raise specs.SpecError(f"no file in {folder} matches {cli.args.pattern!r}")
+    _check_inputs(cli, spec, [(str(path), "FOLDER") for path in models])
+    flags = {f"spec.{path}": flag for path, flag in specs.flag_fields(cli.args, spec).items()}
     spec = _with_data(cli, spec)
     model_ids = [cli.model_ref(str(path)) for path in models]
     names = dict(zip(model_ids, models, strict=True))
-    submitted = cli.client.submit_batch(
-        model_ids,
-        spec,
-        webhook_url=cli.args.webhook_url,
-        idempotency_key=cli.args.idempotency_key,
-    )
+    try:
+        submitted = cli.client.submit_batch(
+            model_ids,
+            spec,
+            webhook_url=cli.args.webhook_url,
+            idempotency_key=cli.args.idempotency_key,
+        )
+    except SqueezeError as error:
+        raise specs.in_flag_words(error, flags) from error
     cli.note(f"submitted batch {submitted.id}: {submitted.total} jobs")
     if cli.args.detach:
         _print_batch(cli, submitted, names)
@@ -327,4 +409,114 @@ def cancel(cli: Cli) -> int:
     else:
         state = job.state if job.state == "cancelled" else f"{job.state}, cancel requested"
         cli.print(f"{job.id}: {state}")
+    return exit_codes.OK
+
+
+# --- data preparation ----------------------------------------------------------------------
+
+
+def inspect(cli: Cli) -> int:
+    """What a dataset for the model needs (or what a dataset holds)."""
+    from squeeze.cli import data_prep
+
+    value = cli.args.target
+    path = Path(value)
+    if not path.exists() and value.startswith("mdl_"):
+        model = cli.client.get_model(value)
+        signature = data_prep.stored_signature(value, dict(model.info), model.filename)
+    elif not path.exists() and value.startswith("ds_"):
+        dataset = cli.client.get_dataset(value)
+        cli.print_json(dataset) if cli.json else cli.print(json.dumps(dataset.info, indent=2))
+        return exit_codes.OK
+    else:
+        found = files.sniff(path) if path.is_file() else None
+        if found is None:
+            raise files.LocalFileError(f"{value}: no such file (nor a model id, mdl_...)")
+        if found.kind == "npz":
+            arrays = data_prep.npz_arrays(path)
+            if cli.json:
+                cli.print_json({"arrays": [vars(array) for array in arrays]})
+            else:
+                cli.print(data_prep.dataset_text(path))
+            return exit_codes.OK
+        signature = data_prep.local_signature(path)
+    if cli.json:
+        cli.print_json(
+            {
+                "inputs": [vars(t) for t in signature.inputs],
+                "outputs": [vars(t) for t in signature.outputs],
+                "labels": data_prep.LABELS_BY_TASK,
+            }
+        )
+    else:
+        cli.print(data_prep.needs(signature))
+    return exit_codes.OK
+
+
+def dataset(cli: Cli) -> int:
+    """An .npz from images, a CSV or .npy files."""
+    from squeeze.cli import data_prep
+
+    args = cli.args
+    sources = [name for name in ("images", "csv", "input") if getattr(args, name)]
+    if len(sources) != 1:
+        raise specs.SpecError(
+            "give one source: --images FOLDER, --csv FILE, or --input NAME=FILE.npy (repeat "
+            "for each input)"
+        )
+    output = Path(args.output)
+    if output.suffix.lower() != ".npz":
+        raise specs.SpecError(f"-o {output}: the dataset file must end in .npz")
+    if output.exists() and not args.force:
+        raise specs.SpecError(f"-o {output}: exists; pass --force to overwrite it")
+    arrays: dict[str, Any] = {}
+    classes: list[str] = []
+    if args.images:
+        folder = Path(args.images)
+        if not folder.is_dir():
+            raise files.LocalFileError(f"--images {folder}: not a folder")
+        recipe = data_prep.ImageRecipe(
+            size=args.size,
+            layout=args.layout,
+            scale=args.scale,
+            mean=tuple(args.mean),
+            std=tuple(args.std),
+            grayscale=args.grayscale,
+        )
+        images, labels, classes = data_prep.image_folder(folder, recipe)
+        arrays[args.input_name] = images
+        if labels is not None:
+            arrays[args.labels_name] = labels
+    elif args.csv:
+        table_path = Path(args.csv)
+        if not table_path.is_file():
+            raise files.LocalFileError(f"--csv {table_path}: no such file")
+        features = args.features.split(",") if args.features else None
+        table, labels, _ = data_prep.csv_table(
+            table_path, args.label_column, features, args.dtype
+        )
+        arrays[args.input_name] = table
+        if labels is not None:
+            arrays[args.labels_name] = labels
+    else:
+        for item in args.input:
+            name, sep, file_name = item.partition("=")
+            if not sep or not name or not file_name:
+                raise specs.SpecError(
+                    f"--input {item}: write NAME=FILE.npy (NAME: the model input's name)"
+                )
+            if name in arrays:
+                raise specs.SpecError(f"--input {name} is given twice")
+            arrays[name] = data_prep.load_npy(file_name, f"--input {name}=")
+    if args.labels:
+        if args.labels_name in arrays:
+            raise specs.SpecError(f"--labels: the array {args.labels_name} is already built")
+        arrays[args.labels_name] = data_prep.load_npy(args.labels, "--labels")
+    data_prep.write_npz(output, arrays)
+    for name, array in arrays.items():
+        cli.note(f"  {name:<20} {array.dtype!s:<8} {tuple(array.shape)}")
+    if classes:
+        mapping = data_prep.write_classes(output, classes)
+        cli.note(f"classes: {', '.join(f'{i}={c}' for i, c in enumerate(classes))} ({mapping})")
+    cli.print(str(output))
     return exit_codes.OK
