@@ -82,6 +82,7 @@ def submit_job(
     request_sha256 = request_hash(spec, webhook_url)
     check_time_budgets(spec, settings)
     check_webhook_destination(webhook_url, settings)
+    check_registry(spec, settings)
     check_references(session, spec, tenant_id)
     replay = idempotency_key is not None and jobs.has_idempotency_key(
         session, tenant_id, idempotency_key
@@ -158,20 +159,41 @@ def check_time_budgets(spec: JobSpec, settings: Settings) -> None:
         )
 
 
+def check_registry(spec: JobSpec, settings: Settings) -> None:
+    """A job that reads from or registers in MLflow needs the service to know where the
+    tracking server is: refused at submission, not hours later on the worker."""
+    if settings.mlflow_tracking_uri is not None:
+        return
+    uses = [
+        field
+        for field, used in (("model_uri", spec.model_uri), ("registry", spec.registry))
+        if used is not None
+    ]
+    if uses:
+        raise InvalidSpec(
+            f"{' and '.join(uses)} need an MLflow tracking server, and this service has "
+            "none configured: its operator sets SQUEEZE_MLFLOW_TRACKING_URI (or upload the "
+            "model and submit it by model_id)",
+            code="mlflow_not_configured",
+        )
+
+
 def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
     # The tenant's submission lock first: a delete of an input (store.lifecycle) takes it
     # too, so it either sees this job or this check sees the input gone.
     tenants.lock_for_submission(session, tenant_id)
-    try:
-        model_row = catalog.get_model(session, spec.model_id, tenant_id=tenant_id)
-    except NotFound:
-        raise UnknownReference("model", spec.model_id) from None
+    model: ModelInfo | None = None  # an MLflow model: the worker checks it once downloaded
+    if spec.model_id is not None:
+        try:
+            model_row = catalog.get_model(session, spec.model_id, tenant_id=tenant_id)
+        except NotFound:
+            raise UnknownReference("model", spec.model_id) from None
+        model = ModelInfo.model_validate(model_row.info)
     for student_id in spec.student_model_ids():  # uploaded students of distill steps
         try:
             catalog.get_model(session, student_id, tenant_id=tenant_id)
         except NotFound:
             raise UnknownReference("model", student_id) from None
-    model = ModelInfo.model_validate(model_row.info)
     roles: dict[str, str] = {}
     for role in ("eval_dataset_id", "calibration_dataset_id", "train_dataset_id"):
         dataset_ref = getattr(spec, role)
@@ -185,6 +207,8 @@ def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
             raise UnknownReference("dataset", dataset_id) from None
         digests[dataset_id] = dataset_row.sha256
         dataset = DatasetInfo.model_validate(dataset_row.info)
+        if model is None:
+            continue
         try:
             # Labels are optional everywhere: without them the metric is agreement
             # with the original model; present labels are still checked.

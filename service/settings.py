@@ -194,6 +194,18 @@ class Settings(BaseSettings):
     blob_download_redirect: bool = False
     blob_presigned_url_expires_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 
+    # MLflow (the tracking server's URL, e.g. http://mlflow:5000): jobs may take their
+    # model from its model registry (spec model_uri) and register their result there
+    # (spec register). Unset: such jobs are refused at submission. Artifacts are read and
+    # written through the server's artifact proxy (`mlflow server --serve-artifacts`, the
+    # default), so workers need no credentials for the artifact store behind it.
+    mlflow_tracking_uri: str | None = Field(default=None, pattern=r"^https?://")
+    # Sent as "Authorization: Bearer ..." when the server wants one.
+    mlflow_token: SecretStr | None = None
+    mlflow_timeout_s: float = Field(default=30.0, gt=0)
+    # The experiment the registering runs are logged in (created when missing).
+    mlflow_experiment: str = Field(default="squeeze", min_length=1)
+
     # Batches: the most models one POST /v1/batches may name.
     max_batch_jobs: int = Field(default=100, gt=0, le=1000)
 

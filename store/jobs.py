@@ -322,6 +322,22 @@ def record_progress(
     return True
 
 
+def set_model(session: Session, job_id: str, attempt: int, model_id: str) -> bool:
+    """Name the stored copy of a registry model (spec model_uri) in the job's spec, so
+    later attempts and search helpers read the same bytes; False if the attempt lost the
+    job (nothing written)."""
+    spec = session.scalar(select(JobRow.spec).where(_owned(job_id, attempt)).with_for_update())
+    if spec is None:
+        return False
+    result = session.execute(
+        update(JobRow)
+        .where(_owned(job_id, attempt))
+        .values(spec={**spec, "model_id": model_id})
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
 def finish(
     session: Session,
     job_id: str,

@@ -35,12 +35,13 @@ from core.archive import ArchiveLimits, materialise_model, pack_model
 from core.context import MeasureSettings
 from core.errors import EngineError, JobCancelled
 from core.formats import SINGLE_FILE_LIMIT_BYTES, load_model, model_files, save_model
-from core.results import PipelineResult
+from core.results import Note, PipelineResult
 from core.spec import JobSpec
 from service.settings import Settings
 from store import blob_refs, catalog, jobs
 from store.blobs import BlobMissing, BlobStore, StagedBlob
 from store.db import transaction
+from worker import mlflow_jobs
 from worker.engine_process import (
     EngineRequest,
     MemoryLimitExceeded,
@@ -215,6 +216,7 @@ class JobRunner:
         try:
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
+            self._fetch_registry_model(job_id, attempt, work_dir)
             inputs = self.load_inputs(job_id, work_dir)
             allowance = self._memory_allowance(inputs.spec)
             # A folder of its own: the engine follows external data only beside the .onnx.
@@ -262,6 +264,8 @@ class JobRunner:
                 result.model_dump(mode="json"),
                 report_html(job_id, inputs.spec, result, inputs.model_filename),
             )
+            if inputs.spec.registry is not None:
+                result = self._register(job_id, attempt, inputs, result, final_model)
             return self._finish(
                 job_id,
                 attempt,
@@ -362,6 +366,91 @@ class JobRunner:
         log.info("job %s attempt %d released for another worker", job_id, attempt)
         return "released"
 
+    def _fetch_registry_model(self, job_id: str, attempt: int, work_dir: Path) -> None:
+        """A job whose model is an MLflow model version (spec model_uri) and that has no
+        stored copy of it yet: download it, validate it as an upload, store it as a model
+        of the job's tenant and name it in the job's spec (an earlier attempt's copy is
+        used as it is)."""
+        with transaction(self.sessions) as session:
+            job = jobs.get_job(session, job_id, tenant_id=None)
+            spec = JobSpec.model_validate(job.spec)
+            tenant_id = job.tenant_id
+        ref = spec.registry_model()
+        if ref is None or spec.model_id is not None:
+            return
+        fetched = mlflow_jobs.fetch_model(
+            self.settings, ref, work_dir, archive_limits(self.settings)
+        )
+        stored = self.blobs.put_file(fetched.path)
+        with transaction(self.sessions) as session:
+            # under the blob's lock, as an upload: a delete of the same bytes that ran
+            # since they were written is undone here, a later one sees the row
+            blob_refs.lock(session, stored.sha256)
+            if not self.blobs.exists(stored.sha256):
+                self.blobs.put_file(fetched.path)
+            row = catalog.add_model(
+                session,
+                tenant_id=tenant_id,
+                filename=fetched.filename,
+                sha256=stored.sha256,
+                size_bytes=stored.size_bytes,
+                info=fetched.info.model_dump(mode="json"),
+            )
+            if not jobs.set_model(session, job_id, attempt, row.id):
+                raise LeaseLost(job_id)
+            jobs.add_event(
+                session,
+                job_id,
+                attempt,
+                "registry",
+                f"{ref.uri} fetched from MLflow as {fetched.uri}: stored as model {row.id}",
+                {"model_uri": fetched.uri, "model_id": row.id, "sha256": stored.sha256},
+            )
+
+    def _register(
+        self,
+        job_id: str,
+        attempt: int,
+        inputs: JobInputs,
+        result: PipelineResult,
+        final_model: Path,
+    ) -> PipelineResult:
+        """The result with where it was registered in MLflow, or, when registering
+        failed, with a `registry_failed` note: the job's result is never lost to it."""
+        try:
+            registered = mlflow_jobs.register_result(
+                self.settings,
+                job_id=job_id,
+                spec=inputs.spec,
+                result=result,
+                model_filename=inputs.model_filename,
+                final_model=final_model,
+                run_files=[
+                    final_model.parent / name
+                    for name in ("report.json", "manifest.json", "report.html")
+                ],
+            )
+        except Exception as error:  # whatever failed, the compressed model is kept
+            code = error.code if isinstance(error, EngineError) else "registry_failed"
+            message = f"the model was not registered in MLflow ({code}): {error}"
+            log.warning("job %s: %s", job_id, message)
+            with transaction(self.sessions) as session:
+                jobs.add_event(
+                    session, job_id, attempt, "registry", message, {"error_code": code}
+                )
+            note = Note(code="registry_failed", message=message[:2000])
+            return result.model_copy(update={"notes": [*result.notes, note]})
+        with transaction(self.sessions) as session:
+            jobs.add_event(
+                session,
+                job_id,
+                attempt,
+                "registry",
+                f"registered as {registered.uri} in MLflow ({registered.tracking_uri})",
+                registered.model_dump(mode="json"),
+            )
+        return result.model_copy(update={"registered": registered})
+
     def load_inputs(self, job_id: str, work_dir: Path) -> JobInputs:
         """The job's spec, and its model and datasets as local files under `work_dir`
         (search helpers load a job's inputs the same way). NotFound for a model or
@@ -369,6 +458,8 @@ class JobRunner:
         with transaction(self.sessions) as session:
             job = jobs.get_job(session, job_id, tenant_id=None)
             spec = JobSpec.model_validate(job.spec)
+            if spec.model_id is None:  # an MLflow model no attempt has fetched
+                raise catalog.NotFound("model", spec.model_uri or "")
             # Scoped to the job's tenant again: a job only ever reads its own tenant's data.
             model = catalog.get_model(session, spec.model_id, tenant_id=job.tenant_id)
             dataset_shas = {
