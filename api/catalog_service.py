@@ -19,11 +19,17 @@ from store.tables import DatasetRow, ModelRow
 
 
 def filters(
-    name: str | None, created_after: datetime | None, created_before: datetime | None
+    name: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    sha256: str | None = None,
 ) -> Filters:
     """Listing filters; a date without a zone is taken as UTC."""
     return Filters(
-        name=name, created_after=_utc(created_after), created_before=_utc(created_before)
+        name=name,
+        created_after=_utc(created_after),
+        created_before=_utc(created_before),
+        sha256=sha256,
     )
 
 

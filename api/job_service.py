@@ -261,10 +261,17 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     outcome: str | None = None,
+    method: str | None = None,
 ) -> tuple[list[JobRow], str | None]:
     """Raises store.jobs.InvalidCursor for a cursor this service did not issue."""
     return jobs.list_jobs(
-        session, tenant_id=tenant_id, state=state, outcome=outcome, limit=limit, cursor=cursor
+        session,
+        tenant_id=tenant_id,
+        state=state,
+        outcome=outcome,
+        method=method,
+        limit=limit,
+        cursor=cursor,
     )
 
 

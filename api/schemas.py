@@ -26,6 +26,8 @@ from store.tables import (
 
 # Mirrors store.jobs.STATES (a test keeps the two equal); a Literal documents the values.
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# a job step's `method` (core.spec's step kinds), as listings filter by it
+StepMethod = Literal["quantize", "prune", "distill", "search", "auto"]
 
 
 def model_url(model_id: str) -> str:
@@ -64,9 +66,12 @@ class ModelOut(BaseModel):
     size_bytes: int
     created_at: datetime
     info: ModelInfo
+    # on an upload: true when the tenant had stored these bytes before and this is that
+    # earlier record (answered 200, not 201); false everywhere else
+    reused: bool = False
 
     @classmethod
-    def from_row(cls, row: ModelRow) -> ModelOut:
+    def from_row(cls, row: ModelRow, *, reused: bool = False) -> ModelOut:
         return cls(
             id=row.id,
             filename=row.filename,
@@ -74,6 +79,7 @@ class ModelOut(BaseModel):
             size_bytes=row.size_bytes,
             created_at=row.created_at,
             info=ModelInfo.model_validate(row.info),
+            reused=reused,
         )
 
 
@@ -84,9 +90,12 @@ class DatasetOut(BaseModel):
     size_bytes: int
     created_at: datetime
     info: DatasetInfo
+    # on an upload: true when the tenant had stored these bytes before and this is that
+    # earlier record (answered 200, not 201); false everywhere else
+    reused: bool = False
 
     @classmethod
-    def from_row(cls, row: DatasetRow) -> DatasetOut:
+    def from_row(cls, row: DatasetRow, *, reused: bool = False) -> DatasetOut:
         return cls(
             id=row.id,
             filename=row.filename,
@@ -94,6 +103,7 @@ class DatasetOut(BaseModel):
             size_bytes=row.size_bytes,
             created_at=row.created_at,
             info=DatasetInfo.model_validate(row.info),
+            reused=reused,
         )
 
 

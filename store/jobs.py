@@ -166,9 +166,10 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     outcome: str | None = None,
+    method: str | None = None,
 ) -> tuple[list[JobRow], str | None]:
     """The tenant's jobs, newest first; the cursor is opaque to clients (created_at and
-    id of the last row)."""
+    id of the last row). `method` keeps jobs with a step of that method."""
     query = (
         select(JobRow)
         .where(JobRow.tenant_id == tenant_id)
@@ -186,9 +187,26 @@ def list_jobs(
                 and_(JobRow.created_at == created_at, JobRow.id < job_id),
             )
         )
-    rows = list(session.scalars(query.limit(limit + 1)))
+    if method is None:
+        rows = list(session.scalars(query.limit(limit + 1)))
+    else:
+        # The steps live in the spec's JSON, which PostgreSQL and SQLite query apart: the
+        # rows are read newest first in chunks and kept here until the page is full.
+        rows = []
+        for row in session.scalars(query.execution_options(yield_per=200)):
+            if _has_method(row.spec, method):
+                rows.append(row)
+                if len(rows) > limit:
+                    break
     next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+def _has_method(spec: Mapping[str, Any], method: str) -> bool:
+    steps = spec.get("steps")
+    return isinstance(steps, list) and any(
+        isinstance(step, Mapping) and step.get("method") == method for step in steps
+    )
 
 
 def list_events(session: Session, job_id: str, *, after_id: int, limit: int) -> list[JobEventRow]:

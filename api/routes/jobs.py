@@ -20,6 +20,7 @@ from api.schemas import (
     JobOut,
     JobRequest,
     JobState,
+    StepMethod,
     job_url,
 )
 from core.results import Outcome
@@ -82,16 +83,20 @@ def list_jobs(
     session: SessionDep,
     state: JobState | None = None,
     outcome: Outcome | None = None,
+    method: StepMethod | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobList:
     """Newest first; follow `next_cursor` for the next page. `outcome` keeps the final
-    jobs that came to it (improved, unchanged, targets_missed, failed, cancelled)."""
+    jobs that came to it (improved, unchanged, targets_missed, failed, cancelled);
+    `method` the jobs with a step of that method (quantize, prune, distill, search,
+    auto)."""
     rows, next_cursor = job_service.list_jobs(
         session,
         tenant_id=caller.tenant_id,
         state=state,
         outcome=outcome,
+        method=method,
         limit=limit,
         cursor=cursor,
     )

@@ -14,6 +14,7 @@ from squeeze.cli import exit_codes, files, render, specs
 from squeeze.cli.absent_worker import AbsentWorkerWarning
 from squeeze.cli.progress import BatchWatcher, Display, JobWatcher, TransferBar
 from squeeze.client import Client
+from squeeze.client.client import MODEL_ARTIFACTS
 from squeeze.client.errors import SqueezeError
 from squeeze.client.models import Batch, Job
 
@@ -101,7 +102,10 @@ class Cli:
         else:
             row = self.client.upload_dataset(path, progress=bar)
         self.uploaded[path.resolve()] = row.id
-        self.note(f"uploaded {path.name} ({render.size(row.size_bytes)}) as {row.id}")
+        if row.reused:
+            self.note(f"{path.name} is already uploaded as {row.id} (same sha256): reused")
+        else:
+            self.note(f"uploaded {path.name} ({render.size(row.size_bytes)}) as {row.id}")
         return row
 
 
@@ -172,32 +176,25 @@ def submit(cli: Cli) -> int:
     spec = specs.load_spec(Path(cli.args.spec))
     models = [(cli.args.model, "--model")] if cli.args.model is not None else []
     _check_inputs(cli, spec, models)
+    output = _check_output(cli, _output_for(cli, spec.get("model_id"), "squeezed"))
     if cli.args.model is not None:
         spec["model_id"] = cli.model_ref(cli.args.model, "--model")
     flags = specs.flag_fields(cli.args, from_spec=spec)
-    return _run_job(cli, _with_data(cli, spec), default_output=None, flags=flags)
+    return _run_job(cli, _with_data(cli, spec), output=output, flags=flags)
 
 
 def quantize(cli: Cli) -> int:
     _check_inputs(cli, None, [(cli.args.model, "MODEL")])
+    output = _check_output(cli, _output_for(cli, None, "quantized"))
     spec = {"model_id": cli.model_ref(cli.args.model), "steps": [specs.quantize_step(cli.args)]}
-    return _run_job(
-        cli,
-        _with_data(cli, spec),
-        default_output=_output_for(cli, "quantized"),
-        flags=specs.flag_fields(cli.args),
-    )
+    return _run_job(cli, _with_data(cli, spec), output=output, flags=specs.flag_fields(cli.args))
 
 
 def prune(cli: Cli) -> int:
     _check_inputs(cli, None, [(cli.args.model, "MODEL")])
+    output = _check_output(cli, _output_for(cli, None, "pruned"))
     spec = {"model_id": cli.model_ref(cli.args.model), "steps": [specs.prune_step(cli.args)]}
-    return _run_job(
-        cli,
-        _with_data(cli, spec),
-        default_output=_output_for(cli, "pruned"),
-        flags=specs.flag_fields(cli.args),
-    )
+    return _run_job(cli, _with_data(cli, spec), output=output, flags=specs.flag_fields(cli.args))
 
 
 def compress(cli: Cli) -> int:
@@ -205,23 +202,51 @@ def compress(cli: Cli) -> int:
     step: dict[str, Any] = {"method": "auto", "goal": cli.args.goal}
     if cli.args.time_budget is not None:
         step["time_budget_s"] = cli.args.time_budget
+    output = _check_output(cli, _output_for(cli, None, "compressed"))
     spec = {"model_id": cli.model_ref(cli.args.model), "goal": cli.args.goal, "steps": [step]}
-    return _run_job(
-        cli,
-        _with_data(cli, spec),
-        default_output=_output_for(cli, "compressed"),
-        flags=specs.flag_fields(cli.args),
-    )
+    return _run_job(cli, _with_data(cli, spec), output=output, flags=specs.flag_fields(cli.args))
 
 
-def _output_for(cli: Cli, label: str) -> Path | None:
-    """`model.onnx` -> `model.quantized.onnx` in the current folder (for a local model)."""
-    source = Path(cli.args.model)
-    return Path(f"{source.stem}.{label}.onnx") if source.is_file() else None
+def _output_for(cli: Cli, spec_model: object, label: str) -> Path | None:
+    """Where the result goes: -o, else `model.onnx` -> `model.quantized.onnx` in the
+    current folder, named after the local file or, for a model id, the file it was
+    uploaded as. None when there is no model to name it after (nothing is downloaded)."""
+    if cli.args.detach:
+        return None
+    if cli.args.output:
+        return Path(cli.args.output)
+    given = cli.args.model if cli.args.model is not None else spec_model
+    if not isinstance(given, str):
+        return None
+    source = Path(given)
+    if source.is_file():
+        return Path(f"{source.stem}.{label}.onnx")
+    if given.startswith("mdl_"):
+        try:
+            filename = cli.client.get_model(given).filename
+        except SqueezeError:
+            return None  # the submission says what is wrong with the id
+        return Path(f"{Path(filename).stem}.{label}.onnx")
+    return None
+
+
+def _check_output(cli: Cli, output: Path | None) -> Path | None:
+    """Refuses, before anything is uploaded or submitted, an output file that exists."""
+    if output is not None and not output.is_dir():
+        _refuse_overwrite(cli, output)
+    return output
+
+
+def _refuse_overwrite(cli: Cli, target: Path) -> None:
+    if target.exists() and not cli.args.force:
+        raise specs.SpecError(
+            f"{target} already exists and was left as it is: pass --force to overwrite "
+            f"it, or -o PATH to save elsewhere"
+        )
 
 
 def _run_job(
-    cli: Cli, spec: dict[str, Any], *, default_output: Path | None, flags: dict[str, str]
+    cli: Cli, spec: dict[str, Any], *, output: Path | None, flags: dict[str, str]
 ) -> int:
     """Submit, watch, download; a refused spec's errors name the flags that set the
     fields (`flags`: spec path -> flag), not the JSON the CLI wrote for them."""
@@ -237,13 +262,34 @@ def _run_job(
             cli.print_json(job)
         return exit_codes.OK
     job = _watch_job(cli, job)
-    output = Path(cli.args.output) if cli.args.output else default_output
     if job.state == "succeeded" and output is not None:
-        bar = TransferBar(cli.display(), "downloading")
-        saved = cli.client.download_model(job, output, progress=bar)
+        saved = _download(cli, job.id, output, None)
         cli.note(f"saved {saved}")
+    elif job.state == "succeeded":
+        cli.note(f"download the result with: squeeze download {job.id}")
     _print_outcome(cli, job)
     return exit_codes.for_job(job)
+
+
+def _download(cli: Cli, job_id: str, destination: Path, name: str | None) -> Path:
+    """One artifact of the job (the model when `name` is None) to `destination` (a file,
+    or a folder to put it in), never over an existing file without --force."""
+    names = [artifact.name for artifact in cli.client.list_artifacts(job_id)]
+    if name is None:
+        name = next((n for n in MODEL_ARTIFACTS if n in names), None)
+        if name is None:
+            raise specs.SpecError(
+                f"job {job_id} has no model to download; its artifacts: "
+                f"{', '.join(names) or 'none'} (choose one with --name)"
+            )
+    elif name not in names:
+        raise specs.SpecError(
+            f"job {job_id} has no artifact {name!r}; its artifacts: {', '.join(names) or 'none'}"
+        )
+    target = destination / name if destination.is_dir() else destination
+    _refuse_overwrite(cli, target)
+    bar = TransferBar(cli.display(), "downloading")
+    return cli.client.download_artifact(job_id, name, target, progress=bar)
 
 
 def _watch_job(cli: Cli, job: Job) -> Job:
@@ -280,12 +326,21 @@ def batch(cli: Cli) -> int:
         raise specs.SpecError(f"no file in {folder} matches {cli.args.pattern!r}")
     _check_inputs(cli, spec, [(str(path), "FOLDER") for path in models])
     flags = {f"spec.{path}": flag for path, flag in specs.flag_fields(cli.args, spec).items()}
+    if cli.args.output and Path(cli.args.output).is_dir():
+        for path in models:
+            _refuse_overwrite(cli, Path(cli.args.output) / _batch_output_name(path))
     spec = _with_data(cli, spec)
-    model_ids = [cli.model_ref(str(path)) for path in models]
-    names = dict(zip(model_ids, models, strict=True))
+    # two identical files are one uploaded model (the service reuses it): one job, under
+    # the first file's name
+    names: dict[str, Path] = {}
+    for path in models:
+        model_id = cli.model_ref(str(path))
+        if model_id in names:
+            cli.note(f"{path.name} holds the same bytes as {names[model_id].name}: one job")
+        names.setdefault(model_id, path)
     try:
         submitted = cli.client.submit_batch(
-            model_ids,
+            list(names),
             spec,
             webhook_url=cli.args.webhook_url,
             idempotency_key=cli.args.idempotency_key,
@@ -303,21 +358,39 @@ def batch(cli: Cli) -> int:
     return exit_codes.for_batch(finished)
 
 
+def _batch_output_name(model: Path) -> str:
+    return f"{model.stem}.squeezed.onnx"
+
+
 def _download_batch(cli: Cli, done: Batch, folder: Path, names: dict[str, Path]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for job in done.jobs:
         if job.state == "succeeded":
-            target = folder / f"{names[job.model_id].stem}.squeezed.onnx"
-            cli.client.download_model(job.id, target)
-            cli.note(f"saved {target}")
+            target = folder / _batch_output_name(names[job.model_id])
+            cli.note(f"saved {_download(cli, job.id, target, None)}")
 
 
 def _print_batch(cli: Cli, value: Batch, names: dict[str, Path] | None = None) -> None:
     if cli.json:
         cli.print_json(value)
+        return
+    if names is not None:
+        shown = {model_id: path.name for model_id, path in names.items()}
     else:
-        shown = {model_id: path.name for model_id, path in (names or {}).items()}
-        cli.print(render.batch_status(value, shown))
+        shown = _model_filenames(cli, value)
+    cli.print(render.batch_status(value, shown))
+
+
+def _model_filenames(cli: Cli, value: Batch) -> dict[str, str]:
+    """Each job's model by the file name it was uploaded as (its id if it is gone)."""
+    shown: dict[str, str] = {}
+    for model_id in dict.fromkeys(job.model_id for job in value.jobs):
+        try:
+            shown[model_id] = cli.client.get_model(model_id).filename
+        except SqueezeError as error:
+            if error.status != 404:
+                raise
+    return shown
 
 
 # --- reading jobs ----------------------------------------------------------------------
@@ -360,13 +433,7 @@ def report(cli: Cli) -> int:
 
 
 def download(cli: Cli) -> int:
-    bar = TransferBar(cli.display(), "downloading")
-    if cli.args.name:
-        path = cli.client.download_artifact(
-            cli.args.job, cli.args.name, cli.args.output, progress=bar
-        )
-    else:
-        path = cli.client.download_model(cli.args.job, cli.args.output, progress=bar)
+    path = _download(cli, cli.args.job, Path(cli.args.output), cli.args.name)
     if cli.json:
         cli.print_json({"path": str(path)})
     else:
@@ -387,7 +454,10 @@ def list_(cli: Cli) -> int:
             cli.print(render.table(["batch", "state", "jobs", "progress", "created"], rows))
         return exit_codes.OK
     jobs = cli.client.list_jobs(
-        state=cli.args.state, outcome=cli.args.outcome, limit=cli.args.limit
+        state=cli.args.state,
+        outcome=cli.args.outcome,
+        method=cli.args.method,
+        limit=cli.args.limit,
     )
     if cli.json:
         cli.print_json(jobs)
@@ -402,8 +472,13 @@ def cancel(cli: Cli) -> int:
     except SqueezeError as error:
         if error.code != "job_already_final":
             raise
-        cli.note(f"job {cli.args.job} had already ended")
         job = cli.client.get_job(cli.args.job)
+        if cli.json:
+            cli.print_json(job)
+        else:
+            words = render.state_words(job.state, job.outcome, job.targets_met, job.error)
+            cli.print(f"{job.id} was already final ({words}): nothing to cancel")
+        return exit_codes.OK
     if cli.json:
         cli.print_json(job)
     else:

@@ -118,7 +118,16 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--detach", action="store_true", help="return once submitted (do not watch)"
     )
-    run.add_argument("-o", "--output", metavar="PATH", help="where to save the result")
+    run.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="where to save the result (default: MODEL.<method>.onnx here, for a model "
+        "given as a file or an id)",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="overwrite an existing output file"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["auto", "model", "dataset"], default="auto")
     p.set_defaults(handler=commands.upload)
 
-    p = command("submit", "submit a job spec from a YAML or JSON file, then watch it")
+    p = command(
+        "submit", "submit a job spec from a YAML or JSON file, watch it, download the result"
+    )
     p.add_argument("spec", metavar="SPEC", help="a job spec (.yaml, .yml or .json)")
     p.add_argument("--model", metavar="ONNX|ID", help="the model (overrides the spec's)")
     _data_flags(p)
@@ -217,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--name", help="the artifact (default: the model)")
     p.add_argument("-o", "--output", metavar="PATH", default=".", help="file or folder (.)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=commands.download)
 
     p = command("list", "the newest jobs (or batches)")
@@ -228,11 +240,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["improved", "unchanged", "targets_missed", "failed", "cancelled"],
         help="only final jobs that came to this",
     )
+    p.add_argument(
+        "--method",
+        choices=["quantize", "prune", "distill", "search", "auto"],
+        help="only jobs with a step of this method",
+    )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--batches", action="store_true", help="list batches instead of jobs")
     p.set_defaults(handler=commands.list_)
 
-    p = command("cancel", "cancel a queued or running job")
+    p = command("cancel", "cancel a queued or running job (a final one is left as it is)")
     p.add_argument("job", metavar="JOB")
     p.set_defaults(handler=commands.cancel)
 

@@ -26,6 +26,9 @@ class Upload(Wire):
     size_bytes: int
     created_at: datetime
     info: dict[str, Any] = Field(default_factory=dict)
+    # the upload's bytes were already stored: this is the earlier record (none was sent
+    # again when the client found it by sha256 first)
+    reused: bool = False
 
 
 class Model(Upload):
