@@ -53,6 +53,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on host:port already (then /readyz there would answer for
+    another service, and this one's API would fail to bind)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def api_command(port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:
     """The API on the embedded default: what the demo, `squeeze serve` and
     bench/load.py run."""
@@ -194,6 +206,11 @@ class Service:
 
     def start(self) -> None:
         """The API, once it answers /readyz the workers, once /readyz counts them all."""
+        if port_in_use(self.host, self.port):
+            raise ServiceError(
+                f"port {self.port} on {self.host} is in use (another service, or another "
+                "`squeeze serve`?): stop it or choose another port (--port)"
+            )
         self.data_dir.mkdir(parents=True, exist_ok=True)
         assert self.log_dir is not None
         self.log_dir.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,9 @@ def register(command: Command) -> None:
     p.set_defaults(handler=serve)
 
 
+STOP_TIMEOUT_S = 30
+
+
 class Stop(Exception):
     """SIGINT or SIGTERM arrived."""
 
@@ -78,7 +81,9 @@ def serve(cli: Cli) -> int:
         workers=args.workers,
         queue=os.environ.get("SQUEEZE_QUEUE_CPU", runner.DEFAULT_QUEUE),
         log_dir=args.log_dir,
-        stop_timeout_s=10,
+        # a worker's warm shutdown (the running job's end, its row marked stopped) takes
+        # several seconds on a busy machine; SIGKILL after this
+        stop_timeout_s=STOP_TIMEOUT_S,
     )
     key_made_now = not service.admin_key_file.exists()
     previous = {
@@ -108,7 +113,7 @@ def serve(cli: Cli) -> int:
                 return exit_codes.ERROR
             time.sleep(0.5)
     except Stop as stopped:
-        say(f"\n{stopped}: stopping the worker(s) and the API")
+        say(f"\n{stopped}: stopping the worker(s) and the API (at most {STOP_TIMEOUT_S} s each)")
         return exit_codes.OK
     except runner.ServiceError as error:
         err.write(f"squeeze serve: {error}\n")

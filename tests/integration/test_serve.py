@@ -56,12 +56,12 @@ def env() -> dict[str, str]:
     return {**values, "PYTHONPATH": str(ROOT)}
 
 
-def start(tmp_path: Path) -> Served:
+def start(tmp_path: Path, *extra: str) -> Served:
     port = free_port()
     data_dir = tmp_path / "data"
     process = subprocess.Popen(
         [sys.executable, "-m", "squeeze.cli", "serve", "--port", str(port),
-         "--data-dir", str(data_dir)],
+         "--data-dir", str(data_dir), *extra],
         cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     served = Served(process, f"http://127.0.0.1:{port}", data_dir, [])
@@ -128,11 +128,24 @@ def test_sigterm_stops_serve_and_a_second_start_does_not_print_the_key(tmp_path:
     assert first.process.wait(timeout=60) == 0
     assert [pid for pid in children if alive(pid)] == []
 
-    second = start(tmp_path)  # the same data dir: the key exists already
+    second = start(tmp_path, "--workers", "2")  # the same data dir: the key exists already
     try:
         key = (second.data_dir / "admin-api-key").read_text().strip()
         assert not any(key in line for line in second.lines)
         assert any("made on the first start" in line for line in second.lines)
+        assert httpx.get(f"{second.url}/readyz", timeout=5).json()["workers"]["cpu"] == 2
+        assert len(second.children()) == 3
+        # a port in use: serve ends at once, saying so (readiness there is another
+        # service's), and starts nothing
+        port = second.url.rsplit(":", 1)[1]
+        busy = subprocess.run(
+            [sys.executable, "-m", "squeeze.cli", "serve", "--port", port,
+             "--data-dir", str(tmp_path / "other")],
+            cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert busy.returncode == 2, busy
+        assert f"port {port} on 127.0.0.1 is in use" in busy.stderr, busy.stderr
+        assert "--port" in busy.stderr and not (tmp_path / "other").exists()
     finally:
         second.process.send_signal(signal.SIGINT)
         assert second.process.wait(timeout=60) == 0
