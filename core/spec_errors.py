@@ -166,9 +166,9 @@ def describe(
         field_path = json_path([*path, field]) if field else where
         if kind == "union_tag_not_found" or not isinstance(value, dict):
             if not isinstance(value, dict):
-                found = "an object" if where else "a JSON object"
+                subject = f"`{where}`" if where else root_name[:1].upper() + root_name[1:]
                 return UserError(
-                    where, f"`{where or root_name}` must be {found} with `{field}`: one of "
+                    where, f"{subject} must be an object with `{field}`: one of "
                     f"{', '.join(expected)}; got {_show(value)}"
                 )
             return UserError(
@@ -191,7 +191,7 @@ def describe(
             text += f"; did you mean `{nearest}`?"
         if allowed:
             text += f" Allowed: {', '.join(allowed)}"
-        return UserError(where, f"`{name}`: {text}" if not owner else f"`{where}`: {text}")
+        return UserError(where, f"`{where}`: {text}")
 
     if kind == "missing":
         return at("is required")
@@ -229,8 +229,8 @@ def _one_of(got: Any, expected: Sequence[str]) -> str:
 
 
 def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return f"`{value}`"
+    if isinstance(value, str):  # a long value is cut: the sentence is about its place
+        return f"`{value}`" if len(value) <= 60 else f"`{value[:57]}...`"
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):

@@ -72,6 +72,10 @@ class Cli:
             return known if known is not None else str(self.upload(path, kind).id)
         return value
 
+    def uploaded_names(self) -> dict[str, str]:
+        """Uploaded id -> the file's name, to show in the service's errors."""
+        return {item_id: path.name for path, item_id in self.uploaded.items()}
+
     def check(self, value: str, kind: str, flag: str) -> bool:
         """Whether `value` is a local file (checked to be a `kind`) rather than an id;
         raises LocalFileError naming `flag` for anything else. Nothing is uploaded."""
@@ -255,7 +259,7 @@ def _run_job(
             spec, webhook_url=cli.args.webhook_url, idempotency_key=cli.args.idempotency_key
         )
     except SqueezeError as error:
-        raise specs.in_flag_words(error, flags) from error
+        raise specs.in_flag_words(error, flags, cli.uploaded_names()) from error
     cli.note(f"submitted {job.id}")
     if cli.args.detach:
         if cli.json:
@@ -346,7 +350,7 @@ def batch(cli: Cli) -> int:
             idempotency_key=cli.args.idempotency_key,
         )
     except SqueezeError as error:
-        raise specs.in_flag_words(error, flags) from error
+        raise specs.in_flag_words(error, flags, cli.uploaded_names()) from error
     cli.note(f"submitted batch {submitted.id}: {submitted.total} jobs")
     if cli.args.detach:
         _print_batch(cli, submitted, names)

@@ -287,15 +287,26 @@ def flag_fields(
     return given
 
 
-def in_flag_words(error: SqueezeError, flags: dict[str, str]) -> SqueezeError:
-    """The service's error (a SqueezeError) with the spec fields the CLI wrote for flags
-    named by those flags: `targets.max_metric_drop` -> `--max-drop`."""
-    if getattr(error, "code", None) != "invalid_request" or not flags:
+def in_flag_words(
+    error: SqueezeError, flags: dict[str, str], files: dict[str, str] | None = None
+) -> SqueezeError:
+    """The service's refusal of a submission with the spec fields the CLI wrote for flags
+    named by those flags (`targets.max_metric_drop` -> `--max-drop`), and the ids of the
+    files it uploaded shown with the file's name (`files`: id -> name)."""
+    if not 400 <= error.status < 500 or error.code == "unauthenticated":
         return error
+    names = files or {}
+
+    def words(text: str) -> str:
+        text = _flag_words(text, flags)
+        for item_id, name in names.items():
+            text = text.replace(f"'{item_id}'", f"{name} ({item_id})")
+        return text
+
     problem = dict(error.problem)
     if isinstance(problem.get("errors"), list):
         problem["errors"] = [
-            {**item, "msg": _flag_words(str(item.get("msg", "")), flags)}
+            {**item, "msg": words(str(item.get("msg", "")))}
             if isinstance(item, dict)
             else item
             for item in problem["errors"]
@@ -303,7 +314,7 @@ def in_flag_words(error: SqueezeError, flags: dict[str, str]) -> SqueezeError:
     return SqueezeError(
         error.status,
         error.code,
-        _flag_words(str(error.detail), flags),
+        words(str(error.detail)),
         problem=problem,
         retry_after_s=error.retry_after_s,
     )

@@ -233,3 +233,20 @@ def test_a_wrong_key_says_it_is_not_known(live: Live) -> None:
     assert code == EXIT_ERROR
     assert err.startswith("squeeze: unauthenticated (401): the API key is not valid")
     assert "the key from --api-key / SQUEEZE_API_KEY is not one" in err
+
+
+def test_a_dataset_that_does_not_fit_names_the_flag_and_the_file(
+    live: Live, data_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    import numpy as np
+
+    model, _ = data_files
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x=np.zeros((4, 1, 8, 8), dtype=np.float32))
+
+    code, _, err = live.run("quantize", str(model), "--eval", str(wrong))
+
+    assert code == EXIT_ERROR
+    last = err.splitlines()[-1]
+    assert last.startswith("squeeze: incompatible_data (422): --eval wrong.npz (ds_")
+    assert "model input 'input' needs an array named 'input'; the dataset has ['x']" in err
