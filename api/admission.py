@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.auth import Caller, KeyCache, caller_for_token, token_from_headers
 from api.errors import BodyTimeout, PayloadTooLarge, RateLimited, Unauthenticated
-from api.limits import BodyLimits, _content_length
+from api.limits import BodyLimits, content_length
 from api.problems import response_for
 
 logger = logging.getLogger(__name__)
@@ -224,10 +224,14 @@ class BodyBufferMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        if _content_length(scope) == 0:
+        declared = content_length(scope)
+        if declared == 0:
             await self.app(scope, receive, send)
             return
         limit = self.limits.limit_for(scope["method"], scope["path"])
+        if declared is not None and declared > limit:
+            await response_for(PayloadTooLarge(limit))(scope, receive, send)
+            return
         try:
             with anyio.fail_after(self.timeout_s):
                 messages = await _read_body(receive, limit)

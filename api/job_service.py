@@ -24,11 +24,11 @@ from core.errors import IncompatibleData
 from core.formats import ModelInfo
 from core.spec import AutoStep, JobSpec, SearchStep
 from service.settings import Settings
+from service.webhook_destination import ForbiddenDestination, check_destination
 from store import catalog, jobs, outbox, tenants, webhooks
 from store.catalog import NotFound
 from store.tables import ArtifactRow, JobEventRow, JobRow
 from worker.enqueue import JobQueue
-from worker.webhook_destination import ForbiddenDestination, check_destination
 
 logger = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limits.limit_for(scope["method"], scope["path"])
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > limit:
             await response_for(PayloadTooLarge(limit))(scope, receive, send)
             return
@@ -111,7 +111,7 @@ class BodySizeLimitMiddleware:
             await response_for(refusal)(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     """The declared body size, or None when absent or unreadable (then bytes are counted)."""
     values = [value for name, value in scope.get("headers", ()) if name == b"content-length"]
     if len(values) != 1:

@@ -18,18 +18,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.logs import log_context
 from service.settings import Settings
-from squeeze.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, signature_header
-from store import webhooks
-from store.db import transaction
-from store.tables import utcnow
-from worker.job_record import job_record_bytes
-from worker.webhook_destination import (
+from service.webhook_destination import (
     Destination,
     ForbiddenDestination,
     Resolver,
     resolve_destination,
     system_resolver,
 )
+from squeeze.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, signature_header
+from store import webhooks
+from store.db import transaction
+from store.tables import utcnow
+from worker.job_record import job_record_bytes
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ import httpx
 import pytest
 
 from api.schemas import JobOut
+from service.webhook_destination import ForbiddenDestination, check_destination
 from squeeze.webhooks import SIGNATURE_HEADER, WebhookVerificationError, verify_signature
 from tests.api.conftest import Api, ApiFactory, assert_problem
 from tests.webhook_receiver import Receiver, running_receiver
 from worker.runner import JobRunner
-from worker.webhook_destination import ForbiddenDestination, check_destination
 from worker.webhooks import WebhookSender
 
 
