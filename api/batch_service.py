@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.batch_schemas import BatchDetail, BatchIn, BatchJob, BatchList, BatchOut
 from api.errors import BatchTooLarge
-from api.job_service import check_references, method_label, spec_sha256
+from api.job_service import check_references, check_registry, method_label, spec_sha256
 from api.quotas import check_job_slot
 from api.worker_check import check_all, record_waiting, requirements_for
 from service.settings import Settings
@@ -71,6 +71,7 @@ def submit_batch(
             return BatchSubmission(replayed, batches.batch_jobs(session, replayed.id), False)
     specs = body.job_specs()
     for spec in specs:
+        check_registry(spec, settings)
         check_references(session, spec, tenant_id)
     check_job_slot(session, tenant_id, settings, needed=len(specs))
     waiting = {

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -426,8 +427,6 @@ class MlflowServer:
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"the MLflow server exited:\n{self.log()[-2000:]}")
         try:
-            import httpx
-
             return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
         except Exception:
             return False
