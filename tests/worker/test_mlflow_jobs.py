@@ -89,6 +89,18 @@ def test_a_failed_registration_keeps_the_job_succeeded_with_a_note(
     assert "model.onnx" in {artifact.name for artifact in store.artifacts(job_id)}
 
 
+def test_an_uploaded_model_registers_as_its_file_stem_squeeze_by_default(
+    make_store: StoreFactory, mlflow_server: MlflowServer
+) -> None:
+    store = make_store(mlflow_tracking_uri=mlflow_server.url)
+    job_id = store.submit(registry={})  # the upload is digits.onnx
+    assert run(store, job_id) == "succeeded"
+    registered = store.job(job_id).result["registered"]
+    assert (registered["name"], registered["version"]) == ("digits-squeeze", 1)
+    events = [event for event in store.events(job_id) if event.kind == "registry"]
+    assert [event.data["version"] for event in events] == [1]
+
+
 def test_the_mlflow_venv_is_built_once_then_reused_with_the_pinned_version(
     mlflow_server: MlflowServer,
 ) -> None:
