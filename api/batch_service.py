@@ -18,6 +18,7 @@ from api.batch_schemas import BatchDetail, BatchIn, BatchJob, BatchList, BatchOu
 from api.errors import BatchTooLarge
 from api.job_service import (
     check_references,
+    check_registry,
     check_webhook_destination,
     method_label,
     spec_sha256,
@@ -77,6 +78,7 @@ def submit_batch(
     check_webhook_destination(body.webhook_url, settings)
     specs = body.job_specs()
     for spec in specs:
+        check_registry(spec, settings)
         check_references(session, spec, tenant_id)
     check_job_slot(session, tenant_id, settings, specs=specs)
     waiting = {

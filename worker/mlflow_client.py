@@ -142,7 +142,11 @@ class MlflowClient:
         """The version's one .onnx file (an MLflow `onnx` flavor model keeps it beside its
         MLmodel file), downloaded to `destination` (at most `max_bytes`)."""
         root = self._artifact_path(version.download_uri, what=version.uri)
-        onnx = [path for path in self._list_files(root, depth=2) if path.endswith(".onnx")]
+        try:
+            listed = self._list_files(root, depth=2)
+        except _NotFound:
+            listed = []  # a version whose files were deleted: said below
+        onnx = [path for path in listed if path.endswith(".onnx")]
         if len(onnx) != 1:
             raise MlflowError(
                 f"{version.uri}: squeeze compresses ONNX models, and this version holds "

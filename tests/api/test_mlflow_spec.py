@@ -87,3 +87,26 @@ def test_a_spec_without_a_model_says_which_fields_name_one(
     }
     body = assert_problem(api.submit(spec), 422, "invalid_request")
     assert "model_id" in body["detail"] and "model_uri" in body["detail"]
+
+
+def test_a_batch_takes_its_models_from_model_ids_not_model_uri(
+    make_api: ApiFactory, model_file: object, dataset_file: object
+) -> None:
+    api = make_api(**TRACKING)
+    body = {
+        "model_ids": [api.model_id(model_file)],  # type: ignore[arg-type]
+        "spec": {
+            "model_uri": "models:/digits/1",
+            "eval_dataset_id": api.dataset_id(dataset_file),  # type: ignore[arg-type]
+            "steps": [{"method": "quantize"}],
+        },
+    }
+    problem = assert_problem(api.client.post("/v1/batches", json=body), 422, "invalid_request")
+    assert "model_ids" in problem["detail"] and "model_uri" in problem["detail"]
+
+
+def test_a_batch_that_registers_needs_mlflow_configured(api: Api, uploaded: Uploaded) -> None:
+    spec = uploaded.spec(registry={})
+    del spec["model_id"]
+    body = {"model_ids": [uploaded.model_id], "spec": spec}
+    assert_problem(api.client.post("/v1/batches", json=body), 422, "mlflow_not_configured")

@@ -4,9 +4,11 @@ server (tests/services.py: MlflowServer): the failures a registry can cause."""
 from __future__ import annotations
 
 import hashlib
+import re
+import time
 
 from tests.conftest import DigitsFiles
-from tests.services import MlflowServer, free_port
+from tests.services import ROOT, MlflowServer, free_port, mlflow_venv
 from tests.worker.conftest import StoreFactory, StoreWithDigits
 from worker.runner import JobRunner
 
@@ -85,3 +87,27 @@ def test_a_failed_registration_keeps_the_job_succeeded_with_a_note(
     events = [event for event in store.events(job_id) if event.kind == "registry"]
     assert [event.data["error_code"] for event in events] == ["mlflow_unreachable"]
     assert "model.onnx" in {artifact.name for artifact in store.artifacts(job_id)}
+
+
+def test_an_uploaded_model_registers_as_its_file_stem_squeeze_by_default(
+    make_store: StoreFactory, mlflow_server: MlflowServer
+) -> None:
+    store = make_store(mlflow_tracking_uri=mlflow_server.url)
+    job_id = store.submit(registry={})  # the upload is digits.onnx
+    assert run(store, job_id) == "succeeded"
+    registered = store.job(job_id).result["registered"]
+    assert (registered["name"], registered["version"]) == ("digits-squeeze", 1)
+    events = [event for event in store.events(job_id) if event.kind == "registry"]
+    assert [event.data["version"] for event in events] == [1]
+
+
+def test_the_mlflow_venv_is_built_once_then_reused_with_the_pinned_version(
+    mlflow_server: MlflowServer,
+) -> None:
+    pin = re.search(r'MLFLOW_PIN="mlflow==([^"]+)"', (ROOT / "scripts/mlflow-venv.sh").read_text())
+    assert pin is not None
+    started = time.monotonic()
+    again = mlflow_venv()  # the session's server was started from this venv already
+    assert time.monotonic() - started < 10
+    assert again == mlflow_server.venv
+    assert list(again.glob(f"lib/python*/site-packages/mlflow-{pin.group(1)}.dist-info"))
