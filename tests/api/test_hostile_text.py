@@ -1,5 +1,5 @@
-"""Text no column can store (NUL, control characters, unpaired surrogates) and cursors of
-extreme timestamps are refused with a 4xx problem, on both database profiles.
+"""Text no column can store (NUL, control characters, unpaired surrogates) and cursors or
+date filters of extreme timestamps are refused with a 4xx problem, on both profiles.
 
 PostgreSQL refuses NUL in text and SQLite does not, so these answered 500 only on the
 deployment profile; every operation of the OpenAPI document is called, so a route added
@@ -105,6 +105,18 @@ def test_a_cursor_beyond_the_utc_calendar_is_refused(
 ) -> None:
     response = profile_api.client.get(route, params={"cursor": cursor_of(created_at, "x")})
     assert_problem(response, 400, "invalid_cursor")
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["created_after=0001-01-01T00:00:00%2B14:00", "created_before=9999-12-31T23:59:59-23:59"],
+)
+@pytest.mark.parametrize("route", ["/v1/models", "/v1/datasets"])
+def test_a_date_filter_beyond_the_utc_calendar_is_refused(
+    profile_api: Api, route: str, query: str
+) -> None:
+    body = assert_problem(profile_api.client.get(f"{route}?{query}"), 422, "invalid_request")
+    assert "UTC calendar" in body["detail"]
 
 
 def test_a_cursor_whose_id_holds_nul_is_refused(profile_api: Api) -> None:

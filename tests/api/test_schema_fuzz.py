@@ -135,12 +135,20 @@ def flatmap_path_parameters(
     return _with_hostile_values(path_parameters or {})
 
 
+# Date filters that parse but have no UTC time.
+HOSTILE_DATES = st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-23:59"])
+
+
 @schemathesis.hook
 def flatmap_query(context: Any, query: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
-    if query and "cursor" in query:
-        cursors = HOSTILE_CURSORS.map(lambda cursor: {**query, "cursor": cursor})
-        return st.one_of(_with_hostile_values(query), cursors)
-    return _with_hostile_values(query or {})
+    query = query or {}
+    options = [_with_hostile_values(query)]
+    if "cursor" in query:
+        options.append(HOSTILE_CURSORS.map(lambda cursor: {**query, "cursor": cursor}))
+    for field in ("created_after", "created_before"):
+        if field in query:
+            options.append(HOSTILE_DATES.map(lambda date, f=field: {**query, f: date}))
+    return st.one_of(*options)
 
 
 def _string_leaves(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
