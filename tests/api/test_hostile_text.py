@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -124,6 +125,22 @@ def test_a_cursor_whose_id_holds_nul_is_refused(profile_api: Api) -> None:
     assert_problem(
         profile_api.client.get("/v1/jobs", params={"cursor": cursor}), 400, "invalid_cursor"
     )
+
+
+def test_an_event_position_past_the_id_column_is_refused(
+    profile_api: Api, model_file: Path, dataset_file: Path
+) -> None:
+    spec = {
+        "model_id": profile_api.model_id(model_file),
+        "eval_dataset_id": profile_api.dataset_id(dataset_file),
+        "steps": [{"method": "quantize", "mode": "dynamic"}],
+    }
+    job = profile_api.submit(spec).json()["id"]
+    events = f"/v1/jobs/{job}/events"
+    for after in (2**31, 2**63, 10**30):  # job_events.id is a 32-bit INTEGER
+        response = profile_api.client.get(events, params={"after": after})
+        assert_problem(response, 422, "invalid_request")
+    assert profile_api.client.get(events, params={"after": 2**31 - 1}).status_code == 200
 
 
 def test_a_query_value_with_nul_is_refused(profile_api: Api) -> None:

@@ -135,6 +135,7 @@ def flatmap_path_parameters(
     return _with_hostile_values(path_parameters or {})
 
 
+HOSTILE_INTEGERS = st.sampled_from([2**31, 2**63, 10**30, -(2**63) - 1])
 # Date filters that parse but have no UTC time.
 HOSTILE_DATES = st.sampled_from(["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-23:59"])
 
@@ -148,6 +149,12 @@ def flatmap_query(context: Any, query: dict[str, Any]) -> st.SearchStrategy[dict
     for field in ("created_after", "created_before"):
         if field in query:
             options.append(HOSTILE_DATES.map(lambda date, f=field: {**query, f: date}))
+    # Integers at the edges of 32- and 64-bit columns (a bound the document declares
+    # makes these a 422; one it lacks reaches the database).
+    numbers = [key for key, value in query.items() if isinstance(value, int)]
+    if numbers:
+        extreme = st.tuples(st.sampled_from(numbers), HOSTILE_INTEGERS)
+        options.append(extreme.map(lambda pair: {**query, pair[0]: pair[1]}))
     return st.one_of(*options)
 
 
