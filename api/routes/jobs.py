@@ -30,6 +30,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401))
 
 JobId = Annotated[str, Path(min_length=1, max_length=64)]
 ArtifactName = Annotated[str, Path(min_length=1, max_length=200)]
+MAX_EVENT_ID = 2**31 - 1
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -129,7 +130,8 @@ def list_events(
     job_id: JobId,
     caller: CallerDep,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    # Bounded by the id column (a 32-bit INTEGER): past it, binding failed with a 500.
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventList:
     """The job's log, oldest first; poll with `after=next_after` for new events."""

@@ -1,5 +1,5 @@
-"""Text no column can store (NUL, control characters, unpaired surrogates) and cursors of
-extreme timestamps are refused with a 4xx problem, on both database profiles.
+"""Text no column can store (NUL, control characters, unpaired surrogates) and cursors or
+date filters of extreme timestamps are refused with a 4xx problem, on both profiles.
 
 PostgreSQL refuses NUL in text and SQLite does not, so these answered 500 only on the
 deployment profile; every operation of the OpenAPI document is called, so a route added
@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -107,11 +108,39 @@ def test_a_cursor_beyond_the_utc_calendar_is_refused(
     assert_problem(response, 400, "invalid_cursor")
 
 
+@pytest.mark.parametrize(
+    "query",
+    ["created_after=0001-01-01T00:00:00%2B14:00", "created_before=9999-12-31T23:59:59-23:59"],
+)
+@pytest.mark.parametrize("route", ["/v1/models", "/v1/datasets"])
+def test_a_date_filter_beyond_the_utc_calendar_is_refused(
+    profile_api: Api, route: str, query: str
+) -> None:
+    body = assert_problem(profile_api.client.get(f"{route}?{query}"), 422, "invalid_request")
+    assert "UTC calendar" in body["detail"]
+
+
 def test_a_cursor_whose_id_holds_nul_is_refused(profile_api: Api) -> None:
     cursor = cursor_of("2026-01-01T00:00:00+00:00", "job_\u0000")
     assert_problem(
         profile_api.client.get("/v1/jobs", params={"cursor": cursor}), 400, "invalid_cursor"
     )
+
+
+def test_an_event_position_past_the_id_column_is_refused(
+    profile_api: Api, model_file: Path, dataset_file: Path
+) -> None:
+    spec = {
+        "model_id": profile_api.model_id(model_file),
+        "eval_dataset_id": profile_api.dataset_id(dataset_file),
+        "steps": [{"method": "quantize", "mode": "dynamic"}],
+    }
+    job = profile_api.submit(spec).json()["id"]
+    events = f"/v1/jobs/{job}/events"
+    for after in (2**31, 2**63, 10**30):  # job_events.id is a 32-bit INTEGER
+        response = profile_api.client.get(events, params={"after": after})
+        assert_problem(response, 422, "invalid_request")
+    assert profile_api.client.get(events, params={"after": 2**31 - 1}).status_code == 200
 
 
 def test_a_query_value_with_nul_is_refused(profile_api: Api) -> None:
