@@ -17,7 +17,8 @@ Then it waits (`--drain-s` at most) for every job to end and reports: jobs submi
 finished (by state), lost (submitted but not final, or gone: must be 0), duplicated
 artifacts (one job's artifact stored twice, or a job that succeeded twice: must be 0)
 and the RSS growth of the API process and of the worker that was never killed (its main
-process and pool), from the end of the warm-up to the end of the traffic.
+process and pool): the median of the samples in the first and in the last minute of
+traffic, and the peak.
 
     PYTHONPATH=. python bench/soak.py --duration-s 600 [--note "shared machine"]
 
@@ -31,6 +32,7 @@ import itertools
 import os
 import platform
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,6 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--redis-restart-every-s", type=float, default=150.0)
     parser.add_argument("--redis-down-s", type=float, default=10.0)
     parser.add_argument("--drain-s", type=float, default=600.0)
+    parser.add_argument("--sample-every-s", type=float, default=10.0, help="RSS samples")
     parser.add_argument("--s3", action="store_true", help="blobs in the S3 object store")
     parser.add_argument("--out", type=Path, default=Path("bench/results/soak.md"))
     parser.add_argument("--note", default="", help="a sentence on machine conditions")
@@ -231,6 +234,28 @@ def states(client: httpx.Client, job_ids: list[str]) -> dict[str, str]:
     return found
 
 
+WINDOW_S = 60.0
+
+
+def memory_growth(
+    samples: list[tuple[float, int, int]], traffic_s: float
+) -> dict[str, tuple[float, float, float]]:
+    """Per process: the median RSS of the first and of the last WINDOW_S of traffic, and
+    the peak. Medians, because the worker's pool child holds a job's tensors or not
+    depending on the instant."""
+    result = {}
+    for who, column in (("the API", 1), ("worker 0 (never killed; main + pool)", 2)):
+        values = [(sample[0], sample[column]) for sample in samples]
+        first = [v for at, v in values if at <= WINDOW_S] or [values[0][1]]
+        last = [v for at, v in values if at >= traffic_s - WINDOW_S] or [values[-1][1]]
+        result[who] = (
+            float(statistics.median(first)),
+            float(statistics.median(last)),
+            float(max(v for _, v in values)),
+        )
+    return result
+
+
 def duplicates(database_url: str, job_ids: list[str]) -> dict[str, int]:
     """Artifacts stored twice for one job and name, and jobs that succeeded twice."""
     from sqlalchemy import create_engine, text
@@ -345,8 +370,8 @@ def main(argv: list[str] | None = None) -> None:
             traffic.submit()
             traffic.poll()
             time.sleep(args.submit_interval_s)
-        assert workers[0].process is not None
-        rss_start = {"api": rss_bytes(api.pid), "worker": rss_bytes(workers[0].process.pid)}
+        samples: list[tuple[float, int, int]] = []  # (s since start, API RSS, worker RSS)
+        next_sample = 0.0
         events: list[str] = []
         started = time.monotonic()
         next_kill = started + args.kill_every_s
@@ -355,6 +380,12 @@ def main(argv: list[str] | None = None) -> None:
         while time.monotonic() - started < args.duration_s:
             tick += 1
             now = time.monotonic()
+            if now - started >= next_sample:
+                assert workers[0].process is not None
+                samples.append(
+                    (now - started, rss_bytes(api.pid), rss_bytes(workers[0].process.pid))
+                )
+                next_sample += args.sample_every_s
             if now >= next_kill:
                 workers[1].kill()
                 events.append(f"{now - started:.0f} s: worker 1 killed (SIGKILL) and restarted")
@@ -379,9 +410,8 @@ def main(argv: list[str] | None = None) -> None:
             if tick % 7 == 0:
                 traffic.upload_dataset()
             time.sleep(args.submit_interval_s)
-        assert workers[0].process is not None
-        rss_end = {"api": rss_bytes(api.pid), "worker": rss_bytes(workers[0].process.pid)}
         traffic_s = time.monotonic() - started
+        rss = memory_growth(samples, traffic_s)
         job_ids = list(traffic.jobs)
         drain_started = time.monotonic()
         final: dict[str, str] = {}
@@ -400,8 +430,8 @@ def main(argv: list[str] | None = None) -> None:
     by_state = Counter(final.values())
     lost = sum(count for state, count in by_state.items() if state not in FINAL)
     report = render(
-        args, traffic, traffic_s, drain_s, by_state, lost, doubles, codes, rss_start, rss_end,
-        events, workers, redis_server,
+        args, traffic, traffic_s, drain_s, by_state, lost, doubles, codes, rss, events,
+        workers, redis_server,
     )  # fmt: skip
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -419,8 +449,7 @@ def render(
     lost: int,
     doubles: dict[str, int],
     codes: Counter[str],
-    rss_start: dict[str, int],
-    rss_end: dict[str, int],
+    rss: dict[str, tuple[float, float, float]],
     events: list[str],
     workers: list[Worker],
     redis_server: Redis,
@@ -446,10 +475,12 @@ def render(
         f"twice: {doubles['attempts started twice']}; outbox rows left: "
         f"{doubles['outbox rows left']}",
         f"- client-side errors during the faults: {dict(traffic.errors) or 'none'}",
-        f"- RSS of the API: {rss_start['api'] / mib:.0f} MiB -> {rss_end['api'] / mib:.0f} MiB "
-        f"({(rss_end['api'] - rss_start['api']) / mib:+.0f} MiB); of worker 0 (never killed, "
-        f"main + pool): {rss_start['worker'] / mib:.0f} MiB -> {rss_end['worker'] / mib:.0f} "
-        f"MiB ({(rss_end['worker'] - rss_start['worker']) / mib:+.0f} MiB)",
+        *(
+            f"- RSS of {who} (median of the samples every {args.sample_every_s:g} s in the "
+            f"first and in the last {WINDOW_S:g} s of traffic): {first / mib:.0f} MiB -> "
+            f"{last / mib:.0f} MiB ({(last - first) / mib:+.0f} MiB), peak {peak / mib:.0f} MiB"
+            for who, (first, last, peak) in rss.items()
+        ),
         "",
         "Faults:",
         *(f"- {event}" for event in events),
