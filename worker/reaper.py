@@ -42,7 +42,8 @@ def reap_once(sessions: sessionmaker[Session], queue: JobQueue, settings: Settin
         log.info("reaper: sending job %s again to %s", job_id, queue_name)
     # the messages were committed to the outbox with the jobs' new state: a broker that
     # is down now loses none of them (the outbox pass sends them when it answers)
-    outbox.drain(sessions, queue.send, job_ids=[job_id for job_id, _ in targets])
+    if targets:
+        outbox.drain(sessions, queue.send, job_ids=[job_id for job_id, _ in targets])
     return [job_id for job_id, _ in targets]
 
 
