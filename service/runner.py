@@ -5,8 +5,8 @@ default through this module: a data dir (SQLite, the file-system broker, local b
 files), one API process and `workers` worker processes. Each child runs in its own
 session, so a Ctrl-C at the terminal reaches only the parent, which then stops them in
 order (workers first, then the API): SIGTERM to the child's process group, SIGKILL after
-`stop_timeout_s`. A supervisor (restarting a worker that died) plugs in through
-`Service.dead()` and `Service.restart()`; this module does not restart anything itself.
+`stop_timeout_s`. `Service.revive_workers()` starts a worker that died again, with the
+supervisor's backoff (service/backoff.py); `squeeze serve` calls it.
 
 Only the standard library and httpx are imported here: the CLI imports this module lazily
 and must be able to say "install squeeze[server]" when the service's libraries are absent
@@ -29,6 +29,8 @@ from types import TracebackType
 from typing import IO
 
 import httpx
+
+from service.backoff import Backoff
 
 # The source tree (a checkout) or site-packages (an installed distribution): the children
 # import api/ and worker/ from there.
@@ -175,6 +177,10 @@ class Service:
     start_timeout_s: float = 120
     stop_timeout_s: float = 20
     children: list[Child] = field(default_factory=list)
+    backoff: Backoff = field(default_factory=Backoff)
+    # worker name -> (its current backoff, when it is due to start again; monotonic)
+    _revivals: dict[str, tuple[float, float | None]] = field(default_factory=dict)
+    _started_at: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -249,6 +255,7 @@ class Service:
         finally:
             handle.close()  # the child has its own copy
         child = Child(name=name, command=command, log=log, process=process)
+        self._started_at[name] = time.monotonic()
         self.children = [c for c in self.children if c.name != name] + [child]
         return child
 
@@ -280,6 +287,29 @@ class Service:
     def dead(self) -> list[Child]:
         """The children that exited (the caller decides: stop everything, or restart)."""
         return [child for child in self.children if child.process.poll() is not None]
+
+    def revive_workers(self, now: float | None = None) -> list[str]:
+        """One pass: a worker that exited is started again after its backoff (the API's
+        death is the caller's to handle). Returns what happened, in words."""
+        now = time.monotonic() if now is None else now
+        said: list[str] = []
+        for child in self.dead():
+            if child.name == "api":
+                continue
+            delay, due = self._revivals.get(child.name, (0.0, None))
+            if due is None:
+                ran_s = now - self._started_at.get(child.name, now)
+                delay = self.backoff.next_delay(delay, ran_s)
+                self._revivals[child.name] = (delay, now + delay)
+                said.append(
+                    f"{child.name} exited (code {child.process.returncode}); starting it again "
+                    f"in {delay:g} s. Its log ({child.log}) ends:\n{child.log_tail(5)}"
+                )
+            elif now >= due:
+                self.restart(child)
+                self._revivals[child.name] = (delay, None)
+                said.append(f"{child.name} started again")
+        return said
 
     def restart(self, child: Child) -> Child:
         """Start `child`'s command again under the same name and log file."""

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from service.backoff import Backoff
 from service.logs import configure_logging
 from service.settings import get_settings
 
@@ -72,19 +73,6 @@ class Program:
             "last_exit_at": self.last_exit_at,
             "backoff_s": self.backoff_s,
         }
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float = 1.0
-    max_s: float = 60.0
-    # a program that ran this long before it exited starts again after initial_s
-    stable_after_s: float = 60.0
-
-    def next_delay(self, previous_s: float, ran_s: float) -> float:
-        if ran_s >= self.stable_after_s or previous_s <= 0:
-            return self.initial_s
-        return min(self.max_s, previous_s * 2)
 
 
 class Supervisor:

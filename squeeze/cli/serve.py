@@ -103,14 +103,16 @@ def serve(cli: Cli) -> int:
         say("Ctrl-C stops the API and the worker(s)")
         cli.out.flush()
         while True:
-            dead = service.dead()
-            if dead:
-                child = dead[0]
+            api = next((child for child in service.dead() if child.name == "api"), None)
+            if api is not None:
                 err.write(
-                    f"squeeze serve: {child.name} exited (code {child.process.returncode}); "
-                    f"stopping. Its log ({child.log}) ends:\n{child.log_tail()}\n"
+                    f"squeeze serve: the API exited (code {api.process.returncode}); "
+                    f"stopping. Its log ({api.log}) ends:\n{api.log_tail()}\n"
                 )
                 return exit_codes.ERROR
+            # a worker that dies (a broker error, the OOM killer) is started again
+            for line in service.revive_workers():
+                err.write(f"squeeze serve: {line}\n")
             time.sleep(0.5)
     except Stop as stopped:
         say(f"\n{stopped}: stopping the worker(s) and the API (at most {STOP_TIMEOUT_S} s each)")
