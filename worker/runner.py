@@ -14,6 +14,7 @@ external data, in the layout uploads take); report.json says which.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -204,11 +205,18 @@ class JobRunner:
             lease_s=self.settings.lease_s,
             heartbeat_s=self.settings.heartbeat_s,
         )
+        outcome = "lost"
         try:
             with keeper:
-                return self._run_attempt(job_id, attempt, work_dir, keeper)
+                outcome = self._run_attempt(job_id, attempt, work_dir, keeper)
+                return outcome
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+            if outcome in jobs.FINAL_STATES:
+                # the job's own folder too, once empty (its helpers remove theirs; the
+                # cleanup pass sweeps what a killed attempt or helper left)
+                with contextlib.suppress(OSError):
+                    work_dir.parent.rmdir()
 
     def _run_attempt(self, job_id: str, attempt: int, work_dir: Path, keeper: LeaseKeeper) -> str:
         allowance: int | None = None  # the job's memory ceiling, once its spec is read
