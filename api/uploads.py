@@ -161,7 +161,14 @@ def _receive_and_store(
         existing = kind.find_by_sha256(session, kind.tenant_id, staged.sha256)
         if existing is not None:
             # the same bytes were validated when they were first stored
-            blobs.discard(staged)
+            if blobs.exists(staged.sha256):
+                blobs.discard(staged)
+            else:
+                # the record outlived its bytes (collected, or a store that was replaced):
+                # these are they, so the record is whole again instead of failing every
+                # job that names it with `input_missing`
+                blob_refs.lock(session, staged.sha256)
+                blobs.publish(staged)
             return Stored(existing, reused=True)
         row = _store(staged, reader.filename or kind.default_filename, session, blobs, kind)
         return Stored(row, reused=False)

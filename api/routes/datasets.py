@@ -63,6 +63,7 @@ def get_dataset(dataset_id: DatasetId, caller: CallerDep, session: SessionDep) -
 def list_datasets(
     caller: CallerDep,
     session: SessionDep,
+    blobs: BlobsDep,
     name: Annotated[
         str | None, Query(max_length=255, description="file names containing this (any case)")
     ] = None,
@@ -88,6 +89,9 @@ def list_datasets(
         limit=limit,
         cursor=cursor,
     )
+    if sha256 is not None:
+        # asked before an upload: a record whose bytes are gone must be uploaded again
+        rows = [row for row in rows if blobs.exists(row.sha256)]
     return DatasetList(items=[DatasetOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 

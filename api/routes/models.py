@@ -70,6 +70,7 @@ def get_model(model_id: ModelId, caller: CallerDep, session: SessionDep) -> Mode
 def list_models(
     caller: CallerDep,
     session: SessionDep,
+    blobs: BlobsDep,
     name: Annotated[
         str | None, Query(max_length=255, description="file names containing this (any case)")
     ] = None,
@@ -95,6 +96,9 @@ def list_models(
         limit=limit,
         cursor=cursor,
     )
+    if sha256 is not None:
+        # asked before an upload: a record whose bytes are gone must be uploaded again
+        rows = [row for row in rows if blobs.exists(row.sha256)]
     return ModelList(items=[ModelOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 

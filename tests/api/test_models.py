@@ -80,6 +80,24 @@ def test_a_model_can_be_looked_up_by_sha256_before_uploading(
     assert_problem(api.client.get("/v1/models", params={"sha256": "abc"}), 422, "invalid_request")
 
 
+def test_a_record_whose_bytes_are_gone_is_made_whole_by_the_next_upload(
+    api: Api, model_file: Path
+) -> None:
+    """Reuse must not hand back a record whose blob was lost (collected, or another store):
+    every job naming it would fail `input_missing`."""
+    first = api.upload_model(model_file).json()
+    sha256 = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    blobs = api.client.app.state.services.blobs  # type: ignore[attr-defined]
+    assert blobs.delete(sha256)
+
+    # asked first, the service says it does not hold these bytes any more
+    assert api.client.get("/v1/models", params={"sha256": sha256}).json()["items"] == []
+    again = api.upload_model(model_file)
+
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert blobs.exists(sha256)
+
+
 def test_another_tenant_s_identical_model_is_not_reused(api: Api, model_file: Path) -> None:
     mine = api.upload_model(model_file).json()
     theirs = api.tenant("other").upload_model(model_file)
