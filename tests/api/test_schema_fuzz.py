@@ -275,8 +275,13 @@ def name_real_uploads(body: object, uploads: dict[str, str]) -> None:
     for path in list(_string_leaves(body)):
         body.update(_replaced(body, path, _get(body, path).replace("\x00", "")))
     body.update(uploads)
-    for role in ("calibration_dataset_id", "train_dataset_id"):
-        body.pop(role, None)
+    # the other ways to name a model or data, and MLflow registration, need servers this
+    # app has none of (MLflow; a webhook receiver): a spec with them is refused by design
+    for field in ("calibration_dataset_id", "train_dataset_id", "model_uri", "registry"):
+        body.pop(field, None)
+    body.pop("webhook_url", None)
+    if not body.get("steps") and not body.get("goal"):
+        body["steps"] = [{"method": "quantize", "mode": "dynamic"}]
     task = body.get("task")
     if isinstance(task, dict):  # generated input/output names never match the model's
         task.pop("inputs", None)
