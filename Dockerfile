@@ -11,6 +11,7 @@ COPY worker /app/worker
 COPY core /app/core
 COPY store /app/store
 COPY squeeze /app/squeeze
+COPY service /app/service
 COPY migrations /app/migrations
 
 FROM python:3.11-slim AS base

@@ -18,8 +18,12 @@ lint:
 typecheck:
 	$(PY) -m mypy
 
+# Two test processes (pytest-xdist; PYTEST_WORKERS=0 runs in one): many tests wait on real
+# servers and worker processes, so two keep both cores busy. Each process has its own
+# PostgreSQL database, SeaweedFS and queue names.
+PYTEST_WORKERS ?= 2
 pytest:
-	$(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # Benchmark-only packages (bench/auto.py's real MiniLM), into the project venv; the lock
 # constrains them, so no locked package (torch above all) changes version.

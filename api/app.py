@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import gc
 import tomllib
@@ -10,9 +12,16 @@ from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
-from api.auth import bootstrap_admin_key
+from api import outbox_sender
+from api.admission import (
+    AuthGateMiddleware,
+    BodyBufferMiddleware,
+    RateLimitMiddleware,
+    buckets_for,
+)
+from api.auth import KeyCache, bootstrap_admin_key
 from api.concurrency import ConcurrencyLimitMiddleware
 from api.deps import Services
 from api.limits import BodyLimits, BodySizeLimitMiddleware
@@ -33,6 +42,7 @@ from api.routes import (
     webhooks,
     workers,
 )
+from api.text_guard import refuse_unstorable_text
 from service.logs import configure_logging
 from service.settings import Settings, get_settings
 from store.blobs import open_blob_store
@@ -88,7 +98,15 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         freeze_startup_objects()
+        sender = asyncio.create_task(
+            outbox_sender.drain_forever(
+                services.sessions, services.queue, settings.outbox_interval_s
+            )
+        )
         yield
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
         engine.dispose()
 
     app = FastAPI(
@@ -98,15 +116,44 @@ def create_app(settings: Settings | None = None, queue: JobQueue | None = None) 
         docs_url="/docs",
         lifespan=lifespan,
         generate_unique_id_function=operation_id,
+        # Before any route's own dependencies (auth included): text no column can store
+        # never reaches a query.
+        dependencies=[Depends(refuse_unstorable_text)],
     )
     app.state.services = services
     app.state.metrics = ServiceMetrics(services.sessions, services.queue, settings)
     install_problem_handlers(app)
     install_openapi(app)
-    app.add_middleware(BodySizeLimitMiddleware, limits=BodyLimits.from_settings(settings))
+    # Starlette runs the last added outermost: a request meets them bottom to top, so it
+    # is authenticated, rate-limited and (unless it uploads) has its body in full before
+    # it takes a slot (api/admission.py).
+    limits = BodyLimits.from_settings(settings)
+    app.state.key_cache = KeyCache()
     app.add_middleware(
-        ConcurrencyLimitMiddleware, max_concurrent=settings.api_max_concurrent_requests
+        BodySizeLimitMiddleware, limits=limits, idle_timeout_s=settings.api_body_idle_timeout_s
     )
+    app.add_middleware(
+        ConcurrencyLimitMiddleware,
+        max_concurrent=settings.api_max_concurrent_requests,
+        max_uploads=settings.api_max_concurrent_uploads,
+        is_upload=limits.is_streamed,
+    )
+    app.add_middleware(BodyBufferMiddleware, limits=limits, timeout_s=settings.api_body_timeout_s)
+    app.add_middleware(
+        RateLimitMiddleware,
+        buckets=(
+            buckets_for(
+                settings.resolved_rate_limit_redis_url,
+                settings.rate_limit_per_s,
+                settings.rate_limit_burst,
+            )
+            if settings.rate_limit_per_s > 0
+            else None
+        ),
+        rate_per_s=settings.rate_limit_per_s,
+        burst=settings.rate_limit_burst,
+    )
+    app.add_middleware(AuthGateMiddleware, sessions=services.sessions, cache=app.state.key_cache)
     app.add_middleware(JobLogContextMiddleware)
     routers = (
         health.router,

@@ -10,6 +10,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import SessionDep
 from api.errors import Forbidden, Unauthenticated
 from service.settings import Settings
-from store import tenants
+from store import audit, tenants
 from store.db import transaction
 
 logger = logging.getLogger(__name__)
@@ -82,13 +83,20 @@ async def get_key_cache(request: Request) -> KeyCache:
 KeyCacheDep = Annotated[KeyCache, Depends(get_key_cache)]
 
 
-async def authenticate(
-    session: SessionDep,
-    cache: KeyCacheDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    header_key: Annotated[str | None, Security(_header)],
+def token_from_headers(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The key a request carries: `Authorization: Bearer <key>`, else `X-API-Key`."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return x_api_key or None
+
+
+async def caller_for_token(
+    token: str | None,
+    cache: KeyCache,
+    lookup: Callable[[str], Awaitable[Caller | None]],
 ) -> Caller:
-    token = bearer.credentials if bearer is not None else header_key
+    """The caller a token stands for (cached, else `lookup`); Unauthenticated if none."""
     if not token:
         raise Unauthenticated("an API key is required: send `Authorization: Bearer <key>`")
     digest = tenants.secret_sha256(token)
@@ -96,14 +104,35 @@ async def authenticate(
     cached = cache.get(digest)
     if cached is not None:
         return cached
-    # The request's own session (one connection per request: a second one here would let
-    # a burst of requests hold the whole pool while each waits for another connection).
-    key = await run_in_threadpool(tenants.find_active_key, session, token)
-    if key is None:
+    caller = await lookup(token)
+    if caller is None:
         raise Unauthenticated("the API key is not valid (unknown or revoked)")
-    caller = Caller(key_id=key.id, tenant_id=key.tenant_id, is_admin=key.is_admin)
     cache.put(digest, caller)
     return caller
+
+
+async def authenticate(
+    request: Request,
+    session: SessionDep,
+    cache: KeyCacheDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    header_key: Annotated[str | None, Security(_header)],
+) -> Caller:
+    # A write request was authenticated by api.admission before its body was read.
+    gated = request.scope.get("state", {}).get("caller")
+    if isinstance(gated, Caller):
+        return gated
+    token = bearer.credentials if bearer is not None else header_key
+
+    async def lookup(token: str) -> Caller | None:
+        # The request's own session (one connection per request: a second one here would
+        # let a burst of requests hold the whole pool while each waits for another one).
+        key = await run_in_threadpool(tenants.find_active_key, session, token)
+        if key is None:
+            return None
+        return Caller(key_id=key.id, tenant_id=key.tenant_id, is_admin=key.is_admin)
+
+    return await caller_for_token(token, cache, lookup)
 
 
 async def require_admin(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
@@ -117,14 +146,41 @@ AdminDep = Annotated[Caller, Depends(require_admin)]
 
 
 def bootstrap_admin_key(sessions: sessionmaker[Session], settings: Settings) -> None:
-    """Make sure an admin key exists: the configured one, else one made on first start
-    and written to `settings.admin_key_file` (readable by the service's user only)."""
+    """Make sure the admin key is the configured one, else one made on first start and
+    written to `settings.admin_key_file` (readable by the service's user only). Every
+    other admin key is revoked (a rotated secret stops working) and the audit log says
+    so; a configured secret that was revoked stops the start (RevokedAdminKey)."""
     if settings.admin_api_key is not None:
         token = settings.admin_api_key.get_secret_value()
     else:
         token = _admin_token_from_file(settings)
     with transaction(sessions) as session:
-        tenants.ensure_admin_key(session, token)
+        rotation = tenants.ensure_admin_key(session, token)
+        for old in rotation.revoked:
+            audit.record(
+                session,
+                actor_key_id=None,
+                action="admin_key.revoked_by_rotation",
+                target_kind="api_key",
+                target_id=old.id,
+                tenant_id=old.tenant_id,
+                details={"prefix": old.prefix, "replaced_by": rotation.key.id},
+            )
+        if rotation.created:
+            audit.record(
+                session,
+                actor_key_id=None,
+                action="admin_key.created",
+                target_kind="api_key",
+                target_id=rotation.key.id,
+                tenant_id=rotation.key.tenant_id,
+                details={"prefix": rotation.key.prefix},
+            )
+    if rotation.revoked:
+        logger.warning(
+            "the admin API key changed: revoked the previous admin key(s) %s",
+            ", ".join(old.prefix + "..." for old in rotation.revoked),
+        )
 
 
 def _admin_token_from_file(settings: Settings) -> str:

@@ -29,6 +29,11 @@ class JobTemplate(JobSpec):
 
     @model_validator(mode="after")
     def _follows_the_submission_rules(self) -> JobTemplate:
+        if self.model_uri is not None:
+            raise ValueError(
+                "a batch's models are its model_ids: leave model_uri out of the spec "
+                "(submit an MLflow model as a job of its own)"
+            )
         check_submission(self)
         return self
 

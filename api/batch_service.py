@@ -16,7 +16,13 @@ from sqlalchemy.orm import Session
 
 from api.batch_schemas import BatchDetail, BatchIn, BatchJob, BatchList, BatchOut
 from api.errors import BatchTooLarge
-from api.job_service import check_references, method_label, spec_sha256
+from api.job_service import (
+    check_references,
+    check_registry,
+    check_webhook_destination,
+    method_label,
+    spec_sha256,
+)
 from api.quotas import check_job_slot
 from api.worker_check import check_all, record_waiting, requirements_for
 from service.settings import Settings
@@ -69,10 +75,12 @@ def submit_batch(
         replayed = batches.find_replay(session, tenant_id, idempotency_key, digest)
         if replayed is not None:
             return BatchSubmission(replayed, batches.batch_jobs(session, replayed.id), False)
+    check_webhook_destination(body.webhook_url, settings)
     specs = body.job_specs()
     for spec in specs:
+        check_registry(spec, settings)
         check_references(session, spec, tenant_id)
-    check_job_slot(session, tenant_id, settings, needed=len(specs))
+    check_job_slot(session, tenant_id, settings, specs=specs)
     waiting = {
         spec.device: check_all(
             session, requirements_for(spec, queue.queue_for(spec.device)), settings

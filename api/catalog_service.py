@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.errors import InvalidSpec
 from store import blob_refs, catalog, lifecycle
 from store.blobs import BlobStore
 from store.catalog import Filters
@@ -19,18 +20,31 @@ from store.tables import DatasetRow, ModelRow
 
 
 def filters(
-    name: str | None, created_after: datetime | None, created_before: datetime | None
+    name: str | None,
+    created_after: datetime | None,
+    created_before: datetime | None,
+    sha256: str | None = None,
 ) -> Filters:
-    """Listing filters; a date without a zone is taken as UTC."""
+    """Listing filters; a date without a zone is taken as UTC. Raises InvalidSpec for a
+    date that has no UTC time (year 1 at +14:00, year 9999 at -23:59)."""
     return Filters(
-        name=name, created_after=_utc(created_after), created_before=_utc(created_before)
+        name=name,
+        created_after=_utc(created_after, "created_after"),
+        created_before=_utc(created_before, "created_before"),
+        sha256=sha256,
     )
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
+def _utc(value: datetime | None, field: str) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        # As the column binds it; overflowing there answered 500.
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InvalidSpec(f"{field}: {value.isoformat()} is outside the UTC calendar") from None
 
 
 def list_models(

@@ -33,6 +33,12 @@ class InvalidUpload(ApiError):
     code = "invalid_upload"
 
 
+class InvalidCharacters(ApiError):
+    """A path, query or JSON string holding what no column can store (NUL, ...)."""
+
+    code = "invalid_characters"
+
+
 class UnsupportedMediaType(ApiError):
     code = "unsupported_media_type"
 
@@ -45,25 +51,86 @@ class PayloadTooLarge(ApiError):
         self.limit_bytes = limit_bytes
 
 
+class BodyTimeout(ApiError):
+    """The request body did not arrive in time (a slow or stalled client)."""
+
+    code = "body_timeout"
+
+    def __init__(self, timeout_s: float, *, idle: bool) -> None:
+        what = (
+            f"no body bytes arrived for {timeout_s:g} s"
+            if idle
+            else f"the request body did not arrive within {timeout_s:g} s"
+        )
+        super().__init__(f"{what}; send the body at once after the headers")
+        self.timeout_s = timeout_s
+
+
+class RateLimited(ApiError):
+    """The key sent more write requests than its rate allows."""
+
+    code = "rate_limited"
+
+    def __init__(self, retry_after_s: int, *, rate_per_s: float, burst: int) -> None:
+        super().__init__(
+            f"this API key sent more than {burst} write requests at once or more than "
+            f"{rate_per_s:g} a second; retry after {retry_after_s} s"
+        )
+        self.retry_after_s = retry_after_s
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        return {"retry_after_s": self.retry_after_s}
+
+
 class NotReady(ApiError):
     """A dependency the service needs (database, broker) does not answer."""
 
     code = "not_ready"
 
-    def __init__(self, checks: dict[str, str]) -> None:
+    def __init__(self, checks: dict[str, str], outbox: dict[str, Any] | None = None) -> None:
         failing = sorted(name for name, status in checks.items() if status != "ok")
         super().__init__(f"not ready: {', '.join(failing)} failing")
         self.checks = checks
+        # the job messages waiting for the broker (what an outage is holding back)
+        self.outbox = outbox
 
     @property
     def extensions(self) -> dict[str, Any]:
-        return {"checks": self.checks}
+        if self.outbox is None:
+            return {"checks": self.checks}
+        return {"checks": self.checks, "outbox": self.outbox}
 
 
 class InvalidSpec(ApiError):
     """A job spec that passed its schema but cannot be stored (e.g. NaN or Infinity)."""
 
     code = "invalid_request"
+
+
+class ForbiddenWebhook(InvalidSpec):
+    """A webhook_url whose host is, or resolves to, a non-public address (SSRF)."""
+
+    code = "webhook_destination_forbidden"
+
+    def __init__(self, reason: str, *, field: str = "webhook_url") -> None:
+        super().__init__(
+            f"{field}: {reason}; webhooks go to public addresses only (an installation "
+            "whose receivers share its network sets SQUEEZE_WEBHOOK_ALLOW_PRIVATE_HOSTS)"
+        )
+        self.field = field
+        self.reason = reason
+
+    @property
+    def extensions(self) -> dict[str, Any]:
+        error = {"loc": ["body", self.field], "msg": self.reason, "type": self.code}
+        return {"field": self.field, "errors": [error]}
 
 
 class Unauthenticated(ApiError):

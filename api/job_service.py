@@ -1,9 +1,10 @@
 """Jobs as the API sees them: submission with idempotency, listing, cancel, artifacts.
 
-Submission writes the job row in the request's transaction; the message to the broker is
-sent only after that commit (`enqueue`, run as a background task), so a worker never
-receives an id it cannot find. A failed send loses nothing: the job stays queued in the
-database and the reaper sends it again.
+Submission writes the job row and its message (an outbox row, store.outbox) in the
+request's transaction; the message is sent only after that commit (`enqueue`, run as a
+background task), so a worker never receives an id it cannot find. A failed send loses
+nothing and waits for no reaper: the message stays in the outbox, and the API's timer
+and the workers' outbox pass send it as soon as the broker answers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.errors import InvalidSpec, UnknownReference
+from api.errors import ForbiddenWebhook, InvalidSpec, UnknownReference
 from api.quotas import check_job_slot
 from api.worker_check import check_all, record_waiting, requirements_for
 from core.data import DatasetInfo, check_compatible
@@ -23,9 +24,9 @@ from core.errors import IncompatibleData
 from core.formats import ModelInfo
 from core.spec import AutoStep, JobSpec, SearchStep
 from service.settings import Settings
-from store import catalog, jobs, tenants, webhooks
+from service.webhook_destination import ForbiddenDestination, check_destination
+from store import catalog, jobs, outbox, tenants, webhooks
 from store.catalog import NotFound
-from store.db import transaction
 from store.tables import ArtifactRow, JobEventRow, JobRow
 from worker.enqueue import JobQueue
 
@@ -70,7 +71,8 @@ def submit_job(
     """Check the spec against the tenant's uploads and insert the job (or find its replay).
 
     Raises UnknownReference for a model or dataset the tenant never uploaded,
-    IncompatibleData when a dataset cannot feed the model, IdempotencyConflict when the
+    IncompatibleData when a dataset cannot feed the model, ForbiddenWebhook for a webhook
+    URL that leads to a non-public address, IdempotencyConflict when the
     key was used for a different spec, QuotaExceeded when the tenant has its quota of
     active jobs (a replay is answered even then), NoWorkerForTarget when no live worker
     serves the job's queue and device (settings.absent_worker_policy "refuse"; under
@@ -79,13 +81,15 @@ def submit_job(
     """
     request_sha256 = request_hash(spec, webhook_url)
     check_time_budgets(spec, settings)
+    check_webhook_destination(webhook_url, settings)
+    check_registry(spec, settings)
     check_references(session, spec, tenant_id)
     replay = idempotency_key is not None and jobs.has_idempotency_key(
         session, tenant_id, idempotency_key
     )
     waiting = None
     if not replay:
-        check_job_slot(session, tenant_id, settings)
+        check_job_slot(session, tenant_id, settings, specs=[spec])
         waiting = check_all(
             session, requirements_for(spec, queue.queue_for(spec.device)), settings
         )
@@ -105,6 +109,21 @@ def submit_job(
     if created and waiting is not None:
         record_waiting(session, job.id, waiting, settings)
     return Submission(job=job, created=created)
+
+
+def check_webhook_destination(webhook_url: str | None, settings: Settings) -> None:
+    """Refuse (422) a webhook URL whose host is or resolves to a loopback, link-local or
+    private address: it would be refused at every delivery attempt anyway. A name that
+    does not resolve now is accepted (its receiver may not exist yet); each delivery
+    checks the destination again and connects to the address it checked."""
+    if webhook_url is None or settings.webhook_allow_private_hosts:
+        return
+    try:
+        check_destination(webhook_url)
+    except ForbiddenDestination as refused:
+        raise ForbiddenWebhook(str(refused)) from None
+    except OSError:
+        pass
 
 
 def request_hash(spec: JobSpec, webhook_url: str | None) -> str:
@@ -140,20 +159,41 @@ def check_time_budgets(spec: JobSpec, settings: Settings) -> None:
         )
 
 
+def check_registry(spec: JobSpec, settings: Settings) -> None:
+    """A job that reads from or registers in MLflow needs the service to know where the
+    tracking server is: refused at submission, not hours later on the worker."""
+    if settings.mlflow_tracking_uri is not None:
+        return
+    uses = [
+        field
+        for field, used in (("model_uri", spec.model_uri), ("registry", spec.registry))
+        if used is not None
+    ]
+    if uses:
+        raise InvalidSpec(
+            f"{' and '.join(uses)} need an MLflow tracking server, and this service has "
+            "none configured: its operator sets SQUEEZE_MLFLOW_TRACKING_URI (or upload the "
+            "model and submit it by model_id)",
+            code="mlflow_not_configured",
+        )
+
+
 def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
     # The tenant's submission lock first: a delete of an input (store.lifecycle) takes it
     # too, so it either sees this job or this check sees the input gone.
     tenants.lock_for_submission(session, tenant_id)
-    try:
-        model_row = catalog.get_model(session, spec.model_id, tenant_id=tenant_id)
-    except NotFound:
-        raise UnknownReference("model", spec.model_id) from None
+    model: ModelInfo | None = None  # an MLflow model: the worker checks it once downloaded
+    if spec.model_id is not None:
+        try:
+            model_row = catalog.get_model(session, spec.model_id, tenant_id=tenant_id)
+        except NotFound:
+            raise UnknownReference("model", spec.model_id) from None
+        model = ModelInfo.model_validate(model_row.info)
     for student_id in spec.student_model_ids():  # uploaded students of distill steps
         try:
             catalog.get_model(session, student_id, tenant_id=tenant_id)
         except NotFound:
             raise UnknownReference("model", student_id) from None
-    model = ModelInfo.model_validate(model_row.info)
     roles: dict[str, str] = {}
     for role in ("eval_dataset_id", "calibration_dataset_id", "train_dataset_id"):
         dataset_ref = getattr(spec, role)
@@ -167,6 +207,8 @@ def check_references(session: Session, spec: JobSpec, tenant_id: str) -> None:
             raise UnknownReference("dataset", dataset_id) from None
         digests[dataset_id] = dataset_row.sha256
         dataset = DatasetInfo.model_validate(dataset_row.info)
+        if model is None:
+            continue
         try:
             # Labels are optional everywhere: without them the metric is agreement
             # with the original model; present labels are still checked.
@@ -192,20 +234,22 @@ def check_no_leakage(spec: JobSpec, digests: dict[str, str]) -> None:
 
 
 def enqueue(sessions: sessionmaker[Session], queue: JobQueue, job_id: str, queue_name: str) -> bool:
-    """Send the committed job to the broker and record when; False when the send failed."""
+    """Send the committed job's message from the outbox at once; False when the broker
+    did not take it (the message stays in the outbox: the API's timer and the workers'
+    outbox pass send it as soon as the broker answers)."""
     try:
-        queue.send(job_id, queue_name)
-    except Exception:
-        # The row is committed and queued: the reaper sends it again later.
+        result = outbox.drain(sessions, queue.send, job_ids=[job_id])
+    except Exception:  # the database itself failed: the row stays for the next pass
+        logger.warning("could not drain the outbox for job %s", job_id, exc_info=True)
+        return False
+    if result.error is not None:
         logger.warning(
-            "could not send job %s to queue %s; it stays queued for the reaper",
+            "could not send job %s to queue %s (%s); its message waits in the outbox",
             job_id,
             queue_name,
-            exc_info=True,
+            result.error,
         )
         return False
-    with transaction(sessions) as session:
-        jobs.mark_enqueued(session, job_id)
     return True
 
 
@@ -217,10 +261,17 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     outcome: str | None = None,
+    method: str | None = None,
 ) -> tuple[list[JobRow], str | None]:
     """Raises store.jobs.InvalidCursor for a cursor this service did not issue."""
     return jobs.list_jobs(
-        session, tenant_id=tenant_id, state=state, outcome=outcome, limit=limit, cursor=cursor
+        session,
+        tenant_id=tenant_id,
+        state=state,
+        outcome=outcome,
+        method=method,
+        limit=limit,
+        cursor=cursor,
     )
 
 

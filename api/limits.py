@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import PayloadTooLarge
+from api.errors import ApiError, BodyTimeout, PayloadTooLarge
 from api.problems import response_for
 from service.settings import Settings
 
@@ -39,44 +40,64 @@ class BodyLimits:
             }
         )
 
+    def is_streamed(self, method: str, path: str) -> bool:
+        """Routes with their own limit are the uploads: their bodies are streamed to
+        storage as they arrive, never held in memory."""
+        return (method.upper(), path.rstrip("/") or "/") in self.by_route
+
     def limit_for(self, method: str, path: str) -> int:
         route = (method.upper(), path.rstrip("/") or "/")
         return self.by_route.get(route, self.default_bytes)
 
 
 class BodySizeLimitMiddleware:
-    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+    """Also fails a read that waits over `idle_timeout_s` for the client's next bytes
+    (408): an upload streams inside one of the API's slots, and a stalled client must
+    not keep it."""
+
+    def __init__(
+        self, app: ASGIApp, limits: BodyLimits, idle_timeout_s: float | None = None
+    ) -> None:
         self.app = app
         self.limits = limits
+        self.idle_timeout_s = idle_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.limits.limit_for(scope["method"], scope["path"])
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > limit:
             await response_for(PayloadTooLarge(limit))(scope, receive, send)
             return
 
         received = 0
-        exceeded = False
+        refusal: ApiError | None = None
         response_started = False
 
         async def counting_receive() -> Message:
-            nonlocal received, exceeded
-            message = await receive()
+            nonlocal received, refusal
+            if self.idle_timeout_s is None:
+                message = await receive()
+            else:
+                try:
+                    with anyio.fail_after(self.idle_timeout_s):
+                        message = await receive()
+                except TimeoutError:
+                    refusal = BodyTimeout(self.idle_timeout_s, idle=True)
+                    raise refusal from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    exceeded = True
-                    raise PayloadTooLarge(limit)
+                    refusal = PayloadTooLarge(limit)
+                    raise refusal
             return message
 
         async def guarded_send(message: Message) -> None:
             nonlocal response_started
-            if exceeded and not response_started:
-                return  # whatever the app made of the failed read, the answer is 413
+            if refusal is not None and not response_started:
+                return  # whatever the app made of the failed read, the answer is the refusal
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
@@ -84,13 +105,13 @@ class BodySizeLimitMiddleware:
         try:
             await self.app(scope, counting_receive, guarded_send)
         except Exception:
-            if not exceeded or response_started:
+            if refusal is None or response_started:
                 raise
-        if exceeded and not response_started:
-            await response_for(PayloadTooLarge(limit))(scope, receive, send)
+        if refusal is not None and not response_started:
+            await response_for(refusal)(scope, receive, send)
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
     """The declared body size, or None when absent or unreadable (then bytes are counted)."""
     values = [value for name, value in scope.get("headers", ()) if name == b"content-length"]
     if len(values) != 1:

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings
-from store import metrics, workers
+from store import metrics, outbox, workers
 from store.jobs import STATES
 from worker.enqueue import JobQueue
 
@@ -43,6 +43,7 @@ class DatabaseCollector(Collector):
             by_state = metrics.jobs_by_state(session)
             queued = metrics.queued_by_queue(session)
             durations = metrics.duration_histograms(session, DURATION_BUCKETS_S)
+            backlog = outbox.backlog(session)
             live = workers.live_counts(
                 session,
                 sorted({self.settings.queue_cpu, self.settings.queue_gpu, *queued}),
@@ -66,6 +67,16 @@ class DatabaseCollector(Collector):
             live_workers.add_metric([name], live.get(name, 0))
         yield live_workers
         yield from self._broker_lengths(queue_names)
+        yield GaugeMetricFamily(
+            "squeeze_outbox_pending",
+            "Job messages written with their jobs and not yet taken by the broker",
+            value=backlog.pending,
+        )
+        yield GaugeMetricFamily(
+            "squeeze_outbox_oldest_age_seconds",
+            "Age of the oldest job message waiting in the outbox (0 when none waits)",
+            value=backlog.oldest_age_s or 0.0,
+        )
         histogram = HistogramMetricFamily(
             "squeeze_job_duration_seconds",
             "Run time of finished jobs (last attempt, start to end) per method and state",

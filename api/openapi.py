@@ -52,14 +52,23 @@ def install_openapi(app: FastAPI) -> None:
 # Every operation that takes a body may answer these: a body that is not parseable (400)
 # and one over the size cap enforced before any route runs (413).
 BODY_ERRORS = {"400": "Bad Request", "413": "Content Too Large"}
+# Every write operation under /v1 may answer these before any route runs (api/admission.py):
+# a body that did not arrive in time (408) and the key's rate limit (429, Retry-After).
+WRITE_ERRORS = {"408": "Request Timeout", "429": "Too Many Requests"}
+WRITE_METHODS = {"post", "put", "patch", "delete"}
 
 
 def corrected(document: dict[str, Any]) -> dict[str, Any]:
     for path, operations in document["paths"].items():
-        for operation in operations.values():
+        for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             if "requestBody" in operation:
                 for status, phrase in BODY_ERRORS.items():
+                    responses.setdefault(status, {"description": phrase})
+            # api.text_guard answers it on any operation (a control character in a query).
+            responses.setdefault("422", {"description": "Unprocessable Content"})
+            if method in WRITE_METHODS and path.startswith("/v1/"):
+                for status, phrase in WRITE_ERRORS.items():
                     responses.setdefault(status, {"description": phrase})
             for status, response in responses.items():
                 if int(status) >= 400:

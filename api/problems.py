@@ -23,18 +23,23 @@ from starlette.requests import ClientDisconnect
 from api.errors import (
     ApiError,
     BatchTooLarge,
+    BodyTimeout,
     Forbidden,
+    ForbiddenWebhook,
+    InvalidCharacters,
     InvalidSpec,
     InvalidUpload,
     NotReady,
     NoWorkerForTarget,
     PayloadTooLarge,
     QuotaExceeded,
+    RateLimited,
     Unauthenticated,
     UnknownReference,
     UnsupportedMediaType,
 )
 from core.errors import IncompatibleData, InputError, InvalidDataset, InvalidModel
+from core.spec_errors import UserError, describe, describe_all
 from store.blobs import BlobMissing, BlobTooLarge
 from store.catalog import NotFound
 from store.jobs import IdempotencyConflict, InvalidCursor, JobAlreadyFinal, JobNotFound
@@ -96,7 +101,9 @@ RULES: dict[type[Exception], Rule] = {
     ApiError: Rule(400, "Bad request"),
     UnknownReference: Rule(422, "Unknown reference"),
     InvalidSpec: Rule(422, "Invalid request"),
+    ForbiddenWebhook: Rule(422, "Forbidden webhook destination"),
     InvalidUpload: Rule(422, "Invalid upload"),
+    InvalidCharacters: Rule(422, "Invalid characters"),
     NotFound: Rule(404, "Not found", "not_found"),
     JobNotFound: Rule(404, "Not found", "not_found", _job_not_found),
     IdempotencyConflict: Rule(
@@ -124,6 +131,8 @@ RULES: dict[type[Exception], Rule] = {
     Unauthenticated: Rule(401, "Unauthenticated"),
     Forbidden: Rule(403, "Forbidden"),
     QuotaExceeded: Rule(429, "Quota exceeded"),
+    RateLimited: Rule(429, "Too many requests"),
+    BodyTimeout: Rule(408, "Request timeout"),
     BatchTooLarge: Rule(422, "Batch too large"),
     NoWorkerForTarget: Rule(422, "No worker for the job"),
     # Nobody reads this answer; mapping it keeps a dropped upload out of the error log.
@@ -184,17 +193,64 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
-def _validation_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
-    # The documentation URL pydantic adds to each error is noise on the wire.
-    return [
-        json_safe({key: item for key, item in error.items() if key != "url"})
-        for error in exc.errors()
-    ]
+# Where a request's parts are, in words, for errors outside the JSON body.
+_PARTS = {"query": "query parameter", "path": "path parameter", "header": "header"}
 
 
-def _describe(error: dict[str, Any]) -> str:
-    location = ".".join(str(part) for part in error.get("loc", ()))
-    return f"{location}: {error.get('msg', 'invalid')}" if location else str(error.get("msg"))
+def _body_type(request: Request) -> Any:
+    """The type the route validates its JSON body as (a job spec, a batch), if one."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    info = getattr(field, "field_info", None)
+    return getattr(info, "annotation", None)
+
+
+def _root_name(body_type: Any) -> str:
+    name = getattr(body_type, "__name__", "")
+    return {"JobRequest": "the job spec", "BatchIn": "the batch"}.get(name, "the request body")
+
+
+def _in_words(
+    request: Request, exc: RequestValidationError
+) -> tuple[list[UserError], list[dict[str, Any]]]:
+    """The sentences for the detail (a union's errors merged into one), and each error
+    with its own: body errors by the JSON path the user wrote (core.spec_errors), the
+    others by the part of the request they are in."""
+    body_type = _body_type(request)
+    root_name = _root_name(body_type)
+    body_errors: list[dict[str, Any]] = []
+    sentences: list[UserError] = []
+    errors: list[dict[str, Any]] = []
+    for error in exc.errors():
+        where, *rest = tuple(error.get("loc", ())) or ("body",)
+        relative = {**error, "loc": tuple(rest)}
+        if where == "body":
+            body_errors.append(relative)
+            found = _sentence(relative, exc.body, body_type, root_name)
+        else:
+            found = _sentence(relative, None, None, root_name)
+            part = f"{_PARTS.get(str(where), str(where))} `{found.path}`"
+            found = UserError(found.path, found.message.replace(f"`{found.path}`", part, 1))
+            sentences.append(found)
+        # `msg` becomes the sentence; `loc` and `type` stay for programs. The
+        # documentation URL pydantic adds to each error is noise on the wire.
+        kept = {key: item for key, item in error.items() if key not in ("url", "ctx")}
+        errors.append(json_safe({**kept, "msg": found.message, "path": found.path}))
+    try:
+        sentences += describe_all(body_errors, exc.body, body_type, root_name=root_name)
+    except Exception:  # a wording bug must not turn a 422 into a 500
+        logger.exception("describing validation errors failed")
+        sentences += [_sentence(error, None, None, root_name) for error in body_errors]
+    return sentences, errors
+
+
+def _sentence(error: dict[str, Any], document: Any, body_type: Any, root_name: str) -> UserError:
+    try:
+        return describe(error, document, body_type, root_name=root_name)
+    except Exception:  # a wording bug must not turn a 422 into a 500
+        logger.exception("describing a validation error failed")
+        loc = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "invalid"))
+        return UserError(loc, f"{loc}: {message}" if loc else message)
 
 
 async def _on_known_error(request: Request, exc: Exception) -> JSONResponse:
@@ -203,10 +259,10 @@ async def _on_known_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = _validation_errors(exc)
-    detail = "; ".join(_describe(error) for error in errors[:3])
-    if len(errors) > 3:
-        detail += f"; and {len(errors) - 3} more"
+    sentences, errors = _in_words(request, exc)
+    detail = "; ".join(found.message for found in sentences[:3])
+    if len(sentences) > 3:
+        detail += f"; and {len(sentences) - 3} more"
     return problem_response(
         422, "invalid_request", "Invalid request", detail or "invalid request", errors=errors
     )

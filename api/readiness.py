@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.errors import NotReady
 from service.settings import Settings
-from store import workers
+from store import outbox, workers
 from store.blobs import BlobStore
 from store.db import ping
 from worker.enqueue import JobQueue
@@ -27,11 +27,16 @@ from worker.enqueue import JobQueue
 logger = logging.getLogger(__name__)
 
 
+# An outbox message older than this is worth a warning (the broker refuses sends).
+OUTBOX_WARN_AGE_S = 10.0
+
+
 @dataclass(frozen=True)
 class ReadinessReport:
     checks: dict[str, str]
     workers: dict[str, int]
     warnings: list[str]
+    outbox: outbox.Backlog | None = None
 
 
 def check_ready(
@@ -51,12 +56,19 @@ def check_ready(
     }
     counts: dict[str, int] = {}
     warnings: list[str] = []
+    backlog: outbox.Backlog | None = None
     if sessions is not None and settings is not None and checks["database"] == "ok":
         names = sorted(
             {settings.queue_cpu, settings.queue_gpu, *settings.ready_requires_workers_for}
         )
         with sessions() as session:
             counts = workers.live_counts(session, names, dead_after_s=settings.worker_dead_after_s)
+            backlog = outbox.backlog(session)
+        if backlog.oldest_age_s is not None and backlog.oldest_age_s > OUTBOX_WARN_AGE_S:
+            warnings.append(
+                f"{backlog.pending} job message(s) wait in the outbox for the broker "
+                f"(oldest {backlog.oldest_age_s:.0f} s)"
+            )
         for name, live in counts.items():
             if live:
                 continue
@@ -64,8 +76,8 @@ def check_ready(
             if name in settings.ready_requires_workers_for:
                 checks[f"workers:{name}"] = f"failed: no live worker consumes queue {name!r}"
     if any(status != "ok" for status in checks.values()):
-        raise NotReady(checks)
-    return ReadinessReport(checks=checks, workers=counts, warnings=warnings)
+        raise NotReady(checks, None if backlog is None else asdict(backlog))
+    return ReadinessReport(checks=checks, workers=counts, warnings=warnings, outbox=backlog)
 
 
 def _run_check(name: str, check: Callable[[], None]) -> str:

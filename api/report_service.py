@@ -35,10 +35,13 @@ def load_record(session: Session, job_id: str, *, tenant_id: str) -> JobRecord:
             "error_message": job.error_message,
         }
     )
-    with suppress(NotFound):  # a model deleted since: the report still names its id
-        record.model_filename = catalog.get_model(
-            session, record.spec.model_id, tenant_id=job.tenant_id
-        ).filename
+    # a model deleted since: the report still names its id; no id yet: an MLflow model
+    # the worker has not fetched
+    with suppress(NotFound):
+        if record.spec.model_id is not None:
+            record.model_filename = catalog.get_model(
+                session, record.spec.model_id, tenant_id=job.tenant_id
+            ).filename
     if job.result is None and job.attempt > 0:
         record.events = [
             ProgressEvent(message=event.message, data=event.data)

@@ -14,10 +14,20 @@ from core.formats import ModelInfo
 from core.results import Outcome, PipelineResult
 from core.spec import JobSpec, check_submission
 from store import jobs
-from store.tables import ApiKeyRow, ArtifactRow, DatasetRow, JobEventRow, JobRow, ModelRow
+from store.tables import (
+    AdminAuditRow,
+    ApiKeyRow,
+    ArtifactRow,
+    DatasetRow,
+    JobEventRow,
+    JobRow,
+    ModelRow,
+)
 
 # Mirrors store.jobs.STATES (a test keeps the two equal); a Literal documents the values.
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# a job step's `method` (core.spec's step kinds), as listings filter by it
+StepMethod = Literal["quantize", "prune", "distill", "search", "auto"]
 
 
 def model_url(model_id: str) -> str:
@@ -56,9 +66,12 @@ class ModelOut(BaseModel):
     size_bytes: int
     created_at: datetime
     info: ModelInfo
+    # on an upload: true when the tenant had stored these bytes before and this is that
+    # earlier record (answered 200, not 201); false everywhere else
+    reused: bool = False
 
     @classmethod
-    def from_row(cls, row: ModelRow) -> ModelOut:
+    def from_row(cls, row: ModelRow, *, reused: bool = False) -> ModelOut:
         return cls(
             id=row.id,
             filename=row.filename,
@@ -66,6 +79,7 @@ class ModelOut(BaseModel):
             size_bytes=row.size_bytes,
             created_at=row.created_at,
             info=ModelInfo.model_validate(row.info),
+            reused=reused,
         )
 
 
@@ -76,9 +90,12 @@ class DatasetOut(BaseModel):
     size_bytes: int
     created_at: datetime
     info: DatasetInfo
+    # on an upload: true when the tenant had stored these bytes before and this is that
+    # earlier record (answered 200, not 201); false everywhere else
+    reused: bool = False
 
     @classmethod
-    def from_row(cls, row: DatasetRow) -> DatasetOut:
+    def from_row(cls, row: DatasetRow, *, reused: bool = False) -> DatasetOut:
         return cls(
             id=row.id,
             filename=row.filename,
@@ -86,6 +103,7 @@ class DatasetOut(BaseModel):
             size_bytes=row.size_bytes,
             created_at=row.created_at,
             info=DatasetInfo.model_validate(row.info),
+            reused=reused,
         )
 
 
@@ -121,6 +139,9 @@ class JobOut(BaseModel):
     # cancelled), and why in words; null while it runs.
     outcome: Outcome | None = None
     outcome_reason: str | None = None
+    # the worker queue the job runs from (its device's: SQUEEZE_QUEUE_CPU or _GPU), so a
+    # client can tell, with /readyz's live workers per queue, that nothing will run it
+    queue: str | None = None
 
     @classmethod
     def from_row(cls, row: JobRow) -> JobOut:
@@ -149,6 +170,7 @@ class JobOut(BaseModel):
             ),
             webhook_url=row.webhook_url,
             batch_id=row.batch_id,
+            queue=row.queue,
             outcome=row.outcome,  # type: ignore[arg-type]  # validated against Outcome
             outcome_reason=jobs.outcome_reason(row),
         )
@@ -212,12 +234,20 @@ class Health(BaseModel):
     status: Literal["ok"] = "ok"
 
 
+class OutboxBacklog(BaseModel):
+    pending: int
+    oldest_age_s: float | None = None
+
+
 class Readiness(BaseModel):
     status: Literal["ready"] = "ready"
     checks: dict[str, str]
     # live workers consuming each of the service's queues, and what is unserved
     workers: dict[str, int] = {}
     warnings: list[str] = []
+    # job messages not yet taken by the broker (the outbox) and the oldest one's age
+    outbox: OutboxBacklog | None = None
+
 
 
 # --- tenants and API keys -------------------------------------------------------------
@@ -225,10 +255,10 @@ class Readiness(BaseModel):
 
 class TenantIn(BaseModel):
     name: str = Field(min_length=1, max_length=200)
-    # None: the service's default quota.
+    # None: the service's default quota; 0: nothing (a tenant that may not store or run).
     # Bounded by the database column (BigInteger), not by policy.
-    quota_storage_bytes: int | None = Field(default=None, gt=0, le=2**62)
-    quota_concurrent_jobs: int | None = Field(default=None, gt=0, le=100_000)
+    quota_storage_bytes: int | None = Field(default=None, ge=0, le=2**62)
+    quota_concurrent_jobs: int | None = Field(default=None, ge=0, le=100_000)
 
 
 class Usage(BaseModel):
@@ -288,6 +318,37 @@ class ApiKeyCreated(ApiKeyOut):
     webhook_secret: str = Field(
         description="signs the webhooks of jobs this key submits (HMAC-SHA256); shown "
         "here and on rotation only"
+    )
+
+
+class AuditEntryOut(BaseModel):
+    id: str
+    created_at: datetime
+    actor_key_id: str | None = Field(description="the key that acted; null: the service")
+    action: str
+    target_kind: str
+    target_id: str
+    tenant_id: str | None
+    details: dict[str, Any]
+
+    @classmethod
+    def from_row(cls, row: AdminAuditRow) -> AuditEntryOut:
+        return cls(
+            id=row.id,
+            created_at=row.created_at,
+            actor_key_id=row.actor_key_id,
+            action=row.action,
+            target_kind=row.target_kind,
+            target_id=row.target_id,
+            tenant_id=row.tenant_id,
+            details=row.details,
+        )
+
+
+class AuditList(BaseModel):
+    items: list[AuditEntryOut]
+    next_cursor: str | None = Field(
+        description="pass as `cursor` for the next page; null at the end"
     )
 
 

@@ -11,6 +11,11 @@ A model is either one self-contained .onnx file or one archive (.zip, .tar, .tar
 told apart by magic bytes) holding the .onnx and its external data files. The archive is
 the blob; core.archive checks it and extracts it into a temporary folder under the work
 dir for validation, which is removed whatever the outcome.
+
+Bytes the tenant already stored as the same kind (same sha256) are not stored again: the
+staged file is dropped and the earlier record is answered, marked `reused` (the route
+says 200 instead of 201). The client can also ask first (`?sha256=` on the listing) and
+skip the transfer altogether.
 """
 
 from __future__ import annotations
@@ -29,9 +34,10 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import InvalidUpload, UnsupportedMediaType
-from api.quotas import Quotas, storage_exceeded, storage_left
+from api.quotas import Quotas, reserve_storage, storage_exceeded, storage_left
 from core.archive import ArchiveLimits, inspect_upload
 from core.data import inspect_dataset
+from core.graph_limits import GraphLimits
 from service.settings import Settings
 from store import blob_refs, catalog
 from store.blobs import BlobStore, BlobTooLarge, StagedBlob
@@ -56,21 +62,33 @@ class UploadKind(Generic[RowT]):
     default_filename: str
     inspect: Callable[[Path], BaseModel]
     add_row: Callable[..., RowT]
+    # the tenant's record already holding these bytes, if any
+    find_by_sha256: Callable[[Session, str, str], RowT | None]
+
+
+@dataclass(frozen=True)
+class Stored(Generic[RowT]):
+    """An upload's record; `reused` when the tenant had stored these bytes before."""
+
+    row: RowT
+    reused: bool
 
 
 async def upload_model(
     request: Request, session: Session, blobs: BlobStore, settings: Settings, tenant_id: str
-) -> ModelRow:
+) -> Stored[ModelRow]:
     """Store the ONNX model, or the archive of a model and its external data, in the
     request's `file` part (InvalidModel when it is neither)."""
     limits = archive_limits(settings)
+    graph = graph_limits(settings)
     kind = UploadKind(
         tenant_id=tenant_id,
         settings=settings,
         max_bytes=settings.max_model_bytes,
         default_filename="model.onnx",
-        inspect=lambda path: inspect_upload(path, settings.work_dir, limits),
+        inspect=lambda path: inspect_upload(path, settings.work_dir, limits, graph),
         add_row=catalog.add_model,
+        find_by_sha256=catalog.find_model_by_sha256,
     )
     return await _upload(request, session, blobs, kind)
 
@@ -83,24 +101,36 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
     )
 
 
+def graph_limits(settings: Settings) -> GraphLimits:
+    return GraphLimits(
+        max_tensor_bytes=settings.max_model_tensor_bytes,
+        max_folded_bytes=settings.max_model_folded_bytes,
+        max_loop_trip_count=settings.max_model_loop_trip_count,
+        max_subgraph_depth=settings.max_model_subgraph_depth,
+    )
+
+
 async def upload_dataset(
     request: Request, session: Session, blobs: BlobStore, settings: Settings, tenant_id: str
-) -> DatasetRow:
+) -> Stored[DatasetRow]:
     """Store the `.npz` dataset in the request's `file` part (InvalidDataset when it is none)."""
     kind = UploadKind(
         tenant_id=tenant_id,
         settings=settings,
         max_bytes=settings.max_dataset_bytes,
         default_filename="dataset.npz",
-        inspect=lambda path: inspect_dataset(path, settings.max_dataset_uncompressed_bytes),
+        inspect=lambda path: inspect_dataset(
+            path, settings.max_dataset_uncompressed_bytes, settings.max_dataset_arrays
+        ),
         add_row=catalog.add_dataset,
+        find_by_sha256=catalog.find_dataset_by_sha256,
     )
     return await _upload(request, session, blobs, kind)
 
 
 async def _upload(
     request: Request, session: Session, blobs: BlobStore, kind: UploadKind[RowT]
-) -> RowT:
+) -> Stored[RowT]:
     boundary = multipart_boundary(request.headers.get("content-type"))
     body = _blocking_iterator(request.stream())
     # File writes, hashing and validation are blocking work: one worker thread does it
@@ -114,7 +144,7 @@ def _receive_and_store(
     session: Session,
     blobs: BlobStore,
     kind: UploadKind[RowT],
-) -> RowT:
+) -> Stored[RowT]:
     reader = FilePartReader(boundary)
     # The tenant's storage quota caps the stream too: an upload that would exceed it is
     # cut off as it arrives, not after it was written in full.
@@ -128,7 +158,20 @@ def _receive_and_store(
             ) from None
         raise
     try:
-        return _store(staged, reader.filename or kind.default_filename, session, blobs, kind)
+        existing = kind.find_by_sha256(session, kind.tenant_id, staged.sha256)
+        if existing is not None:
+            # the same bytes were validated when they were first stored
+            if blobs.exists(staged.sha256):
+                blobs.discard(staged)
+            else:
+                # the record outlived its bytes (collected, or a store that was replaced):
+                # these are they, so the record is whole again instead of failing every
+                # job that names it with `input_missing`
+                blob_refs.lock(session, staged.sha256)
+                blobs.publish(staged)
+            return Stored(existing, reused=True)
+        row = _store(staged, reader.filename or kind.default_filename, session, blobs, kind)
+        return Stored(row, reused=False)
     except BaseException:
         blobs.discard(staged)
         raise
@@ -138,6 +181,7 @@ def _store(
     staged: StagedBlob, filename: str, session: Session, blobs: BlobStore, kind: UploadKind[RowT]
 ) -> RowT:
     info = kind.inspect(staged.path)
+    reserve_storage(session, kind.tenant_id, kind.settings, staged.size_bytes)
     row = kind.add_row(
         session,
         tenant_id=kind.tenant_id,

@@ -110,6 +110,8 @@ def service_env(data_dir: Path, profile: str) -> dict[str, str]:
         "SQUEEZE_DATA_DIR": str(data_dir),
         "SQUEEZE_ADMIN_API_KEY": ADMIN_KEY,
         "SQUEEZE_QUOTA_CONCURRENT_JOBS": "100000",
+        # the writers share one key and write faster than the per-key rate limit allows
+        "SQUEEZE_RATE_LIMIT_PER_S": "0",
         "SQUEEZE_MEASURE_RUNS": "10",
         "SQUEEZE_MEASURE_WARMUP_RUNS": "2",
         # the pollers' and writers' jobs are submitted while no worker runs

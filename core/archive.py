@@ -47,6 +47,7 @@ from core.formats import (
     safe_relative_path,
     verify_external_data,
 )
+from core.graph_limits import GraphLimits
 
 ArchiveFormat = Literal["zip", "tar", "tar.gz"]
 
@@ -119,19 +120,28 @@ def archive_format(path: Path) -> ArchiveFormat | None:
     return None
 
 
-def inspect_upload(path: Path, scratch_root: Path, limits: ArchiveLimits) -> ModelInfo:
+def inspect_upload(
+    path: Path,
+    scratch_root: Path,
+    limits: ArchiveLimits,
+    graph_limits: GraphLimits | None = None,
+) -> ModelInfo:
     """Validate an uploaded model and describe it: a self-contained .onnx file, or an
     archive holding one .onnx and its external data (extracted into a temporary
     directory under `scratch_root`, removed before returning).
 
     A plain .onnx that references external data is refused (code
     "external_data_unsupported"): its directory is not the user's to read from.
+    `graph_limits` (default: GraphLimits()) bound what the graph may materialise, loop
+    and nest (core.graph_limits).
     """
+    graph_limits = graph_limits or GraphLimits()
     if archive_format(path) is None:
-        return inspect_model(path, allow_external_data=False)
+        return inspect_model(path, allow_external_data=False, graph_limits=graph_limits)
     scratch_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="model-upload-", dir=scratch_root) as scratch:
-        return inspect_model(extract_model(path, Path(scratch) / "model", limits))
+        extracted = extract_model(path, Path(scratch) / "model", limits)
+        return inspect_model(extracted, graph_limits=graph_limits)
 
 
 def materialise_model(source: Path, destination: Path, limits: ArchiveLimits) -> Path:
@@ -309,6 +319,22 @@ def _open_archive(path: Path, kind: ArchiveFormat, limits: ArchiveLimits) -> Ite
 def _check_zip_directory(path: Path, limits: ArchiveLimits) -> None:
     """Refuse a zip whose central directory claims more members, or more bytes, than
     `limits.max_members` allow, before zipfile parses it into memory."""
+    entries, directory_bytes = zip_directory(path)
+    if entries > limits.max_members:
+        _too_many_members(entries, limits)
+    if directory_bytes > limits.max_members * MAX_ZIP_DIRECTORY_BYTES_PER_MEMBER:
+        raise InvalidModel(
+            f"the zip's central directory is {directory_bytes} bytes, more than "
+            f"{limits.max_members} members need",
+            code="archive_too_many_members",
+        )
+
+
+def zip_directory(path: Path) -> tuple[int, int]:
+    """The member count a zip's end record claims and its central directory's size in
+    bytes, read from the file's tail (zip64 too) without parsing the directory. zipfile
+    parses the whole directory whatever count it claims: bound both before opening it.
+    Raises zipfile.BadZipFile when there is no end record."""
     with path.open("rb") as handle:
         size = handle.seek(0, os.SEEK_END)
         tail_bytes = min(size, 22 + 0xFFFF + 20)  # end record, its comment, zip64 locator
@@ -323,19 +349,14 @@ def _check_zip_directory(path: Path, limits: ArchiveLimits) -> None:
             locator : locator + 4
         ] == b"PK\x06\x07":
             (record_offset,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
+            if record_offset >= size:
+                raise zipfile.BadZipFile("bad zip64 end of central directory locator")
             handle.seek(record_offset)
             record = handle.read(56)
             if record[:4] != b"PK\x06\x06" or len(record) < 56:
                 raise zipfile.BadZipFile("bad zip64 end of central directory record")
             entries, directory_bytes = struct.unpack("<QQ", record[32:48])
-    if entries > limits.max_members:
-        _too_many_members(entries, limits)
-    if directory_bytes > limits.max_members * MAX_ZIP_DIRECTORY_BYTES_PER_MEMBER:
-        raise InvalidModel(
-            f"the zip's central directory is {directory_bytes} bytes, more than "
-            f"{limits.max_members} members need",
-            code="archive_too_many_members",
-        )
+    return entries, directory_bytes
 
 
 def _checked_members(

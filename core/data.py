@@ -7,6 +7,8 @@ refused (they need pickle), and members are streamed in memory, never extracted 
 
 from __future__ import annotations
 
+import math
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -17,6 +19,7 @@ from typing import IO
 import numpy as np
 from pydantic import BaseModel
 
+from core.archive import MAX_ZIP_DIRECTORY_BYTES_PER_MEMBER, zip_directory
 from core.errors import IncompatibleData, InvalidDataset
 from core.formats import ModelInfo, TensorInfo
 from core.spec import TaskSpec
@@ -27,6 +30,9 @@ _CHUNK_BYTES = 1 << 20
 _NUMERIC_KINDS = frozenset("biuf")
 # A zip starts with a local file header, or with the end record when it is empty.
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+# Arrays (members) an .npz may hold unless the caller says otherwise (the service's
+# SQUEEZE_MAX_DATASET_ARRAYS).
+DEFAULT_MAX_ARRAYS = 1024
 
 Arrays = Mapping[str, np.ndarray]
 Feeds = dict[str, np.ndarray]
@@ -44,12 +50,16 @@ class DatasetInfo(BaseModel):
     samples: int | None
 
 
-def inspect_dataset(path: Path, max_uncompressed_bytes: int) -> DatasetInfo:
+def inspect_dataset(
+    path: Path, max_uncompressed_bytes: int, max_arrays: int = DEFAULT_MAX_ARRAYS
+) -> DatasetInfo:
     """Validate an uploaded `.npz` and describe its arrays.
 
     Raises InvalidDataset when the file is not a zip-based .npz, is empty, declares more
-    than `max_uncompressed_bytes` (code "dataset_too_large"), holds arrays that need
-    pickle, non-numeric or 0-d arrays, or corrupt members. Arrays may disagree on their
+    than `max_uncompressed_bytes` (code "dataset_too_large") or more than `max_arrays`
+    members (code "dataset_too_many_arrays"), holds arrays that need pickle, non-numeric
+    or 0-d arrays, arrays whose shape has a negative dimension or does not match their
+    data (code "invalid_array_shape"), or corrupt members. Arrays may disagree on their
     first dimension: which axis holds the samples is the job's to say.
     """
     # numpy.load picks the format from the first bytes, so a file must *start* as a zip:
@@ -57,6 +67,7 @@ def inspect_dataset(path: Path, max_uncompressed_bytes: int) -> DatasetInfo:
     if _magic(path) not in _ZIP_MAGICS or not zipfile.is_zipfile(path):
         raise InvalidDataset(_not_npz_message(path))
     try:
+        _check_member_count(path, max_arrays)
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
             if not members:
@@ -77,7 +88,7 @@ def inspect_dataset(path: Path, max_uncompressed_bytes: int) -> DatasetInfo:
                 name: _inspect_member(archive, member)
                 for name, member in zip(names, members, strict=True)
             }
-    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+    except (zipfile.BadZipFile, EOFError, zlib.error, struct.error) as exc:
         raise InvalidDataset(f"the .npz archive is corrupt: {exc}") from exc
     except (RuntimeError, NotImplementedError) as exc:  # encrypted, unknown compression
         raise InvalidDataset(f"the .npz archive cannot be read: {exc}") from exc
@@ -90,6 +101,20 @@ def inspect_dataset(path: Path, max_uncompressed_bytes: int) -> DatasetInfo:
     if samples == 0:
         raise InvalidDataset("the dataset has no samples (first dimension is 0)")
     return DatasetInfo(arrays=arrays, samples=samples)
+
+
+def _check_member_count(path: Path, max_arrays: int) -> None:
+    """Refuse more members than `max_arrays` from the zip's end record and directory size,
+    before zipfile parses a directory of a million entries into memory."""
+    entries, directory_bytes = zip_directory(path)
+    if entries > max_arrays or directory_bytes > max_arrays * MAX_ZIP_DIRECTORY_BYTES_PER_MEMBER:
+        shown = entries if entries > max_arrays else f"a directory of {directory_bytes} bytes"
+        raise InvalidDataset(
+            f"the .npz archive holds too many arrays ({shown}); at most {max_arrays} are "
+            "accepted (SQUEEZE_MAX_DATASET_ARRAYS): stack samples into one array per input "
+            "instead of one array per sample",
+            code="dataset_too_many_arrays",
+        )
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -428,11 +453,13 @@ def _inspect_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo) -> ArrayI
         payload_bytes = 0
         while chunk := stream.read(_CHUNK_BYTES):
             payload_bytes += len(chunk)
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    # Python ints: numpy's int64 product wraps ((2**32, 2**32) is 0) or overflows.
+    expected = math.prod(shape) * dtype.itemsize
     if payload_bytes != expected:
         raise InvalidDataset(
             f"array {name!r} declares shape {list(shape)} of {dtype} ({expected} bytes) but "
-            f"holds {payload_bytes} bytes of data"
+            f"holds {payload_bytes} bytes of data",
+            code="invalid_array_shape",
         )
     return ArrayInfo(shape=list(shape), dtype=dtype.name)
 
@@ -461,6 +488,11 @@ def _read_npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.
     if len(shape) == 0:
         raise InvalidDataset(
             f"array {name!r} is 0-dimensional; every array needs a first dimension of samples"
+        )
+    if any(int(dim) < 0 for dim in shape):
+        raise InvalidDataset(
+            f"array {name!r} declares the shape {list(shape)}: dimensions cannot be negative",
+            code="invalid_array_shape",
         )
     return tuple(int(dim) for dim in shape), dtype
 

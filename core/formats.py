@@ -32,6 +32,7 @@ from onnx import external_data_helper, version_converter
 from pydantic import BaseModel
 
 from core.errors import InvalidModel, UnsupportedModel, short_reason
+from core.graph_limits import GraphLimits, check_graph_limits
 
 # Initializer element types counted as parameters. int64 is left out on purpose: exports
 # store shapes, axes and indices as int64 initializers, and those are not weights. The
@@ -139,7 +140,9 @@ class ExternalDataFiles:
     total_bytes: int
 
 
-def inspect_model(path: Path, *, allow_external_data: bool = True) -> ModelInfo:
+def inspect_model(
+    path: Path, *, allow_external_data: bool = True, graph_limits: GraphLimits | None = None
+) -> ModelInfo:
     """Validate an ONNX file and describe it.
 
     External data is read only from files inside the model file's directory (see the
@@ -190,11 +193,21 @@ def inspect_model(path: Path, *, allow_external_data: bool = True) -> ModelInfo:
                 "only tensor inputs can be fed from .npz data"
             )
 
+    if graph_limits is not None:
+        check_graph_limits(model, len(raw) + external.total_bytes, graph_limits)
+
     # The checker accepts graphs ONNX Runtime cannot run (unknown ops, opsets newer than
     # the runtime, and garbage that a truncated file can parse into): load it to be sure.
+    # Without graph optimizations: constant folding would compute, in this process, every
+    # tensor the graph derives from constants (a few KB of ConstantOfShape nodes can ask
+    # for tens of GB); loading resolves a kernel for every node all the same.
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         # ONNX Runtime resolves external data relative to the model file's path.
-        ort.InferenceSession(str(path) if refs else raw, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(
+            str(path) if refs else raw, options, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:
         raise InvalidModel(
             f"ONNX Runtime {ort.__version__} cannot load the model on the CPU: {short_reason(exc)}"

@@ -174,6 +174,21 @@ class TargetResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+class RegisteredModel(BaseModel):
+    """The model version the job's final model was registered as (spec `register`)."""
+
+    registry: str  # "mlflow"
+    tracking_uri: str
+    name: str
+    version: int
+    # the MLflow run holding the job's metrics, params, tags and report
+    run_id: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
 class PipelineResult(BaseModel):
     original: ModelMetrics
     steps: list[StepResult]
@@ -184,3 +199,6 @@ class PipelineResult(BaseModel):
     notes: list[Note] = Field(default_factory=list)
     # one per deployment target the spec names (empty: the ONNX Runtime result above)
     targets: list[TargetResult] = Field(default_factory=list)
+    # where the final model was registered (spec `register`); a failure to register is a
+    # `registry_failed` note instead
+    registered: RegisteredModel | None = None

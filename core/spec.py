@@ -6,6 +6,8 @@ here and registering its function in `core.registry`.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -704,11 +706,71 @@ Step = Annotated[
 
 QUANTIZE_STEP_ADAPTER: TypeAdapter[QuantizeConfig] = TypeAdapter(QuantizeStep)
 
+# `models:/<name>/<version>` or `models:/<name>@<alias>`, as MLflow writes them. Stages
+# (`models:/<name>/Production`) are deprecated in MLflow in favour of aliases: refused.
+_MODEL_URI = re.compile(
+    r"models:/(?P<name>[^/@\s][^/@]*)"
+    r"(?:/(?P<version>[1-9][0-9]{0,9})|@(?P<alias>[A-Za-z0-9_-]{1,255}))"
+)
+
+
+@dataclass(frozen=True)
+class RegistryModelRef:
+    """A model version in an MLflow model registry, by number or by alias."""
+
+    name: str
+    version: int | None = None
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        if self.alias is not None:
+            return f"models:/{self.name}@{self.alias}"
+        return f"models:/{self.name}/{self.version}"
+
+
+def parse_model_uri(uri: str) -> RegistryModelRef:
+    """The registered model and version (or alias) a `models:/` URI names; ValueError
+    saying what to write for anything else."""
+    match = _MODEL_URI.fullmatch(uri.strip())
+    if match is None:
+        raise ValueError(
+            f"model_uri {uri!r} is not an MLflow model version: write models:/<name>/<version> "
+            "(e.g. models:/digits/3) or models:/<name>@<alias> (e.g. models:/digits@champion)"
+        )
+    version = match.group("version")
+    return RegistryModelRef(
+        name=match.group("name"),
+        version=int(version) if version is not None else None,
+        alias=match.group("alias"),
+    )
+
+
+class Registration(StrictModel):
+    """Register the job's final model as a new version of a registered model in the MLflow
+    model registry (settings.mlflow_tracking_uri), with the job's metrics, verdict and
+    manifest as the run's data. A failure to register leaves the job succeeded, with a
+    `registry_failed` note."""
+
+    kind: Literal["mlflow"] = "mlflow"
+    # The registered model to add the version to (created when missing). None: the
+    # source's registered model for a model_uri job, else "<uploaded file stem>-squeeze".
+    name: str | None = Field(default=None, min_length=1, max_length=256, pattern=r"^[^/@]+$")
+
 
 class JobSpec(StrictModel):
     """A compression job: an uploaded model, data, steps in order, targets, device."""
 
-    model_id: str = Field(min_length=1, max_length=64)
+    # The model: an upload (model_id), or a version in an MLflow model registry
+    # (model_uri, "models:/name/3" or "models:/name@alias"). The worker downloads a
+    # model_uri's ONNX file, stores it as an upload of the job's tenant, and writes that
+    # upload's id into the stored spec's model_id (so retries and search helpers read the
+    # same bytes); a submission gives one of the two.
+    model_id: str | None = Field(default=None, min_length=1, max_length=64)
+    model_uri: str | None = Field(default=None, min_length=1, max_length=1000)
+    # Register the final model in MLflow (None: not registered). Not `register`: that
+    # name is pydantic's (BaseModel.register).
+    registry: Registration | None = None
     # Evaluation data is required: every metric is measured on it, and the result must run
     # on it before a job may succeed. Calibration falls back to the training data, else
     # to it (the record then says eval doubled as calibration).
@@ -745,6 +807,24 @@ class JobSpec(StrictModel):
     # A memory ceiling for this job on the worker, below the service's own (which wins
     # when it is lower); a job that needs more fails with `memory_limit_exceeded`.
     max_memory_bytes: int | None = Field(default=None, gt=0, le=2**50)
+
+    @field_validator("model_uri")
+    @classmethod
+    def _model_uri_names_a_version(cls, value: str | None) -> str | None:
+        return None if value is None else parse_model_uri(value).uri
+
+    @model_validator(mode="after")
+    def _a_model(self) -> JobSpec:
+        if self.model_id is None and self.model_uri is None:
+            raise ValueError(
+                "give model_id (an uploaded model) or model_uri (an MLflow model version, "
+                "models:/<name>/<version>)"
+            )
+        return self
+
+    def registry_model(self) -> RegistryModelRef | None:
+        """The MLflow model version the job's model comes from, if any."""
+        return None if self.model_uri is None else parse_model_uri(self.model_uri)
 
     @model_validator(mode="after")
     def _steps_or_a_goal(self) -> JobSpec:
@@ -885,7 +965,8 @@ class JobSpec(StrictModel):
 
     def model_ids(self) -> list[str]:
         """Every uploaded model the job reads: its own model first, then the students."""
-        return list(dict.fromkeys([self.model_id, *self.student_model_ids()]))
+        own = [self.model_id] if self.model_id is not None else []
+        return list(dict.fromkeys([*own, *self.student_model_ids()]))
 
     def dataset_ids(self) -> list[str]:
         ids = [self.eval_dataset_id, self.calibration_dataset_id, self.train_dataset_id]
@@ -916,6 +997,10 @@ def check_submission(spec: JobSpec) -> None:
     Kept out of JobSpec's validators on purpose: jobs stored before a rule existed must
     still be read back (the API answers them, the worker runs them).
     """
+    if spec.model_id is not None and spec.model_uri is not None:
+        raise ValueError(
+            "give model_id (an uploaded model) or model_uri (an MLflow model version), not both"
+        )
     drop = spec.targets.max_metric_drop
     if drop is not None and drop >= 1:
         # Every metric here lives on a 0..1 scale (accuracy, agreement, cosine), and a

@@ -36,6 +36,17 @@ class Settings(BaseSettings):
     max_model_uncompressed_bytes: int = Field(default=16 * 1024 * 1024 * 1024, gt=0)
     max_model_archive_members: int = Field(default=4096, gt=0)
     max_model_archive_compression_ratio: float = Field(default=100.0, gt=1)
+    # What an uploaded graph may make a runtime compute or hold (core/graph_limits.py),
+    # checked statically from shapes and constants: any one tensor of known static shape;
+    # what constant folding would materialise (on top of 4x the model's own size); a
+    # Loop's constant trip count; how deep If/Loop/Scan bodies nest.
+    max_model_tensor_bytes: int = Field(default=4 * 1024**3, gt=0)
+    max_model_folded_bytes: int = Field(default=2 * 1024**3, gt=0)
+    max_model_loop_trip_count: int = Field(default=1_000_000, gt=0)
+    max_model_subgraph_depth: int = Field(default=16, ge=0, le=30)
+    # An .npz dataset's members (arrays): each costs a file header read and a row in the
+    # dataset's description, so a million tiny arrays are refused.
+    max_dataset_arrays: int = Field(default=1024, gt=0)
 
     # Celery queues; tests give each run its own names so runs cannot steal each other's work.
     queue_cpu: str = "cpu"
@@ -58,6 +69,10 @@ class Settings(BaseSettings):
     # due unclaimed it fails with `never_claimed`. Jobs of a queue whose live workers are
     # all busy are waiting their turn: neither re-sent nor counted.
     max_resends: int = Field(default=5, ge=0)
+    # Job messages wait in the database's outbox until the broker takes them: the API
+    # and every worker send what is left every outbox_interval_s (a broker outage delays
+    # jobs by the outage, not by requeue_queued_after_s).
+    outbox_interval_s: float = Field(default=2.0, gt=0)
 
     # The pool children that run jobs lower their CPU priority by this much (os.nice), so
     # on a machine shared with the API a busy worker cannot starve status polls; the
@@ -81,15 +96,36 @@ class Settings(BaseSettings):
     # stays 200 and lists the unserved queues as warnings: the API itself can serve).
     ready_requires_workers_for: list[str] = Field(default_factory=list)
 
-    # How much memory one job may take on a worker beyond what the worker process held when
-    # the job started (heap and anonymous mappings); None: no ceiling. A job spec may ask
-    # for less (`max_memory_bytes`), never more.
+    # How much memory one job may take on a worker beyond what its engine process held when
+    # the job started (heap and anonymous mappings, and the resident set); None: the
+    # default below. A job spec may ask for less (`max_memory_bytes`), never more.
     job_memory_limit_bytes: int | None = Field(default=None, gt=0)
+    # Without job_memory_limit_bytes, the ceiling is this share of the machine's memory
+    # (or of the worker's cgroup limit), enforced on the job's engine process.
+    job_memory_fraction: float = Field(default=0.8, gt=0, le=1)
 
     # Requests inside the API at once (the rest wait on the event loop). Below the database
     # pool (store.db: 40 connections per process) and the sync thread pool (40): see
     # api/concurrency.py for the deadlock this prevents.
     api_max_concurrent_requests: int = Field(default=32, ge=1, le=39)
+    # Of those, how many may be uploads streaming their bodies (the slow requests that
+    # legitimately hold a slot); the rest stay free for polls and probes.
+    api_max_concurrent_uploads: int = Field(default=8, ge=1, le=38)
+    # Request bodies: a JSON body (up to 1 MiB) must arrive whole within
+    # api_body_timeout_s (it is read before the request takes a slot); an upload may
+    # stream for as long as it needs but never wait over api_body_idle_timeout_s for its
+    # next bytes. Either is a 408 `body_timeout`.
+    api_body_timeout_s: float = Field(default=30.0, gt=0)
+    api_body_idle_timeout_s: float = Field(default=30.0, gt=0)
+
+    # Rate limit of the write routes (POST/PUT/PATCH/DELETE under /v1), per API key: a
+    # token bucket refilled at rate_limit_per_s up to rate_limit_burst; an empty bucket is
+    # a 429 `rate_limited` with Retry-After. 0 turns it off. Kept in Redis (shared by every
+    # API process) when rate_limit_redis_url is set, or the broker is Redis; otherwise in
+    # each API process's memory (N processes then allow N times the rate).
+    rate_limit_per_s: float = Field(default=10.0, ge=0)
+    rate_limit_burst: int = Field(default=100, ge=1)
+    rate_limit_redis_url: str = ""
 
     # Measurement: ONNX Runtime threads per timed session and repetitions.
     measure_threads: int = Field(default=1, ge=1)
@@ -158,6 +194,18 @@ class Settings(BaseSettings):
     blob_download_redirect: bool = False
     blob_presigned_url_expires_s: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 
+    # MLflow (the tracking server's URL, e.g. http://mlflow:5000): jobs may take their
+    # model from its model registry (spec model_uri) and register their result there
+    # (spec register). Unset: such jobs are refused at submission. Artifacts are read and
+    # written through the server's artifact proxy (`mlflow server --serve-artifacts`, the
+    # default), so workers need no credentials for the artifact store behind it.
+    mlflow_tracking_uri: str | None = Field(default=None, pattern=r"^https?://")
+    # Sent as "Authorization: Bearer ..." when the server wants one.
+    mlflow_token: SecretStr | None = None
+    mlflow_timeout_s: float = Field(default=30.0, gt=0)
+    # The experiment the registering runs are logged in (created when missing).
+    mlflow_experiment: str = Field(default="squeeze", min_length=1)
+
     # Batches: the most models one POST /v1/batches may name.
     max_batch_jobs: int = Field(default=100, gt=0, le=1000)
 
@@ -177,6 +225,8 @@ class Settings(BaseSettings):
             raise ValueError("worker_heartbeat_s must be shorter than worker_dead_after_s")
         if self.worker_forget_after_s <= self.worker_dead_after_s:
             raise ValueError("worker_forget_after_s must exceed worker_dead_after_s")
+        if self.api_max_concurrent_uploads >= self.api_max_concurrent_requests:
+            raise ValueError("api_max_concurrent_uploads must be below api_max_concurrent_requests")
         if self.blob_store == "s3" and not self.s3_bucket:
             raise ValueError("blob_store 's3' needs s3_bucket (SQUEEZE_S3_BUCKET)")
         return self
@@ -188,6 +238,14 @@ class Settings(BaseSettings):
     @property
     def resolved_broker_url(self) -> str:
         return self.broker_url or "filesystem://"
+
+    @property
+    def resolved_rate_limit_redis_url(self) -> str | None:
+        """Where the rate limit's buckets live: None for this process's memory."""
+        if self.rate_limit_redis_url:
+            return self.rate_limit_redis_url
+        broker = self.resolved_broker_url
+        return broker if broker.startswith(("redis://", "rediss://")) else None
 
     @property
     def uses_filesystem_broker(self) -> bool:

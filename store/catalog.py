@@ -81,6 +81,25 @@ def get_dataset(session: Session, dataset_id: str, *, tenant_id: str | None) -> 
     return _owned(session, DatasetRow, "dataset", dataset_id, tenant_id)
 
 
+def find_model_by_sha256(session: Session, tenant_id: str, sha256: str) -> ModelRow | None:
+    """The tenant's oldest model holding exactly these bytes, if any."""
+    return _by_sha256(session, ModelRow, tenant_id, sha256)
+
+
+def find_dataset_by_sha256(session: Session, tenant_id: str, sha256: str) -> DatasetRow | None:
+    return _by_sha256(session, DatasetRow, tenant_id, sha256)
+
+
+def _by_sha256(session: Session, table: type[RowT], tenant_id: str, sha256: str) -> RowT | None:
+    query = (
+        select(table)
+        .where(table.tenant_id == tenant_id, table.sha256 == sha256)
+        .order_by(table.created_at, table.id)
+        .limit(1)
+    )
+    return session.scalars(query).first()
+
+
 def _owned(
     session: Session, table: type[RowT], kind: str, item_id: str, tenant_id: str | None
 ) -> RowT:
@@ -93,9 +112,10 @@ def _owned(
 @dataclass(frozen=True)
 class Filters:
     """What a listing keeps: file names containing `name` (any case), created in
-    [created_after, created_before)."""
+    [created_after, created_before), holding the bytes with this `sha256`."""
 
     name: str | None = None
+    sha256: str | None = None
     created_after: datetime | None = None
     created_before: datetime | None = None
 
@@ -126,6 +146,8 @@ def _list(
         query = query.where(
             func.lower(table.filename).contains(filters.name.lower(), autoescape=True)
         )
+    if filters.sha256:
+        query = query.where(table.sha256 == filters.sha256.lower())
     if filters.created_after is not None:
         query = query.where(table.created_at >= filters.created_after)
     if filters.created_before is not None:

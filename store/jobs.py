@@ -11,15 +11,16 @@ import base64
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, exists, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from store import outbox
 from store.ids import new_id
-from store.tables import ArtifactRow, JobEventRow, JobRow, utcnow
+from store.tables import ArtifactRow, JobEventRow, JobOutboxRow, JobRow, utcnow
 from store.workers import QueueService
 
 FINAL_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -70,7 +71,8 @@ def create_job(
 ) -> tuple[JobRow, bool]:
     """Insert a queued job; with an idempotency key, return the earlier job instead.
 
-    Returns (job, created). The caller commits, then enqueues only when `created`.
+    Returns (job, created). The job's message goes into the outbox in the same
+    transaction (store.outbox): the caller commits, then drains it when `created`.
     `api_key_id` (the submitting key), `webhook_url`, `batch_id` and `method` (the
     steps' methods, the metrics' label) are stored as given.
     """
@@ -105,6 +107,7 @@ def create_job(
             raise
         return existing, False
     add_event(session, job.id, 0, "created", "job created", {"queue": queue})
+    outbox.add(session, job.id, queue)  # its message, committed with the job
     return job, True
 
 
@@ -144,9 +147,13 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         created_at, job_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
         when = datetime.fromisoformat(created_at)
-    except (TypeError, ValueError, UnicodeDecodeError) as error:
+        # In UTC here, as the column binds it: year 1 at +14:00 or year 9999 at -23:59
+        # has no UTC time (OverflowError, a 500 from the query before).
+        when = when.astimezone(UTC) if when.tzinfo is not None else when
+    except (TypeError, ValueError, UnicodeDecodeError, OverflowError) as error:
         raise InvalidCursor("the cursor is not one this service issued") from error
-    if when.tzinfo is None or not isinstance(job_id, str):
+    # Ids are service-made: one with NUL (which PostgreSQL cannot bind) is no cursor of ours.
+    if when.tzinfo is None or not isinstance(job_id, str) or not job_id.isprintable():
         raise InvalidCursor("the cursor is not one this service issued")
     return when, job_id
 
@@ -159,9 +166,10 @@ def list_jobs(
     limit: int,
     cursor: str | None,
     outcome: str | None = None,
+    method: str | None = None,
 ) -> tuple[list[JobRow], str | None]:
     """The tenant's jobs, newest first; the cursor is opaque to clients (created_at and
-    id of the last row)."""
+    id of the last row). `method` keeps jobs with a step of that method."""
     query = (
         select(JobRow)
         .where(JobRow.tenant_id == tenant_id)
@@ -179,9 +187,26 @@ def list_jobs(
                 and_(JobRow.created_at == created_at, JobRow.id < job_id),
             )
         )
-    rows = list(session.scalars(query.limit(limit + 1)))
+    if method is None:
+        rows = list(session.scalars(query.limit(limit + 1)))
+    else:
+        # The steps live in the spec's JSON, which PostgreSQL and SQLite query apart: the
+        # rows are read newest first in chunks and kept here until the page is full.
+        rows = []
+        for row in session.scalars(query.execution_options(yield_per=200)):
+            if _has_method(row.spec, method):
+                rows.append(row)
+                if len(rows) > limit:
+                    break
     next_cursor = _encode_cursor(rows[limit - 1]) if len(rows) > limit else None
     return rows[:limit], next_cursor
+
+
+def _has_method(spec: Mapping[str, Any], method: str) -> bool:
+    steps = spec.get("steps")
+    return isinstance(steps, list) and any(
+        isinstance(step, Mapping) and step.get("method") == method for step in steps
+    )
 
 
 def list_events(session: Session, job_id: str, *, after_id: int, limit: int) -> list[JobEventRow]:
@@ -315,6 +340,22 @@ def record_progress(
     return True
 
 
+def set_model(session: Session, job_id: str, attempt: int, model_id: str) -> bool:
+    """Name the stored copy of a registry model (spec model_uri) in the job's spec, so
+    later attempts and search helpers read the same bytes; False if the attempt lost the
+    job (nothing written)."""
+    spec = session.scalar(select(JobRow.spec).where(_owned(job_id, attempt)).with_for_update())
+    if spec is None:
+        return False
+    result = session.execute(
+        update(JobRow)
+        .where(_owned(job_id, attempt))
+        .values(spec={**spec, "model_id": model_id})
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
 def finish(
     session: Session,
     job_id: str,
@@ -325,8 +366,11 @@ def finish(
     error_code: str | None = None,
     error_message: str | None = None,
     artifacts: list[ArtifactRecord] = (),  # type: ignore[assignment]
+    event_data: dict[str, Any] | None = None,
 ) -> bool:
     """End this attempt; artifacts are published in the same transaction as the state.
+    `event_data` joins the data of the final event (e.g. the peak memory of a job that
+    ran out of it).
 
     False means the attempt no longer owns the job: nothing was written.
     """
@@ -365,7 +409,9 @@ def finish(
             )
         )
     message = state if error_message is None else f"{state}: {error_message}"
-    add_event(session, job_id, attempt, state, message, {"error_code": error_code})
+    add_event(
+        session, job_id, attempt, state, message, {**(event_data or {}), "error_code": error_code}
+    )
     return True
 
 
@@ -448,7 +494,8 @@ def reap(
     queues: Mapping[str, QueueService] | None = None,
     absent_worker_expiry_s: float | None = None,
 ) -> list[JobRow]:
-    """Recover jobs the broker alone would lose; returns the jobs to enqueue again.
+    """Recover jobs the broker alone would lose; returns the jobs sent again (their
+    messages are in the outbox, committed with this transaction: drain it after).
 
     A running job whose lease expired belongs to a dead worker: it goes back to queued,
     or fails once its attempts are used up. A queued job whose message was sent long ago
@@ -461,6 +508,8 @@ def reap(
     re-sends, and its jobs fail `no_worker_available` once it has been unserved for
     `absent_worker_expiry_s`; a queue whose live workers are all busy is left alone.
     """
+    if not _reaper_lock(session):
+        return []  # another worker's reaper holds this pass: it handles every job once
     now = utcnow()
     expired = list(
         session.scalars(
@@ -470,17 +519,18 @@ def reap(
     to_enqueue: list[JobRow] = []
     for job in expired:
         if job.cancel_requested:
-            session.execute(
+            if _moved(
+                session,
                 update(JobRow)
                 .where(_owned(job.id, job.attempt))
                 .values(
                     state="cancelled", outcome="cancelled", finished_at=now, lease_expires_at=None
-                )
-                .execution_options(synchronize_session=False)
-            )
-            add_event(session, job.id, job.attempt, "cancelled", "cancelled (worker lost)")
+                ),
+            ):
+                add_event(session, job.id, job.attempt, "cancelled", "cancelled (worker lost)")
         elif job.attempt >= max_attempts:
-            session.execute(
+            if _moved(
+                session,
                 update(JobRow)
                 .where(_owned(job.id, job.attempt))
                 .values(
@@ -490,19 +540,19 @@ def reap(
                     lease_expires_at=None,
                     error_code="attempts_exhausted",
                     error_message=f"the worker was lost {job.attempt} times",
-                )
-                .execution_options(synchronize_session=False)
-            )
-            add_event(session, job.id, job.attempt, "failed", "attempts exhausted")
+                ),
+            ):
+                add_event(session, job.id, job.attempt, "failed", "attempts exhausted")
         else:
-            session.execute(
+            if not _moved(
+                session,
                 update(JobRow)
                 .where(_owned(job.id, job.attempt))
                 .values(
                     state="queued", worker=None, lease_expires_at=None, enqueued_at=now, resends=0
-                )
-                .execution_options(synchronize_session=False)
-            )
+                ),
+            ):
+                continue  # its worker finished it, or another pass requeued it
             add_event(
                 session,
                 job.id,
@@ -510,6 +560,7 @@ def reap(
                 "requeued",
                 f"lease of attempt {job.attempt} expired (worker {job.worker} lost)",
             )
+            outbox.add(session, job.id, job.queue)
             to_enqueue.append(job)
     stale_before = now - timedelta(seconds=requeue_queued_after_s)
     stale = list(
@@ -518,6 +569,8 @@ def reap(
                 JobRow.state == "queued",
                 or_(JobRow.enqueued_at.is_(None), JobRow.enqueued_at < stale_before),
                 JobRow.created_at < stale_before,
+                # a message still in the outbox was never sent: not lost, not re-sent
+                ~exists().where(JobOutboxRow.job_id == JobRow.id),
             )
         )
     )
@@ -565,8 +618,35 @@ def reap(
             + (f" ({resend} of at most {max_resends})" if max_resends is not None else ""),
             {"resend": resend, "max_resends": max_resends, "queue": job.queue},
         )
+        outbox.add(session, job.id, job.queue)
         to_enqueue.append(job)
     return to_enqueue
+
+
+# Any fixed 63-bit number: the reaper's advisory lock on PostgreSQL ("squeeze reaper").
+REAPER_LOCK_KEY = 0x5351_5A52_4541_5052
+
+
+def _reaper_lock(session: Session) -> bool:
+    """Make this pass the only one until its transaction ends; False when another
+    worker's pass holds it. PostgreSQL: a transaction-level advisory lock (released at
+    commit or rollback, never left behind by a dead worker). SQLite has one writer at a
+    time: the first update of a pass waits for the other pass's commit, and every
+    transition below is conditioned on the row it read (`_moved`), so a job is handled
+    once there too."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    locked = session.scalar(
+        text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": REAPER_LOCK_KEY}
+    )
+    return bool(locked)
+
+
+def _moved(session: Session, statement: Any) -> bool:
+    """Run a conditional update; True when it changed the one row (else another pass or
+    the job's worker got there first, and no event or message follows)."""
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def _expire_unserved(

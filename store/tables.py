@@ -87,6 +87,27 @@ class ApiKeyRow(Base):
     webhook_secret: Mapped[str] = mapped_column(String(64))
 
 
+class AdminAuditRow(Base):
+    """One admin action on tenants or API keys: who (the acting key; None for the
+    service itself, as when the configured admin key is rotated at start), what, on which
+    row. Never updated or deleted by the service."""
+
+    __tablename__ = "admin_audit"
+    __table_args__ = (Index("ix_admin_audit_created", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor_key_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    # tenant.created, api_key.created, api_key.revoked, api_key.webhook_secret_rotated,
+    # admin_key.rotated
+    action: Mapped[str] = mapped_column(String(64))
+    target_kind: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(64))
+    # the tenant the target belongs to
+    tenant_id: Mapped[str | None] = mapped_column(String(40), default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
 class ModelRow(Base):
     __tablename__ = "models"
     __table_args__ = (Index("ix_models_tenant_created", "tenant_id", "created_at"),)
@@ -222,6 +243,23 @@ class JobEventRow(Base):
     kind: Mapped[str] = mapped_column(String(32))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class JobOutboxRow(Base):
+    """A message to the broker written in the transaction that queued the job (the
+    transactional outbox): a row here is a run_job message not yet handed to the broker.
+    The row goes once the broker took the message (store.outbox.drain)."""
+
+    __tablename__ = "job_outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    queue: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # failed sends so far, and why the last one failed (the broker's error, in words)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
 class ArtifactRow(Base):

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -141,17 +142,51 @@ def rotate_webhook_secret(session: Session, key_id: str, *, tenant_id: str | Non
     return row
 
 
-def ensure_admin_key(session: Session, token: str) -> ApiKeyRow:
-    """The admin key with this secret, created (with the admin tenant) if missing."""
+class RevokedAdminKey(Exception):
+    """The configured admin secret is one that was revoked (rotated away, or by hand)."""
+
+
+@dataclass(frozen=True)
+class AdminKeyRotation:
+    key: ApiKeyRow
+    created: bool
+    # the admin keys of other secrets, revoked now
+    revoked: list[ApiKeyRow]
+
+
+def ensure_admin_key(session: Session, token: str) -> AdminKeyRotation:
+    """Make the key with this secret the one admin key: created (with the admin tenant)
+    if missing, and every other unrevoked admin key revoked, so rotating the configured
+    secret after a leak shuts out the old one. Raises RevokedAdminKey when this secret's
+    key was revoked: a leaked secret must not come back by configuration."""
     existing = session.scalar(
         select(ApiKeyRow).where(ApiKeyRow.secret_sha256 == secret_sha256(token))
     )
-    if existing is not None:
-        return existing
-    tenant = session.scalar(select(TenantRow).where(TenantRow.name == ADMIN_TENANT_NAME))
-    if tenant is None:
-        tenant = create_tenant(session, ADMIN_TENANT_NAME)
-    return issue_key(session, tenant.id, "admin", is_admin=True, token=token).row
+    if existing is not None and existing.revoked_at is not None:
+        raise RevokedAdminKey(
+            f"the configured admin API key ({existing.prefix}...) was revoked on "
+            f"{existing.revoked_at:%Y-%m-%d %H:%M} UTC; configure a new secret"
+        )
+    if existing is not None and not existing.is_admin:
+        raise RevokedAdminKey("the configured admin API key is a tenant's key; use a new secret")
+    key = existing
+    if key is None:
+        tenant = session.scalar(select(TenantRow).where(TenantRow.name == ADMIN_TENANT_NAME))
+        if tenant is None:
+            tenant = create_tenant(session, ADMIN_TENANT_NAME)
+        key = issue_key(session, tenant.id, "admin", is_admin=True, token=token).row
+    others = session.scalars(
+        select(ApiKeyRow).where(
+            ApiKeyRow.is_admin.is_(True),
+            ApiKeyRow.revoked_at.is_(None),
+            ApiKeyRow.id != key.id,
+        )
+    )
+    revoked = list(others)
+    for row in revoked:
+        row.revoked_at = utcnow()
+    session.flush()
+    return AdminKeyRotation(key=key, created=existing is None, revoked=revoked)
 
 
 # --- usage ------------------------------------------------------------------------------
@@ -179,6 +214,14 @@ def active_jobs(session: Session, tenant_id: str) -> int:
         JobRow.tenant_id == tenant_id, JobRow.state.in_(ACTIVE_STATES)
     )
     return int(session.scalar(query) or 0)
+
+
+def active_job_specs(session: Session, tenant_id: str) -> list[dict[str, Any]]:
+    """The specs of the tenant's queued and running jobs (as many as its quota allows)."""
+    query = select(JobRow.spec).where(
+        JobRow.tenant_id == tenant_id, JobRow.state.in_(ACTIVE_STATES)
+    )
+    return list(session.scalars(query))
 
 
 def lock_for_submission(session: Session, tenant_id: str) -> None:

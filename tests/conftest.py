@@ -49,6 +49,21 @@ def object_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.MlflowServer]:
+    """A real MLflow tracking server for this test session (its venv built once and
+    cached by scripts/mlflow-venv.sh), on a free port."""
+    try:
+        venv = services.mlflow_venv()
+        server = services.MlflowServer(tmp_path_factory.mktemp("mlflow"), venv).start()
+    except Exception as error:
+        services.service_unavailable("the MLflow tracking server", error)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(params=["local", "s3"])
 def blob_backend(request: pytest.FixtureRequest) -> dict[str, object]:
     """Settings overrides for each blob store: local files, or a fresh bucket of the

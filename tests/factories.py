@@ -7,7 +7,9 @@ harmless pickle payload.
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,3 +108,114 @@ class MkdirOnUnpickle:
 
     def __reduce__(self) -> tuple[object, tuple[str]]:
         return os.mkdir, (str(self.marker),)
+
+
+def _digits_head(extra: onnx.NodeProto, extra_output: str, nodes: list[onnx.NodeProto]) -> Any:
+    """Digits in (N, 1, 8, 8), ten logits out: a linear head plus a scalar (always 0)
+    that `nodes` compute from the input, so ONNX Runtime cannot fold them away."""
+    from onnx import TensorProto, helper
+
+    weights = onnx.numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(64, 10)).astype(np.float32), "weights"
+    )
+    head = [
+        helper.make_node("Flatten", ["input"], ["flat"]),
+        helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
+        helper.make_node("ReduceMax", ["input"], ["peak"], keepdims=0),
+        helper.make_node("Mul", ["peak", "zero"], ["nothing"]),  # 0, but from the input
+        *nodes,
+        extra,
+        helper.make_node("Add", ["logits", extra_output], ["output"]),
+    ]
+    graph = helper.make_graph(
+        head,
+        "digits_head",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 10])],
+        [weights, onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def endless_loop_onnx(path: Path, trip_count: float = 1e18) -> Path:
+    """A digits model whose `Loop` runs `trip_count` times (computed from the input, so
+    no upload check can see it): measuring it never ends."""
+    from onnx import TensorProto, helper
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Identity", ["carried_in"], ["carried_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_in", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_out", TensorProto.FLOAT, []),
+        ],
+    )
+    nodes = [
+        helper.make_node(
+            "Constant",
+            [],
+            ["trips"],
+            value=helper.make_tensor("t", TensorProto.FLOAT, [], [trip_count]),
+        ),
+        helper.make_node("Add", ["nothing", "trips"], ["trips_f"]),
+        helper.make_node("Cast", ["trips_f"], ["trip_count"], to=TensorProto.INT64),
+        helper.make_node(
+            "Constant", [], ["go"], value=helper.make_tensor("g", TensorProto.BOOL, [], [True])
+        ),
+    ]
+    loop = helper.make_node("Loop", ["trip_count", "go", "nothing"], ["looped"], body=body)
+    onnx.save(_digits_head(loop, "looped", nodes), path)
+    return path
+
+
+def memory_hog_onnx(path: Path, floats: int) -> Path:
+    """A digits model that allocates `floats` float32s (a size computed from the input)
+    on every run."""
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node(
+            "Constant",
+            [],
+            ["count"],
+            value=helper.make_tensor("c", TensorProto.FLOAT, [1], [floats]),
+        ),
+        helper.make_node("Add", ["nothing", "count"], ["count_f"]),
+        helper.make_node("Cast", ["count_f"], ["shape"], to=TensorProto.INT64),
+        helper.make_node(
+            "ConstantOfShape",
+            ["shape"],
+            ["big"],
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.0]),
+        ),
+    ]
+    reduce = helper.make_node("ReduceSum", ["big"], ["hogged"], keepdims=0)
+    onnx.save(_digits_head(reduce, "hogged", nodes), path)
+    return path
+def distinct_copy(model: Path, destination: Path, tag: str) -> Path:
+    """The same ONNX model with other bytes (its doc string says `tag`): a second model
+    where an identical file would be reused as the first upload."""
+    destination.write_bytes(distinct_bytes(model, tag))
+    return destination
+
+
+def distinct_bytes(path: Path, tag: str) -> bytes:
+    """The bytes of the same ONNX model (its doc string says `tag`) or `.npz` dataset
+    (its zip comment says it), but not the same bytes: uploads the service does not
+    reuse as one."""
+    if path.suffix == ".npz":
+        buffer = io.BytesIO(path.read_bytes())
+        with zipfile.ZipFile(buffer, "a") as archive:
+            archive.comment = tag.encode()
+        return buffer.getvalue()
+    proto = onnx.load(str(path))
+    proto.doc_string = tag
+    return proto.SerializeToString()

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 import redis
@@ -329,4 +330,134 @@ class ObjectStore:
 
     def log(self) -> str:
         path = self.root / "weed.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+# --- MLflow: a real tracking server from its own venv (scripts/mlflow-venv.sh) -------------
+
+# MLflow's usage telemetry stays off: the tests reach nothing outside this machine.
+MLFLOW_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+REGISTER_ONNX = """
+import sys
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+model, name, alias = sys.argv[1:4]
+mlflow.set_experiment("training")
+with mlflow.start_run() as run:
+    mlflow.log_artifact(model, artifact_path="model")
+client = MlflowClient()
+try:
+    client.create_registered_model(name)
+except MlflowException:
+    pass  # registered before: a new version of it
+version = client.create_model_version(
+    name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+)
+if alias:
+    client.set_registered_model_alias(name, alias, version.version)
+print(version.version)
+"""
+
+
+def mlflow_venv() -> Path:
+    """The MLflow server's venv, built by scripts/mlflow-venv.sh on first use (about four
+    minutes once, then cached under ~/.cache/squeeze)."""
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "mlflow-venv.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+@dataclass
+class MlflowServer:
+    """`mlflow server` on a free loopback port: runs and the registry in SQLite under
+    `root`, artifacts in `root/artifacts` served through its artifact proxy."""
+
+    root: Path
+    venv: Path
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 300.0) -> MlflowServer:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        log = (self.root / "mlflow.log").open("ab")
+        self.process = subprocess.Popen(
+            [
+                str(self.venv / "bin" / "python"),
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{self.root / 'mlflow.db'}",
+                "--artifacts-destination",
+                str(self.root / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            cwd=self.root,
+            env={**os.environ, **MLFLOW_ENV},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        # its first start creates the database schema: tens of seconds on a busy machine
+        if not wait_for(self._answers, timeout_s, 0.5):
+            self.stop()
+            raise RuntimeError(f"the MLflow server did not start:\n{self.log()[-2000:]}")
+        return self
+
+    def _answers(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"the MLflow server exited:\n{self.log()[-2000:]}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=2).status_code == 200
+        except Exception:
+            return False
+
+    def python(self, code: str, *args: str, timeout_s: float = 180) -> str:
+        """Run `code` with the real `mlflow` client of the server's venv, pointed at this
+        server; its stdout."""
+        done = subprocess.run(
+            [str(self.venv / "bin" / "python"), "-c", code, *args],
+            env={**os.environ, **MLFLOW_ENV, "MLFLOW_TRACKING_URI": self.url},
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"mlflow client script failed:\n{done.stderr[-3000:]}")
+        return done.stdout
+
+    def register_onnx(self, model: Path, name: str, alias: str | None = None) -> int:
+        """Log `model` as a run's artifact and register it as a new version of `name`
+        the way a training pipeline does, with MLflow's own client; the version."""
+        out = self.python(REGISTER_ONNX, str(model), name, alias or "")
+        return int(out.strip().splitlines()[-1])  # after MLflow's own "View run" lines
+
+    def stop(self) -> None:
+        # `mlflow server` outlives a SIGTERM that its uvicorn child obeys (it waits on it
+        # for good); the data is the test run's to throw away.
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def log(self) -> str:
+        path = self.root / "mlflow.log"
         return path.read_text(errors="replace") if path.exists() else ""

@@ -73,7 +73,7 @@ def test_worker_command_names_the_celery_app_and_default_queue() -> None:
 
 def test_dockerfile_copies_every_package_and_the_migrations() -> None:
     copied = set(re.findall(r"^COPY (\S+) ", dockerfile(), flags=re.MULTILINE))
-    for package in ("api", "worker", "core", "store", "squeeze", "migrations"):
+    for package in ("api", "worker", "core", "store", "squeeze", "service", "migrations"):
         assert package in copied, f"Dockerfile does not copy {package}/"
     assert "alembic.ini" in dockerfile()
     assert "requirements.lock" in dockerfile()

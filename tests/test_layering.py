@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,13 @@ CORE_FORBIDDEN_LIBRARIES = {
     "httpx",
     "uvicorn",
 }
+# The one import from the client into the service: `squeeze serve` starts the service
+# through its runner, imported inside the command (never at module import), so the
+# client alone still installs and imports; without the service it says what to install.
+LAZY_SERVICE_IMPORTS = {("squeeze/cli/serve.py", "service")}
+# what the client's modules import when they load: the standard library, its own
+# package and its declared dependencies (clients/python/pyproject.toml)
+CLIENT_LIBRARIES = {"squeeze", "httpx", "pydantic", "yaml"}
 # the API may only reach the worker through its enqueue module
 API_ALLOWED_WORKER_MODULES = {"worker.enqueue", "worker.celery_app"}
 
@@ -46,6 +54,24 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
+def module_level_imports(path: Path) -> set[str]:
+    """The modules imported when `path` loads (not those imported inside functions)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    pending: list[ast.stmt] = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+        elif isinstance(node, ast.If | ast.Try | ast.With):
+            for block in ("body", "orelse", "finalbody", "handlers"):
+                for child in getattr(node, block, []):
+                    pending.extend(child.body if isinstance(child, ast.ExceptHandler) else [child])
+    return names
+
+
 def modules_of(package: str) -> list[Path]:
     return sorted((ROOT / package).rglob("*.py"))
 
@@ -57,6 +83,22 @@ def test_packages_do_not_import_upwards(package: str) -> None:
         for path in modules_of(package)
         for name in imported_modules(path)
         if name.split(".")[0] in FORBIDDEN[package]
+        and (
+            (path.relative_to(ROOT).as_posix(), name.split(".")[0]) not in LAZY_SERVICE_IMPORTS
+            or name in module_level_imports(path)
+        )
+    ]
+    assert violations == []
+
+
+def test_the_client_loads_with_its_own_dependencies_only() -> None:
+    # numpy, onnx and torch only inside the functions that need them (torch_export)
+    allowed = CLIENT_LIBRARIES | set(sys.stdlib_module_names)
+    violations = [
+        f"{path.relative_to(ROOT)} imports {name} when it loads"
+        for path in modules_of("squeeze")
+        for name in module_level_imports(path)
+        if name.split(".")[0] not in allowed
     ]
     assert violations == []
 

@@ -9,6 +9,9 @@ from kombu import Queue
 
 from service.settings import Settings, get_settings
 
+# by name: kombu imports it in whichever process connects (the API and the workers)
+FS_TRANSPORT = "worker.fs_transport:Transport"
+
 RUN_JOB_TASK = "squeeze.run_job"
 # a helper joining a running job's architecture search (worker/search_helper.py)
 SEARCH_TRIALS_TASK = "squeeze.search_trials"
@@ -39,6 +42,10 @@ def make_celery(settings: Settings | None = None) -> Celery:
     if settings.uses_filesystem_broker:
         settings.broker_dir.mkdir(parents=True, exist_ok=True)
     app = Celery("squeeze")
+    if settings.uses_filesystem_broker:
+        # kombu's file-system transport with atomic writes (worker/fs_transport.py): its
+        # own lets a consumer read a half-written message and die of it
+        app.conf.broker_transport = FS_TRANSPORT
     app.conf.update(
         broker_url=settings.resolved_broker_url,
         broker_transport_options=broker_transport_options(settings),

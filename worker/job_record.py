@@ -47,6 +47,7 @@ def job_record(job: JobRow) -> dict[str, Any]:
         "batch_id": job.batch_id,
         "outcome": job.outcome,
         "outcome_reason": outcome_reason(job),
+        "queue": job.queue,
     }
 
 

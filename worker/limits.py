@@ -13,12 +13,15 @@ down; a running job then stops at its next progress check and goes back to the q
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from service.settings import Settings
 
 SHUTDOWN = threading.Event()
 SHUTDOWN_SIGNAL = signal.SIGUSR2
@@ -31,6 +34,28 @@ _ALLOCATION_FAILURES = (
     "cannot allocate memory",
     "out of memory",
 )
+
+
+def machine_memory_bytes() -> int:
+    """The memory this machine (or the cgroup the worker runs in) offers."""
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for limit_file in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit_file).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
+def job_memory_limit(settings: Settings) -> int:
+    """The per-job memory ceiling: `job_memory_limit_bytes`, else a share of the
+    machine's memory (`job_memory_fraction`), so that a job which blows up is stopped
+    with `memory_limit_exceeded` before the kernel kills a worker process."""
+    if settings.job_memory_limit_bytes is not None:
+        return settings.job_memory_limit_bytes
+    return int(machine_memory_bytes() * settings.job_memory_fraction)
 
 
 def data_bytes_in_use() -> int:

@@ -27,7 +27,7 @@ from worker.enqueue import JobQueue
 from worker.limits import SHUTDOWN_SIGNAL, install_shutdown_handler
 from worker.periodic import Periodic
 from worker.presence import WorkerPresence
-from worker.reaper import reap_once
+from worker.reaper import drain_outbox, reap_once
 from worker.runner import JobRunner, worker_name
 from worker.search_helper import SearchHelper
 from worker.webhooks import WebhookSender
@@ -114,6 +114,10 @@ def _start_background(sender: Any = None, **_: Any) -> None:
             Periodic("presence", settings.worker_heartbeat_s, _presence.run_once),
             Periodic(
                 "reaper", settings.reaper_interval_s, lambda: reap_once(sessions, queue, settings)
+            ),
+            # jobs accepted while the broker was down: sent as soon as it answers
+            Periodic(
+                "outbox", settings.outbox_interval_s, lambda: drain_outbox(sessions, queue)
             ),
             Periodic(
                 "retention",

@@ -14,12 +14,14 @@ external data, in the layout uploads take); report.json says which.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import shutil
 import socket
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +33,25 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import pipeline
 from core.archive import ArchiveLimits, materialise_model, pack_model
-from core.context import MeasureSettings, RunContext
+from core.context import MeasureSettings
 from core.errors import EngineError, JobCancelled
 from core.formats import SINGLE_FILE_LIMIT_BYTES, load_model, model_files, save_model
+from core.results import Note, PipelineResult
 from core.spec import JobSpec
 from service.settings import Settings
 from store import blob_refs, catalog, jobs
 from store.blobs import BlobMissing, BlobStore, StagedBlob
 from store.db import transaction
+from worker import mlflow_jobs
+from worker.engine_process import (
+    EngineRequest,
+    MemoryLimitExceeded,
+    TimeLimitExceeded,
+    run_engine,
+)
 from worker.enqueue import JobQueue
 from worker.lease import LeaseKeeper
-from worker.limits import SHUTDOWN, causes, is_allocation_failure, memory_ceiling
+from worker.limits import SHUTDOWN, causes, is_allocation_failure, job_memory_limit
 from worker.report_page import report_html
 from worker.search_storage import search_store
 
@@ -142,6 +152,20 @@ def archive_limits(settings: Settings) -> ArchiveLimits:
     )
 
 
+def measure_settings(settings: Settings) -> MeasureSettings:
+    return MeasureSettings(
+        threads=settings.measure_threads,
+        warmup_runs=settings.measure_warmup_runs,
+        runs=settings.measure_runs,
+    )
+
+
+def job_memory_allowance(settings: Settings, spec: JobSpec) -> int:
+    """The job's memory ceiling: the worker's, or lower where the spec asks for less."""
+    ceiling = job_memory_limit(settings)
+    return ceiling if spec.max_memory_bytes is None else min(ceiling, spec.max_memory_bytes)
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -181,17 +205,26 @@ class JobRunner:
             lease_s=self.settings.lease_s,
             heartbeat_s=self.settings.heartbeat_s,
         )
+        outcome = "lost"
         try:
             with keeper:
-                return self._run_attempt(job_id, attempt, work_dir, keeper)
+                outcome = self._run_attempt(job_id, attempt, work_dir, keeper)
+                return outcome
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
+            if outcome in jobs.FINAL_STATES:
+                # the job's own folder too, once empty (its helpers remove theirs; the
+                # cleanup pass sweeps what a killed attempt or helper left)
+                with contextlib.suppress(OSError):
+                    work_dir.parent.rmdir()
 
     def _run_attempt(self, job_id: str, attempt: int, work_dir: Path, keeper: LeaseKeeper) -> str:
         allowance: int | None = None  # the job's memory ceiling, once its spec is read
+        started = time.monotonic()
         try:
             shutil.rmtree(work_dir, ignore_errors=True)
             work_dir.mkdir(parents=True)
+            self._fetch_registry_model(job_id, attempt, work_dir)
             inputs = self.load_inputs(job_id, work_dir)
             allowance = self._memory_allowance(inputs.spec)
             # A folder of its own: the engine follows external data only beside the .onnx.
@@ -204,28 +237,34 @@ class JobRunner:
                 )
                 for model_id, blob in inputs.other_model_paths.items()
             }
-            ctx = RunContext(
+            request = EngineRequest(
+                kind="pipeline",
                 work_dir=work_dir,
+                model_path=model_path,
+                dataset_paths=inputs.dataset_paths,
+                spec=inputs.spec.model_dump(mode="json"),
                 device=pipeline.resolve_device(inputs.spec.device),
                 seed=inputs.spec.seed,
-                measure=MeasureSettings(
-                    threads=self.settings.measure_threads,
-                    warmup_runs=self.settings.measure_warmup_runs,
-                    runs=self.settings.measure_runs,
-                ),
-                on_progress=self._progress_writer(job_id, attempt),
-                is_cancelled=keeper.should_stop,
+                measure=measure_settings(self.settings),
+                models=other_models,
+                memory_allowance_bytes=allowance,
             )
             if any(step.method == "search" for step in inputs.spec.steps):
-                ctx = dataclasses.replace(
-                    ctx,
-                    search_store=search_store(self.settings, job_id),
-                    request_helpers=self._helper_sender(job_id, inputs.queue),
+                request = dataclasses.replace(
+                    request, search_store=search_store(self.settings, job_id)
                 )
-            with memory_ceiling(allowance):
-                result, final_model = pipeline.run(
-                    model_path, inputs.dataset_paths, inputs.spec, ctx, models=other_models
-                )
+            # The engine runs in a child this process kills on a cancel, a lost lease, a
+            # shutdown or the time limit: native code cannot be interrupted otherwise.
+            payload = run_engine(
+                request,
+                on_progress=self._progress_writer(job_id, attempt),
+                request_helpers=self._helper_sender(job_id, inputs.queue),
+                should_stop=keeper.should_stop,
+                time_limit_s=self.settings.task_soft_time_limit_s - (time.monotonic() - started),
+                memory_limit_bytes=allowance,
+            )
+            result = PipelineResult.model_validate(payload["result"])
+            final_model = Path(payload["final_model"])
             if keeper.lost:
                 raise LeaseLost(job_id)
             artifacts, files = self._publish_artifacts(
@@ -233,6 +272,8 @@ class JobRunner:
                 result.model_dump(mode="json"),
                 report_html(job_id, inputs.spec, result, inputs.model_filename),
             )
+            if inputs.spec.registry is not None:
+                result = self._register(job_id, attempt, inputs, result, final_model)
             return self._finish(
                 job_id,
                 attempt,
@@ -256,9 +297,15 @@ class JobRunner:
                 error_code="cancelled",
                 error_message="cancelled by request",
             )
+        except MemoryLimitExceeded as error:
+            return self._memory_exceeded(job_id, attempt, error)
+        except TimeLimitExceeded:
+            return self._time_limit_exceeded(job_id, attempt)
         except EngineError as error:
             if allowance is not None and is_allocation_failure(error):
-                return self._memory_exceeded(job_id, attempt, allowance, error)
+                return self._memory_exceeded(
+                    job_id, attempt, MemoryLimitExceeded.of(error, allowance)
+                )
             if any(isinstance(seen, SoftTimeLimitExceeded) for seen in causes(error)):
                 return self._time_limit_exceeded(job_id, attempt)
             return self._finish(
@@ -280,7 +327,9 @@ class JobRunner:
             return self._time_limit_exceeded(job_id, attempt)
         except Exception as error:  # the record must say why, whatever went wrong
             if allowance is not None and is_allocation_failure(error):
-                return self._memory_exceeded(job_id, attempt, allowance, error)
+                return self._memory_exceeded(
+                    job_id, attempt, MemoryLimitExceeded.of(error, allowance)
+                )
             log.exception("job %s attempt %d crashed", job_id, attempt)
             return self._finish(
                 job_id,
@@ -300,27 +349,19 @@ class JobRunner:
             f"({self.settings.task_soft_time_limit_s} s)",
         )
 
-    def _memory_exceeded(
-        self, job_id: str, attempt: int, allowance: int, error: BaseException
-    ) -> str:
+    def _memory_exceeded(self, job_id: str, attempt: int, error: MemoryLimitExceeded) -> str:
+        """Failed, never retried: the same job on the same limit would fail the same way."""
         return self._finish(
             job_id,
             attempt,
             state="failed",
             error_code="memory_limit_exceeded",
-            error_message=(
-                f"the job needed more than its memory limit of {allowance} bytes "
-                f"({type(error).__name__}: {str(error)[:200]})"
-            ),
+            error_message=error.message,
+            event_data=error.record(),
         )
 
-    def _memory_allowance(self, spec: JobSpec) -> int | None:
-        limits = [
-            limit
-            for limit in (self.settings.job_memory_limit_bytes, spec.max_memory_bytes)
-            if limit is not None
-        ]
-        return min(limits) if limits else None
+    def _memory_allowance(self, spec: JobSpec) -> int:
+        return job_memory_allowance(self.settings, spec)
 
     def _release(self, job_id: str, attempt: int) -> str:
         """The worker is shutting down: the job goes back to the queue for another. The
@@ -333,6 +374,91 @@ class JobRunner:
         log.info("job %s attempt %d released for another worker", job_id, attempt)
         return "released"
 
+    def _fetch_registry_model(self, job_id: str, attempt: int, work_dir: Path) -> None:
+        """A job whose model is an MLflow model version (spec model_uri) and that has no
+        stored copy of it yet: download it, validate it as an upload, store it as a model
+        of the job's tenant and name it in the job's spec (an earlier attempt's copy is
+        used as it is)."""
+        with transaction(self.sessions) as session:
+            job = jobs.get_job(session, job_id, tenant_id=None)
+            spec = JobSpec.model_validate(job.spec)
+            tenant_id = job.tenant_id
+        ref = spec.registry_model()
+        if ref is None or spec.model_id is not None:
+            return
+        fetched = mlflow_jobs.fetch_model(
+            self.settings, ref, work_dir, archive_limits(self.settings)
+        )
+        stored = self.blobs.put_file(fetched.path)
+        with transaction(self.sessions) as session:
+            # under the blob's lock, as an upload: a delete of the same bytes that ran
+            # since they were written is undone here, a later one sees the row
+            blob_refs.lock(session, stored.sha256)
+            if not self.blobs.exists(stored.sha256):
+                self.blobs.put_file(fetched.path)
+            row = catalog.add_model(
+                session,
+                tenant_id=tenant_id,
+                filename=fetched.filename,
+                sha256=stored.sha256,
+                size_bytes=stored.size_bytes,
+                info=fetched.info.model_dump(mode="json"),
+            )
+            if not jobs.set_model(session, job_id, attempt, row.id):
+                raise LeaseLost(job_id)
+            jobs.add_event(
+                session,
+                job_id,
+                attempt,
+                "registry",
+                f"{ref.uri} fetched from MLflow as {fetched.uri}: stored as model {row.id}",
+                {"model_uri": fetched.uri, "model_id": row.id, "sha256": stored.sha256},
+            )
+
+    def _register(
+        self,
+        job_id: str,
+        attempt: int,
+        inputs: JobInputs,
+        result: PipelineResult,
+        final_model: Path,
+    ) -> PipelineResult:
+        """The result with where it was registered in MLflow, or, when registering
+        failed, with a `registry_failed` note: the job's result is never lost to it."""
+        try:
+            registered = mlflow_jobs.register_result(
+                self.settings,
+                job_id=job_id,
+                spec=inputs.spec,
+                result=result,
+                model_filename=inputs.model_filename,
+                final_model=final_model,
+                run_files=[
+                    final_model.parent / name
+                    for name in ("report.json", "manifest.json", "report.html")
+                ],
+            )
+        except Exception as error:  # whatever failed, the compressed model is kept
+            code = error.code if isinstance(error, EngineError) else "registry_failed"
+            message = f"the model was not registered in MLflow ({code}): {error}"
+            log.warning("job %s: %s", job_id, message)
+            with transaction(self.sessions) as session:
+                jobs.add_event(
+                    session, job_id, attempt, "registry", message, {"error_code": code}
+                )
+            note = Note(code="registry_failed", message=message[:2000])
+            return result.model_copy(update={"notes": [*result.notes, note]})
+        with transaction(self.sessions) as session:
+            jobs.add_event(
+                session,
+                job_id,
+                attempt,
+                "registry",
+                f"registered as {registered.uri} in MLflow ({registered.tracking_uri})",
+                registered.model_dump(mode="json"),
+            )
+        return result.model_copy(update={"registered": registered})
+
     def load_inputs(self, job_id: str, work_dir: Path) -> JobInputs:
         """The job's spec, and its model and datasets as local files under `work_dir`
         (search helpers load a job's inputs the same way). NotFound for a model or
@@ -340,6 +466,8 @@ class JobRunner:
         with transaction(self.sessions) as session:
             job = jobs.get_job(session, job_id, tenant_id=None)
             spec = JobSpec.model_validate(job.spec)
+            if spec.model_id is None:  # an MLflow model no attempt has fetched
+                raise catalog.NotFound("model", spec.model_uri or "")
             # Scoped to the job's tenant again: a job only ever reads its own tenant's data.
             model = catalog.get_model(session, spec.model_id, tenant_id=job.tenant_id)
             dataset_shas = {

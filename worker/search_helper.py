@@ -22,16 +22,20 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import pipeline
 from core.archive import materialise_model
-from core.context import MeasureSettings, RunContext
 from core.errors import JobCancelled
-from core.search import join_search
 from service.settings import Settings
 from store import jobs
 from store.blobs import BlobStore
 from store.db import transaction
 from store.tables import JobRow
+from worker.engine_process import (
+    EngineRequest,
+    MemoryLimitExceeded,
+    TimeLimitExceeded,
+    run_engine,
+)
 from worker.limits import SHUTDOWN
-from worker.runner import JobRunner, archive_limits
+from worker.runner import JobRunner, archive_limits, job_memory_allowance, measure_settings
 from worker.search_storage import search_store
 
 log = logging.getLogger(__name__)
@@ -97,26 +101,48 @@ class SearchHelper:
             model_path = materialise_model(
                 inputs.model_path, work_dir / "input", archive_limits(self.settings)
             )
-            ctx = RunContext(
+            request = EngineRequest(
+                kind="search",
                 work_dir=work_dir / "search",
+                model_path=model_path,
+                dataset_paths=inputs.dataset_paths,
+                spec=inputs.spec.model_dump(mode="json"),
                 device=pipeline.resolve_device(inputs.spec.device),
                 seed=inputs.spec.seed,
-                measure=MeasureSettings(
-                    threads=self.settings.measure_threads,
-                    warmup_runs=self.settings.measure_warmup_runs,
-                    runs=self.settings.measure_runs,
-                ),
-                on_progress=self._trial_writer(job_id, attempt),
-                is_cancelled=JobWatch(self.sessions, job_id, WATCH_INTERVAL_S),
+                measure=measure_settings(self.settings),
                 search_store=search_store(self.settings, job_id),
+                study_name=study_name,
+                helper_index=helper_index,
+                memory_allowance_bytes=job_memory_allowance(self.settings, inputs.spec),
             )
-            ran = join_search(
-                model_path, inputs.dataset_paths, inputs.spec, study_name, helper_index, ctx
+            # In a child, as the job's own engine: killed when the job stops, past the
+            # time limit or past the job's memory ceiling.
+            payload = run_engine(
+                request,
+                on_progress=self._trial_writer(job_id, attempt),
+                should_stop=JobWatch(self.sessions, job_id, WATCH_INTERVAL_S),
+                time_limit_s=self.settings.task_soft_time_limit_s,
+                memory_limit_bytes=request.memory_allowance_bytes,
             )
+            ran = int(payload["trials"])
             log.info("search helper %d for %s ran %d trials", helper_index, job_id, ran)
             return f"ran {ran} trials"
         except JobCancelled:
             return "stopped"
+        except (MemoryLimitExceeded, TimeLimitExceeded) as error:
+            # the job's own runner goes on; its log says why this helper stopped
+            memory_record = error.record() if isinstance(error, MemoryLimitExceeded) else {}
+            with transaction(self.sessions) as session:
+                jobs.add_event(
+                    session,
+                    job_id,
+                    attempt,
+                    "search_helper_stopped",
+                    f"search helper {helper_index} stopped: {error.message}",
+                    {"code": error.code, **memory_record},
+                )
+            log.warning("search helper %d for %s: %s", helper_index, job_id, error.message)
+            return error.code
         except Exception:  # a helper's failure must not fail the job: its runner goes on
             log.exception("search helper %d for %s failed", helper_index, job_id)
             return "failed"

@@ -18,12 +18,18 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.logs import log_context
 from service.settings import Settings
+from service.webhook_destination import (
+    Destination,
+    ForbiddenDestination,
+    Resolver,
+    resolve_destination,
+    system_resolver,
+)
 from squeeze.webhooks import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, signature_header
 from store import webhooks
 from store.db import transaction
 from store.tables import utcnow
 from worker.job_record import job_record_bytes
-from worker.webhook_destination import ForbiddenDestination, check_destination
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +63,12 @@ class WebhookSender:
         sessions: sessionmaker[Session],
         settings: Settings,
         http: httpx.Client | None = None,
+        resolver: Resolver = system_resolver,
     ) -> None:
         self.sessions = sessions
         self.settings = settings
+        # the one lookup of a delivery's host (tests give one that answers as they need)
+        self.resolver = resolver
         # redirects are not followed: a delivery goes to the URL the job named
         self.http = http or httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False)
 
@@ -92,13 +101,16 @@ class WebhookSender:
             EVENT_HEADER: f"job.{delivery.job.state}",
             DELIVERY_HEADER: str(delivery.id),
         }
-        if not self.settings.webhook_allow_private_hosts:
-            try:
-                check_destination(delivery.url)
-            except (ForbiddenDestination, OSError) as refused:
-                return None, str(refused)[:ERROR_EXCERPT_CHARS]
         try:
-            response = self.http.post(delivery.url, content=body, headers=headers)
+            destination = resolve_destination(
+                delivery.url,
+                resolver=self.resolver,
+                allow_private=self.settings.webhook_allow_private_hosts,
+            )
+        except (ForbiddenDestination, OSError) as refused:
+            return None, str(refused)[:ERROR_EXCERPT_CHARS]
+        try:
+            response = self._post_to_checked(destination, body, headers)
         except httpx.HTTPError as error:
             return None, f"{type(error).__name__}: {error}"[:ERROR_EXCERPT_CHARS]
         if 200 <= response.status_code < 300:
@@ -106,6 +118,32 @@ class WebhookSender:
         excerpt = response.text[:ERROR_EXCERPT_CHARS].strip()
         return response.status_code, f"HTTP {response.status_code}" + (
             f": {excerpt}" if excerpt else ""
+        )
+
+    def _post_to_checked(
+        self, destination: Destination, body: bytes, headers: dict[str, str]
+    ) -> httpx.Response:
+        """POST to the addresses that were checked, in order (the next one when one
+        refuses the connection, as a plain connect would), never to a second lookup's
+        answer; the name goes in the Host header and, for https, as the TLS server name
+        that the certificate is checked against."""
+        headers = {**headers, "Host": destination.netloc}
+        extensions = {"sni_hostname": destination.host} if destination.uses_tls else {}
+        for address in destination.addresses[:-1]:
+            try:
+                return self.http.post(
+                    destination.url_for(address),
+                    content=body,
+                    headers=headers,
+                    extensions=extensions,
+                )
+            except httpx.ConnectError:
+                continue
+        return self.http.post(
+            destination.url_for(destination.addresses[-1]),
+            content=body,
+            headers=headers,
+            extensions=extensions,
         )
 
     def _record(

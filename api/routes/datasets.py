@@ -25,7 +25,10 @@ DatasetId = Annotated[str, Path(min_length=1, max_length=64)]
     "",
     status_code=201,
     openapi_extra=file_upload_body("an .npz of named numeric arrays (no pickled objects)"),
-    responses=problems(413, 415, 422, 429),
+    responses={
+        200: {"description": "these bytes were uploaded before: the earlier record, reused"},
+        **problems(413, 415, 422, 429),
+    },
 )
 async def upload_dataset(
     request: Request,
@@ -36,11 +39,19 @@ async def upload_dataset(
     settings: SettingsDep,
     service_metrics: MetricsDep,
 ) -> DatasetOut:
-    """Upload a dataset as multipart field `file`; it is validated before it is stored."""
-    row = await uploads.upload_dataset(request, session, blobs, settings, caller.tenant_id)
-    service_metrics.uploaded("dataset", row.size_bytes)
-    response.headers["Location"] = dataset_url(row.id)
-    return DatasetOut.from_row(row)
+    """Upload a dataset as multipart field `file`; it is validated before it is stored.
+
+    Bytes this account already uploaded as a dataset (same sha256) are not stored twice:
+    the answer is 200 with the earlier record and `reused: true`; `GET
+    /v1/datasets?sha256=` asks first, without sending the file.
+    """
+    stored = await uploads.upload_dataset(request, session, blobs, settings, caller.tenant_id)
+    # received and accepted either way (the metric counts traffic, not storage)
+    service_metrics.uploaded("dataset", stored.row.size_bytes)
+    if stored.reused:
+        response.status_code = 200
+    response.headers["Location"] = dataset_url(stored.row.id)
+    return DatasetOut.from_row(stored.row, reused=stored.reused)
 
 
 @router.get("/{dataset_id}", responses=problems(404))
@@ -52,6 +63,7 @@ def get_dataset(dataset_id: DatasetId, caller: CallerDep, session: SessionDep) -
 def list_datasets(
     caller: CallerDep,
     session: SessionDep,
+    blobs: BlobsDep,
     name: Annotated[
         str | None, Query(max_length=255, description="file names containing this (any case)")
     ] = None,
@@ -59,6 +71,13 @@ def list_datasets(
         datetime | None, Query(description="created at or after (ISO 8601; UTC if no zone)")
     ] = None,
     created_before: Annotated[datetime | None, Query(description="created before")] = None,
+    sha256: Annotated[
+        str | None,
+        Query(
+            pattern="^[0-9a-fA-F]{64}$",
+            description="only the upload holding exactly these bytes: ask before uploading",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> DatasetList:
@@ -66,10 +85,13 @@ def list_datasets(
     rows, next_cursor = catalog_service.list_datasets(
         session,
         tenant_id=caller.tenant_id,
-        filters=catalog_service.filters(name, created_after, created_before),
+        filters=catalog_service.filters(name, created_after, created_before, sha256),
         limit=limit,
         cursor=cursor,
     )
+    if sha256 is not None:
+        # asked before an upload: a record whose bytes are gone must be uploaded again
+        rows = [row for row in rows if blobs.exists(row.sha256)]
     return DatasetList(items=[DatasetOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 

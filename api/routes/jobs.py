@@ -20,6 +20,7 @@ from api.schemas import (
     JobOut,
     JobRequest,
     JobState,
+    StepMethod,
     job_url,
 )
 from core.results import Outcome
@@ -29,6 +30,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problems(401))
 
 JobId = Annotated[str, Path(min_length=1, max_length=64)]
 ArtifactName = Annotated[str, Path(min_length=1, max_length=200)]
+MAX_EVENT_ID = 2**31 - 1
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -82,16 +84,20 @@ def list_jobs(
     session: SessionDep,
     state: JobState | None = None,
     outcome: Outcome | None = None,
+    method: StepMethod | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> JobList:
     """Newest first; follow `next_cursor` for the next page. `outcome` keeps the final
-    jobs that came to it (improved, unchanged, targets_missed, failed, cancelled)."""
+    jobs that came to it (improved, unchanged, targets_missed, failed, cancelled);
+    `method` the jobs with a step of that method (quantize, prune, distill, search,
+    auto)."""
     rows, next_cursor = job_service.list_jobs(
         session,
         tenant_id=caller.tenant_id,
         state=state,
         outcome=outcome,
+        method=method,
         limit=limit,
         cursor=cursor,
     )
@@ -124,7 +130,8 @@ def list_events(
     job_id: JobId,
     caller: CallerDep,
     session: SessionDep,
-    after: Annotated[int, Query(ge=0)] = 0,
+    # Bounded by the id column (a 32-bit INTEGER): past it, binding failed with a 500.
+    after: Annotated[int, Query(ge=0, le=MAX_EVENT_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> EventList:
     """The job's log, oldest first; poll with `after=next_after` for new events."""

@@ -29,7 +29,10 @@ ModelId = Annotated[str, Path(min_length=1, max_length=64)]
         "(over 2 GB), one .zip, .tar or .tar.gz archive holding exactly one .onnx file and "
         "the external data files it references, at their relative paths"
     ),
-    responses=problems(413, 415, 422, 429),
+    responses={
+        200: {"description": "these bytes were uploaded before: the earlier record, reused"},
+        **problems(413, 415, 422, 429),
+    },
 )
 async def upload_model(
     request: Request,
@@ -44,11 +47,18 @@ async def upload_model(
 
     An archive is stored as it came; `info.external_data` says whether the model keeps
     weights outside the .onnx, and `info.external_data_files` which files hold them.
+
+    Bytes this account already uploaded as a model (same sha256) are not stored twice:
+    the answer is 200 with the earlier record and `reused: true` (its id and file name);
+    `GET /v1/models?sha256=` asks first, without sending the file.
     """
-    row = await uploads.upload_model(request, session, blobs, settings, caller.tenant_id)
-    service_metrics.uploaded("model", row.size_bytes)
-    response.headers["Location"] = model_url(row.id)
-    return ModelOut.from_row(row)
+    stored = await uploads.upload_model(request, session, blobs, settings, caller.tenant_id)
+    # received and accepted either way (the metric counts traffic, not storage)
+    service_metrics.uploaded("model", stored.row.size_bytes)
+    if stored.reused:
+        response.status_code = 200
+    response.headers["Location"] = model_url(stored.row.id)
+    return ModelOut.from_row(stored.row, reused=stored.reused)
 
 
 @router.get("/{model_id}", responses=problems(404))
@@ -60,6 +70,7 @@ def get_model(model_id: ModelId, caller: CallerDep, session: SessionDep) -> Mode
 def list_models(
     caller: CallerDep,
     session: SessionDep,
+    blobs: BlobsDep,
     name: Annotated[
         str | None, Query(max_length=255, description="file names containing this (any case)")
     ] = None,
@@ -67,6 +78,13 @@ def list_models(
         datetime | None, Query(description="created at or after (ISO 8601; UTC if no zone)")
     ] = None,
     created_before: Annotated[datetime | None, Query(description="created before")] = None,
+    sha256: Annotated[
+        str | None,
+        Query(
+            pattern="^[0-9a-fA-F]{64}$",
+            description="only the upload holding exactly these bytes: ask before uploading",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: str | None = None,
 ) -> ModelList:
@@ -74,10 +92,13 @@ def list_models(
     rows, next_cursor = catalog_service.list_models(
         session,
         tenant_id=caller.tenant_id,
-        filters=catalog_service.filters(name, created_after, created_before),
+        filters=catalog_service.filters(name, created_after, created_before, sha256),
         limit=limit,
         cursor=cursor,
     )
+    if sha256 is not None:
+        # asked before an upload: a record whose bytes are gone must be uploaded again
+        rows = [row for row in rows if blobs.exists(row.sha256)]
     return ModelList(items=[ModelOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path
 from api.auth import CallerDep
 from api.deps import SessionDep
 from api.routes.docs import problems
+from api.routes.tenants import key_audit
 from api.schemas import WebhookSecretOut
 from store import tenants
 
@@ -26,4 +27,5 @@ def rotate_webhook_secret(
     row = tenants.rotate_webhook_secret(
         session, key_id, tenant_id=None if caller.is_admin else caller.tenant_id
     )
+    key_audit(session, caller, "api_key.webhook_secret_rotated", row)
     return WebhookSecretOut(key_id=row.id, webhook_secret=row.webhook_secret)

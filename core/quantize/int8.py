@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnxruntime.quantization import (
     CalibrationMethod,
     QuantFormat,
@@ -123,6 +124,68 @@ def quantize_dynamic_mode(
     return details
 
 
+# What one calibration batch's activations may take. The calibrator runs a copy of the
+# model that keeps every calibrated tensor alive to the end of the run (graph outputs or
+# reductions of them), so a batch costs about the sum of its intermediate tensors: a
+# 32-layer CNN at 3x256x256 holds 268 MB per image, and a batch of 32 took 9.3 GB. The
+# batch is cut to fit (ranges are merged batch by batch, so fewer samples per batch only
+# means more batches).
+CALIBRATION_MEMORY_BYTES = 1024**3
+
+
+def activation_bytes_per_sample(model_path: Path, data: StepData) -> int | None:
+    """The bytes of the model's float tensors (inputs, intermediates, outputs) for one
+    calibration sample, from shape inference on the calibration data's sample shapes;
+    None when the shapes are not all known (the configured batch size stays)."""
+    arrays = data.calibration_feeds()
+    model = onnx.load(str(model_path), load_external_data=False)
+    for graph_input in model.graph.input:
+        if not any(info.name == graph_input.name for info in data.inputs):
+            continue  # an initializer listed as an input
+        array = arrays.get(graph_input.name)
+        binding = data.task.binding(graph_input.name)
+        if array is None or not binding.splits_samples or binding.sample_axis != 0:
+            return None
+        dims = graph_input.type.tensor_type.shape.dim
+        if len(dims) != array.ndim:
+            return None
+        for dim, size in zip(dims, (1, *array.shape[1:]), strict=True):
+            dim.ClearField("dim_param")
+            dim.dim_value = size
+    # shapes recorded with symbolic dims (pre-processing keeps "N") would win over these
+    del model.graph.value_info[:]
+    for graph_output in model.graph.output:
+        graph_output.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # shape inference gives up on some graphs: keep the configured size
+        return None
+    total = 0
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = info.type.tensor_type
+        if tensor.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            continue
+        sizes = [dim.dim_value if dim.HasField("dim_value") else 0 for dim in tensor.shape.dim]
+        if 0 in sizes:
+            return None
+        itemsize = 4 if tensor.elem_type == onnx.TensorProto.FLOAT else 2
+        total += int(np.prod(sizes, dtype=np.int64)) * itemsize
+    return total
+
+
+def calibration_batch_size(
+    configured: int, samples: int, activation_bytes: int | None, budget_bytes: int
+) -> int:
+    """The configured batch size, cut so that one batch's activations fit the budget
+    (at least one sample) and never above the samples there are (a short batch would
+    be padded to the batch size, for nothing)."""
+    batch = min(configured, max(samples, 1))
+    if activation_bytes:
+        batch = min(batch, max(1, budget_bytes // activation_bytes))
+    return batch
+
+
 @register_mode("static")
 def quantize_static_mode(
     model_path: Path,
@@ -146,9 +209,13 @@ def quantize_static_mode(
             prepared = save_model(prepared_model, ctx.work_dir / "prepared.onnx")
     ctx.check_cancelled()
 
-    batch_size = pinned_batch_size(data.inputs, data.task) or config.calibration_batch_size
+    pinned = pinned_batch_size(data.inputs, data.task)
     available = sample_count(data.calibration_feeds())
     samples = min(config.calibration_samples, available)
+    activations = activation_bytes_per_sample(prepared, data)
+    batch_size = pinned or calibration_batch_size(
+        config.calibration_batch_size, samples, activations, CALIBRATION_MEMORY_BYTES
+    )
     # A seeded random subset: calibration files are often sorted by class, and the first
     # N rows would then miss whole classes' activation ranges.
     rows = np.sort(np.random.default_rng(ctx.seed).permutation(available)[:samples])
@@ -214,6 +281,8 @@ def quantize_static_mode(
         "calibration_method": config.calibration_method,
         "calibration_samples": reader.samples_served,
         "calibration_batch_size": batch_size,
+        "calibration_activation_bytes_per_sample": activations,
+        "calibration_memory_budget_bytes": CALIBRATION_MEMORY_BYTES,
         "calibration_batches": len(reader),
         "calibration_streaming": "one batch per calibrator pass, ranges/histograms merged",
         "opset": model_opset(model),

@@ -121,6 +121,8 @@ class LayerBar(BaseModel):
     layer: str
     value: float
     target: float | None = None
+    # written at the bar's end, e.g. "8 of 16 removed" (None: the value alone)
+    note: str | None = None
 
 
 class LayerBarsPlot(BaseModel):

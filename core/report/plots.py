@@ -34,6 +34,16 @@ WIDTH_IN = 9.0
 MAX_LABEL_CHARS = 40
 MAX_LEGEND_CURVES = 12
 LOG_SCALE_COSTS = frozenset({"parameters", "macs", "size_bytes"})
+# a search cost's axis label, with its unit (the cost's own name otherwise)
+COST_LABELS = {
+    "latency_ms": "latency (ms, median)",
+    "parameters": "parameters (count)",
+    "macs": "MACs (multiply-accumulates per sample)",
+    "size_bytes": "size (bytes)",
+}
+# up to this many epochs, each one is a tick (an integer locator falls back to
+# fractional ticks when the axis spans fewer than two integers: one epoch read 0.95..1.05)
+MAX_EACH_EPOCH_TICKS = 15
 
 
 def render_svg(plot: PlotData) -> str:
@@ -183,8 +193,8 @@ def draw_fallback_curve(plot: FallbackCurvePlot) -> Figure:
     if plot.limit is not None:
         axis.axhline(plot.limit, color=ORANGE, ls="--", lw=1, label="target's limit")
     axis.axhline(0.0, color=GREY, ls=":", lw=1, label="original")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axis.set_xlabel("nodes kept in float32")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axis.set_xlabel("nodes kept in float32 (count)")
     axis.set_ylabel(plain(f"{plot.metric_name}: {plot.drop_label}", 60))
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8, loc="best")
@@ -196,6 +206,16 @@ def draw_layer_bars(plot: LayerBarsPlot) -> Figure:
     figure, (axis,) = _figure(1, height_in=1.2 + 0.28 * len(layers))
     positions = range(len(layers))
     axis.barh(positions, [layer.value for layer in layers], color=BLUE, label="measured")
+    for position, layer in zip(positions, layers, strict=True):
+        if layer.note:
+            axis.annotate(
+                plain(layer.note),
+                (layer.value, position),
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8,
+            )
     targeted = [(i, layer.target) for i, layer in enumerate(layers) if layer.target is not None]
     if targeted:
         axis.scatter(
@@ -242,7 +262,7 @@ def draw_pareto(plot: ParetoPlot) -> Figure:
             label="chosen",
             zorder=4,
         )
-        axis.set_xlabel(plain(cost))
+        axis.set_xlabel(plain(COST_LABELS.get(cost, cost)))
         axis.set_ylabel(plain(plot.metric_name))
         values = [t.costs[cost] for t in plot.trials]
         # log scale where counts span decades; on a narrow span its ticks crowd
@@ -269,8 +289,12 @@ def draw_training(plot: TrainingPlot) -> Figure:
     axes[0].legend(fontsize=8, loc="best")
     if has_loss:
         axes[1].set_ylabel("training loss")
+    epochs = sorted({epoch for series in plot.series for epoch in series.epochs})
     for axis in axes:
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= MAX_EACH_EPOCH_TICKS:
+            axis.set_xticks(epochs)
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
     return figure

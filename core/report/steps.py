@@ -244,7 +244,11 @@ def layer_sensitivity_plot(details: Details) -> CurvesPlot | None:
         return None
     return CurvesPlot(
         title="Layer sensitivity: metric with one layer pruned",
-        x_label="sparsity of the layer",
+        x_label=(
+            "fraction of the layer's output channels removed"
+            if _structured(details)
+            else "fraction of the layer's weights set to zero"
+        ),
         y_label=str(details.get("eval_metric_name") or "metric"),
         baseline=sweep.baseline_metric,
         curves=[
@@ -259,14 +263,17 @@ def layer_sparsity_plot(details: Details) -> LayerBarsPlot | None:
     if isinstance(details.get("channels"), dict):
         channels = _channels.validate_python(details["channels"])
         targets = details.get("layer_sparsity") or {}
+        # structured pruning removes whole channels: the weights left are not zero, so a
+        # weight sparsity would read 0 here; the channels removed are what changed
         return LayerBarsPlot(
             title="Channels removed per layer",
-            value_label="fraction of output channels removed",
+            value_label="fraction of the layer's output channels removed",
             layers=[
                 LayerBar(
                     layer=name,
                     value=1.0 - after / before if before else 0.0,
                     target=targets.get(name),
+                    note=f"{before - after} of {before} removed",
                 )
                 for name, (before, after) in channels.items()
             ],
@@ -278,7 +285,7 @@ def layer_sparsity_plot(details: Details) -> LayerBarsPlot | None:
         return None
     return LayerBarsPlot(
         title="Sparsity per layer",
-        value_label="fraction of weights that are zero",
+        value_label="fraction of the layer's weights that are zero",
         layers=[LayerBar(layer=r.layer, value=r.sparsity, target=r.target_sparsity) for r in rows],
     )
 
@@ -401,12 +408,30 @@ def quantize_facts(details: Details) -> list[Fact]:
     ]
 
 
+def _structured(details: Details) -> bool:
+    return details.get("kind") == "structured" or isinstance(details.get("channels"), dict)
+
+
+def _channels_removed(details: Details) -> str | None:
+    try:
+        channels = _channels.validate_python(details.get("channels"))
+    except ValidationError:
+        return None
+    before = sum(b for b, _ in channels.values())
+    after = sum(a for _, a in channels.values())
+    return f"{before - after} of {before}" if before else None
+
+
 def prune_facts(details: Details) -> list[Fact]:
     zipped = _part(details, "zip_size_bytes")
     macs = _part(details, "macs")
+    structured = _structured(details)
     return [
         *_fact("kind", details.get("kind")),
-        *_fact("sparsity over all layers", details.get("overall_sparsity")),
+        # the zero weights' share means nothing for structured pruning (always ~0: the
+        # channels are removed, not zeroed); its channels removed are the measure
+        *_fact("sparsity over all layers", None if structured else details.get("overall_sparsity")),
+        *_fact("output channels removed", _channels_removed(details) if structured else None),
         *_fact("removed channel fraction", details.get("removed_channel_fraction")),
         *_fact("MACs reduction (x)", macs.get("reduction")),
         *_fact("compressed size ratio (zip)", zipped.get("ratio")),

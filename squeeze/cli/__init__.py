@@ -8,6 +8,8 @@ from typing import TextIO
 
 from squeeze.cli import exit_codes
 from squeeze.cli.commands import Cli
+from squeeze.cli.files import LocalFileError
+from squeeze.cli.messages import explain
 from squeeze.cli.parser import build_parser
 from squeeze.cli.specs import SpecError
 from squeeze.client import Client
@@ -30,10 +32,9 @@ def main(
             code: int = args.handler(cli)
             return code
         except SqueezeError as error:
-            where = f" ({error.status})" if error.status else ""
-            err.write(f"squeeze: {error.code}{where}: {error.detail}\n")
+            err.write(explain(error, args, argv) + "\n")
             return exit_codes.ERROR
-        except (SpecError, OSError) as error:
+        except (SpecError, LocalFileError, OSError) as error:
             err.write(f"squeeze: {error}\n")
             return exit_codes.ERROR
         except KeyboardInterrupt:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from squeeze.cli import commands, lifecycle
+from squeeze.cli import commands, lifecycle, serve
 from squeeze.cli.exit_codes import EPILOG
 from squeeze.cli.specs import (
     parse_batch_sizes,
     parse_drop,
+    parse_floats,
     parse_goal,
+    parse_image_size,
     parse_size,
     parse_target,
 )
@@ -116,7 +118,16 @@ def _job_flags(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--detach", action="store_true", help="return once submitted (do not watch)"
     )
-    run.add_argument("-o", "--output", metavar="PATH", help="where to save the result")
+    run.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        help="where to save the result (default: MODEL.<method>.onnx here, for a model "
+        "given as a file or an id)",
+    )
+    run.add_argument(
+        "--force", action="store_true", help="overwrite an existing output file"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -141,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["auto", "model", "dataset"], default="auto")
     p.set_defaults(handler=commands.upload)
 
-    p = command("submit", "submit a job spec from a YAML or JSON file, then watch it")
+    p = command(
+        "submit", "submit a job spec from a YAML or JSON file, watch it, download the result"
+    )
     p.add_argument("spec", metavar="SPEC", help="a job spec (.yaml, .yml or .json)")
     p.add_argument("--model", metavar="ONNX|ID", help="the model (overrides the spec's)")
     _data_flags(p)
@@ -215,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB")
     p.add_argument("--name", help="the artifact (default: the model)")
     p.add_argument("-o", "--output", metavar="PATH", default=".", help="file or folder (.)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(handler=commands.download)
 
     p = command("list", "the newest jobs (or batches)")
@@ -226,13 +240,72 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["improved", "unchanged", "targets_missed", "failed", "cancelled"],
         help="only final jobs that came to this",
     )
+    p.add_argument(
+        "--method",
+        choices=["quantize", "prune", "distill", "search", "auto"],
+        help="only jobs with a step of this method",
+    )
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--batches", action="store_true", help="list batches instead of jobs")
     p.set_defaults(handler=commands.list_)
 
-    p = command("cancel", "cancel a queued or running job")
+    p = command("cancel", "cancel a queued or running job (a final one is left as it is)")
     p.add_argument("job", metavar="JOB")
     p.set_defaults(handler=commands.cancel)
 
+    p = command(
+        "inspect",
+        "which arrays a dataset for MODEL needs (inputs, shapes, dtypes, labels); a .npz: "
+        "its arrays",
+    )
+    p.add_argument("target", metavar="MODEL", help="an .onnx file, a model id, or a .npz")
+    p.set_defaults(handler=commands.inspect)
+
+    p = command("dataset", "build an .npz dataset from images, a CSV or .npy files")
+    source = p.add_argument_group("source (one)")
+    source.add_argument(
+        "--images", metavar="FOLDER", help="images; sub-folder names are the classes (labels)"
+    )
+    source.add_argument("--csv", metavar="FILE", help="a CSV with a header row")
+    source.add_argument(
+        "--input",
+        action="append",
+        metavar="NAME=FILE.npy",
+        help="one array per model input (repeat)",
+    )
+    p.add_argument("-o", "--output", metavar="NPZ", required=True, help="the .npz to write")
+    p.add_argument("--force", action="store_true", help="overwrite --output")
+    p.add_argument(
+        "--input-name", default="input", help="the array of --images / --csv (the model's input)"
+    )
+    p.add_argument("--labels-name", default="label", help="the label array's name (label)")
+    p.add_argument("--labels", metavar="FILE.npy", help="labels from a .npy")
+    images = p.add_argument_group("images: the preprocessing recipe")
+    images.add_argument(
+        "--size", type=parse_image_size, default=(224, 224), metavar="HxW",
+        help="resize to, e.g. 224 or 32x64 (224)",
+    )  # fmt: skip
+    images.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw", help="(nchw)")
+    images.add_argument(
+        "--scale", type=float, default=255.0, help="divide pixels by this first (255)"
+    )
+    images.add_argument(
+        "--mean", type=parse_floats, default=[0.0], metavar="M[,M,M]",
+        help="subtract after scaling, per channel (0)",
+    )  # fmt: skip
+    images.add_argument(
+        "--std", type=parse_floats, default=[1.0], metavar="S[,S,S]",
+        help="then divide, per channel (1)",
+    )  # fmt: skip
+    images.add_argument("--grayscale", action="store_true", help="one channel")
+    table = p.add_argument_group("csv")
+    table.add_argument("--label-column", metavar="COLUMN", help="the column holding labels")
+    table.add_argument(
+        "--features", metavar="A,B,...", help="the feature columns (default: all others)"
+    )
+    table.add_argument("--dtype", default="float32", choices=["float32", "float64", "int64"])
+    p.set_defaults(handler=commands.dataset)
+
     lifecycle.register(command)
+    serve.register(command)
     return parser

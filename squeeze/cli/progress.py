@@ -69,6 +69,7 @@ class JobWatcher:
         self.display = display
         self.after = 0
         self.metric: str | None = None
+        self.progress = Monotonic()
 
     def __call__(self, job: Job) -> None:
         page = self.client.list_events(job, after=self.after, limit=1000)
@@ -76,28 +77,44 @@ class JobWatcher:
             self.metric = metric_of(event.data) or self.metric
         self.after = page.next_after
         step = job.current_step or ""
-        line = f"{bar(job.progress)} {job.progress:4.0%}  {job.state:<9} {step}".rstrip()
+        shown = self.progress(job.progress)
+        line = f"{bar(shown)} {shown:4.0%}  {job.state:<9} {step}".rstrip()
         if self.metric:
             line += f"  ({self.metric})"
-        bucket = int(job.progress / PLAIN_STEP)
+        bucket = int(shown / PLAIN_STEP)
         self.display.show(line, (job.state, step, bucket, self.metric))
         if job.is_final:
             self.display.done()
 
 
+class Monotonic:
+    """The highest progress seen so far: a bar never moves back, even when the service
+    reports less (a retried attempt starts again from 0, or a step's own estimate was
+    revised down)."""
+
+    def __init__(self) -> None:
+        self.highest = 0.0
+
+    def __call__(self, progress: float) -> float:
+        self.highest = max(self.highest, min(progress, 1.0))
+        return self.highest
+
+
 class BatchWatcher:
     def __init__(self, display: Display) -> None:
         self.display = display
+        self.progress = Monotonic()
 
     def __call__(self, batch: Batch) -> None:
         finished = sum(batch.counts.get(s, 0) for s in ("succeeded", "failed", "cancelled"))
         active = ", ".join(
             f"{batch.counts[s]} {s}" for s in ("running", "queued") if batch.counts.get(s)
         )
-        line = f"{bar(batch.progress)} {batch.progress:4.0%}  {finished}/{batch.total} done"
+        shown = self.progress(batch.progress)
+        line = f"{bar(shown)} {shown:4.0%}  {finished}/{batch.total} done"
         if active:
             line += f" ({active})"
-        self.display.show(line, (finished, active, int(batch.progress / PLAIN_STEP)))
+        self.display.show(line, (finished, active, int(shown / PLAIN_STEP)))
         if batch.is_final:
             self.display.done()
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from squeeze.client.errors import SqueezeError
 
 # flag -> spec field naming a dataset
 DATASET_FLAGS = {
@@ -113,6 +116,30 @@ def parse_batch_sizes(text: str) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
+def parse_image_size(text: str) -> tuple[int, int]:
+    """`224` -> (224, 224); `32x64` -> height 32, width 64."""
+    height, _, width = text.lower().partition("x")
+    try:
+        size = (int(height), int(width or height))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"an image size is 224 or HEIGHTxWIDTH like 32x64: {text!r}"
+        ) from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"an image size above 0: {text!r}")
+    return size
+
+
+def parse_floats(text: str) -> list[float]:
+    """`0.485,0.456,0.406` -> three numbers (one per channel), `0.5` -> one for all."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"numbers separated by commas, e.g. 0.485,0.456,0.406: {text!r}"
+        ) from None
+
+
 def parse_size(text: str) -> int:
     """`5MB`, `800KB`, `1.5GB` (powers of 1000) or a number of bytes."""
     units = {"kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
@@ -205,3 +232,100 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = value
     return merged
+
+
+# spec field (as the service's errors name it) -> the flag that sets it
+COMMON_FLAG_FIELDS = {
+    "eval_dataset_id": ("eval", "--eval"),
+    "calibration_dataset_id": ("calib", "--calib"),
+    "train_dataset_id": ("train", "--train"),
+    "task.kind": ("task", "--task"),
+    "task.labels": ("labels", "--labels"),
+    "task.metric": ("metric", "--metric"),
+    "targets.max_metric_drop": ("max_drop", "--max-drop"),
+    "targets.metric_drop_mode": ("relative_drop", "--relative-drop"),
+    "targets.max_latency_ms": ("max_latency_ms", "--max-latency-ms"),
+    "targets.max_size_bytes": ("max_size", "--max-size"),
+    "targets.metric_guard": ("no_metric_guard", "--no-metric-guard"),
+    "targets.allow_slower": ("allow_slower", "--allow-slower"),
+    "device": ("device", "--device"),
+    "batch_size": ("batch_size", "--batch-size"),
+    "batch_sizes": ("batch_sizes", "--batch-sizes"),
+    "seed": ("seed", "--seed"),
+    "deployment": ("target", "--target"),
+    "webhook_url": ("webhook_url", "--webhook-url"),
+}
+# the fields of the one step quantize, prune and compress write
+STEP_FLAG_FIELDS = {
+    "model_id": "MODEL",
+    "steps[0].mode": "--mode",
+    "steps[0].kind": "--kind",
+    "steps[0].sparsity": "--sparsity",
+    "steps[0].epochs": "--epochs",
+    "steps[0].fine_tune.epochs": "--epochs",
+    "fine_tune.epochs": "--epochs",
+    "steps[0].goal": "--goal",
+    "goal": "--goal",
+    "steps[0].time_budget_s": "--time-budget",
+}
+
+
+def flag_fields(
+    args: argparse.Namespace, from_spec: dict[str, Any] | None = None
+) -> dict[str, str]:
+    """Spec path -> flag for the fields the flags wrote: every field of a spec built
+    from flags alone; with a spec file, only those of the flags given."""
+    given = {
+        path: flag
+        for path, (name, flag) in COMMON_FLAG_FIELDS.items()
+        if from_spec is None or getattr(args, name, None) not in (None, False, [])
+    }
+    if from_spec is None:
+        given.update(STEP_FLAG_FIELDS)
+    elif getattr(args, "model", None) is not None:
+        given["model_id"] = "--model"
+    return given
+
+
+def in_flag_words(
+    error: SqueezeError, flags: dict[str, str], files: dict[str, str] | None = None
+) -> SqueezeError:
+    """The service's refusal of a submission with the spec fields the CLI wrote for flags
+    named by those flags (`targets.max_metric_drop` -> `--max-drop`), and the ids of the
+    files it uploaded shown with the file's name (`files`: id -> name)."""
+    if not 400 <= error.status < 500 or error.code == "unauthenticated":
+        return error
+    names = files or {}
+
+    def words(text: str) -> str:
+        text = _flag_words(text, flags)
+        for item_id, name in names.items():
+            text = text.replace(f"'{item_id}'", f"{name} ({item_id})")
+        return text
+
+    problem = dict(error.problem)
+    if isinstance(problem.get("errors"), list):
+        problem["errors"] = [
+            {**item, "msg": words(str(item.get("msg", "")))}
+            if isinstance(item, dict)
+            else item
+            for item in problem["errors"]
+        ]
+    return SqueezeError(
+        error.status,
+        error.code,
+        words(str(error.detail)),
+        problem=problem,
+        retry_after_s=error.retry_after_s,
+    )
+
+
+def _flag_words(detail: str, flags: dict[str, str]) -> str:
+    if "steps[0].fine_tune.epochs" in flags or "fine_tune.epochs" in flags:
+        detail = detail.replace("fine_tune.epochs = 0", "--epochs 0")
+    if "steps[0].mode" in flags:  # one step, written by the command: no index to show
+        detail = re.sub(r"(^|; )`?steps\[0\]`?: ", r"\1", detail)
+    for path in sorted(flags, key=len, reverse=True):
+        flag = flags[path]
+        detail = re.sub(rf"(?<![\w.\[]){re.escape(path)}(?![\w\[])", flag, detail)
+    return detail

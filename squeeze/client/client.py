@@ -53,7 +53,7 @@ from squeeze.client.models import (
     WebhookSecret,
 )
 from squeeze.client.retry import RetryPolicy
-from squeeze.client.transfer import Progress, ProgressReader, write_stream
+from squeeze.client.transfer import Progress, ProgressReader, file_sha256, write_stream
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 MODEL_ARTIFACTS = ("model.onnx", "model.zip")
@@ -178,14 +178,20 @@ class Client(AbstractContextManager["Client"]):
 
     # --- uploads ------------------------------------------------------------------------
 
-    def upload_model(self, path: Path | str, *, progress: Progress | None = None) -> Model:
+    def upload_model(
+        self, path: Path | str, *, progress: Progress | None = None, reuse: bool = True
+    ) -> Model:
         """Upload an ONNX model (or an archive of one with its external data), streamed
-        from disk; `progress(bytes_sent, total)` is called as it goes."""
-        return Model.model_validate(self._upload("/v1/models", Path(path), progress))
+        from disk; `progress(bytes_sent, total)` is called as it goes. With `reuse`, a
+        model with the same bytes (sha256) already in the account is returned instead
+        (`reused` is true) and nothing is sent; the service reuses it anyway."""
+        return Model.model_validate(self._upload("/v1/models", Path(path), progress, reuse))
 
-    def upload_dataset(self, path: Path | str, *, progress: Progress | None = None) -> Dataset:
-        """Upload an `.npz` of named arrays, streamed from disk."""
-        return Dataset.model_validate(self._upload("/v1/datasets", Path(path), progress))
+    def upload_dataset(
+        self, path: Path | str, *, progress: Progress | None = None, reuse: bool = True
+    ) -> Dataset:
+        """Upload an `.npz` of named arrays, streamed from disk (`reuse` as for models)."""
+        return Dataset.model_validate(self._upload("/v1/datasets", Path(path), progress, reuse))
 
     def upload_torch(
         self,
@@ -210,8 +216,13 @@ class Client(AbstractContextManager["Client"]):
             path.unlink(missing_ok=True)
             path.parent.rmdir()
 
-    def _upload(self, route: str, path: Path, progress: Progress | None) -> Any:
+    def _upload(self, route: str, path: Path, progress: Progress | None, reuse: bool) -> Any:
         total = path.stat().st_size
+        if reuse:
+            # one read of the file here can save sending it
+            listed = self._json("GET", route, params={"sha256": file_sha256(path), "limit": 1})
+            if listed["items"]:
+                return {**listed["items"][0], "reused": True}
         opened: list[Any] = []
 
         def args() -> dict[str, Any]:
@@ -329,10 +340,18 @@ class Client(AbstractContextManager["Client"]):
         limit: int = 20,
         cursor: str | None = None,
         outcome: str | None = None,
+        method: str | None = None,
     ) -> JobPage:
-        """`outcome`: improved, unchanged, targets_missed, failed or cancelled."""
+        """`outcome`: improved, unchanged, targets_missed, failed or cancelled; `method`:
+        jobs with a step of that method (quantize, prune, distill, search, auto)."""
         return self._get(
-            "/v1/jobs", JobPage, state=state, outcome=outcome, limit=limit, cursor=cursor
+            "/v1/jobs",
+            JobPage,
+            state=state,
+            outcome=outcome,
+            method=method,
+            limit=limit,
+            cursor=cursor,
         )
 
     def iter_jobs(self, *, state: str | None = None, page_size: int = 100) -> Iterator[Job]:

@@ -26,6 +26,9 @@ class Upload(Wire):
     size_bytes: int
     created_at: datetime
     info: dict[str, Any] = Field(default_factory=dict)
+    # the upload's bytes were already stored: this is the earlier record (none was sent
+    # again when the client found it by sha256 first)
+    reused: bool = False
 
 
 class Model(Upload):
@@ -174,6 +177,8 @@ class Job(Wire):
     # improved | unchanged | targets_missed | failed | cancelled, once final
     outcome: str | None = None
     outcome_reason: str | None = None
+    # the worker queue it runs from (None from a service older than the field)
+    queue: str | None = None
 
     @property
     def is_final(self) -> bool:

@@ -42,6 +42,15 @@ class ProgressReader:
         return self._file.fileno()
 
 
+def file_sha256(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    """The file's sha256, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_stream(
     chunks: Iterable[bytes],
     destination: Path,

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from api.app import create_app
 from service.settings import Settings
 from store.tables import DatasetRow, JobEventRow, JobRow, ModelRow
-from tests.factories import digits_arrays, digits_npz, export_onnx
+from tests.factories import digits_arrays, digits_npz, distinct_bytes, export_onnx
 
 ROW_TABLES = (ModelRow, DatasetRow, JobRow, JobEventRow)
 # The admin key every test service is started with (a test's own, never a real one).
@@ -68,23 +68,30 @@ class Api:
     client: TestClient
     settings: Settings
 
-    def upload_model(self, path: Path, name: str | None = None) -> Response:
-        return self.upload("/v1/models", path.read_bytes(), name or path.name)
+    def upload_model(
+        self, path: Path, name: str | None = None, variant: str | None = None
+    ) -> Response:
+        """`variant`: the same model in other bytes (a new record, not the reused one)."""
+        return self.upload("/v1/models", _content(path, variant), name or path.name)
 
-    def upload_dataset(self, path: Path, name: str | None = None) -> Response:
-        return self.upload("/v1/datasets", path.read_bytes(), name or path.name)
+    def upload_dataset(
+        self, path: Path, name: str | None = None, variant: str | None = None
+    ) -> Response:
+        return self.upload("/v1/datasets", _content(path, variant), name or path.name)
 
     def upload(self, route: str, content: bytes, name: str = "upload.bin") -> Response:
         return self.client.post(route, files={"file": (name, io.BytesIO(content))})
 
-    def model_id(self, path: Path) -> str:
-        response = self.upload_model(path)
-        assert response.status_code == 201, response.text
+    def model_id(self, path: Path, variant: str | None = None) -> str:
+        response = self.upload_model(path, variant=variant)
+        # 200: these bytes were uploaded before, and that record is reused
+        assert response.status_code in (200, 201), response.text
         return str(response.json()["id"])
 
-    def dataset_id(self, path: Path) -> str:
-        response = self.upload_dataset(path)
-        assert response.status_code == 201, response.text
+    def dataset_id(self, path: Path, variant: str | None = None) -> str:
+        response = self.upload_dataset(path, variant=variant)
+        # 200: these bytes were uploaded before, and that record is reused
+        assert response.status_code in (200, 201), response.text
         return str(response.json()["id"])
 
     def tenant(self, name: str = "tenant", **quotas: int) -> Api:
@@ -121,6 +128,10 @@ class Api:
 
     def snapshot(self) -> tuple[list[Path], dict[str, int]]:
         return self.stored_files(), self.row_counts()
+
+
+def _content(path: Path, variant: str | None) -> bytes:
+    return path.read_bytes() if variant is None else distinct_bytes(path, variant)
 
 
 ApiFactory = Callable[..., Api]

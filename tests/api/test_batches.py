@@ -23,7 +23,7 @@ def template(dataset_id: str) -> dict[str, Any]:
 def batch_body(tenant: Api, model_file: Path, dataset_file: Path, models: int) -> dict[str, Any]:
     """`models` uploads of the digits model (each its own id) and one dataset."""
     return {
-        "model_ids": [tenant.model_id(model_file) for _ in range(models)],
+        "model_ids": [tenant.model_id(model_file, variant=str(n)) for n in range(models)],
         "spec": template(tenant.dataset_id(dataset_file)),
     }
 

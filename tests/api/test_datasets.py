@@ -96,3 +96,17 @@ def test_arrays_disagreeing_on_axis_0_are_stored_and_judged_by_the_job_spec(
     }
     body = assert_problem(api.submit(spec), 422, "incompatible_data")
     assert "labels 'label' hold 7 samples (axis 0), the inputs 8" in body["detail"]
+
+
+def test_same_dataset_uploaded_twice_answers_the_first_record_and_stores_it_once(
+    api: Api, dataset_file: Path
+) -> None:
+    first = api.upload_dataset(dataset_file)
+    second = api.upload_dataset(dataset_file, name="again.npz")
+
+    assert first.status_code == 201 and second.status_code == 200, second.text
+    assert second.json()["reused"] is True and second.json()["id"] == first.json()["id"]
+    assert len(api.stored_files()) == 1 and api.row_counts()["datasets"] == 1
+    sha256 = first.json()["sha256"]
+    listed = api.client.get("/v1/datasets", params={"sha256": sha256}).json()["items"]
+    assert [item["id"] for item in listed] == [first.json()["id"]]

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.schemas import JobState
-from store import jobs
+from store import catalog, jobs, outbox
 from store.db import transaction
 from store.jobs import STATES, ArtifactRecord
 from tests.api.conftest import Api, Uploaded, assert_problem, write_npz
@@ -85,8 +85,9 @@ def test_job_is_committed_and_accepted_when_the_broker_is_down(
     job_id = response.json()["id"]
     assert api.client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
     with transaction(session_factory(api)) as session:
-        # the reaper will send it
+        # its message waits in the outbox, for the broker's return
         assert jobs.get_job(session, job_id, tenant_id=None).enqueued_at is None
+        assert outbox.backlog(session).pending == 1
 
 
 def test_job_without_labels_in_its_data_is_accepted(
@@ -250,12 +251,21 @@ def test_training_data_that_is_the_eval_dataset_is_refused(api: Api, uploaded: U
 
 
 def test_training_data_with_the_eval_data_s_bytes_is_refused_naming_both_fields(
-    api: Api, uploaded: Uploaded, dataset_file: Path, tmp_path: Path
+    api: Api, uploaded: Uploaded
 ) -> None:
-    # the same file uploaded twice: content-addressed, two ids, one sha256
-    copy = tmp_path / "copy.npz"
-    copy.write_bytes(dataset_file.read_bytes())
-    again = api.dataset_id(copy)
+    # two records of the same bytes (an upload now reuses the first record, but two
+    # concurrent uploads, or rows from before reuse, still make two ids, one sha256)
+    sessions = api.client.app.state.services.sessions  # type: ignore[attr-defined]
+    with sessions.begin() as session:
+        first = catalog.get_dataset(session, uploaded.dataset_id, tenant_id=None)
+        again = catalog.add_dataset(
+            session,
+            tenant_id=first.tenant_id,
+            filename="copy.npz",
+            sha256=first.sha256,
+            size_bytes=first.size_bytes,
+            info=first.info,
+        ).id
     assert again != uploaded.dataset_id
 
     response = api.submit(
@@ -325,6 +335,26 @@ def test_job_list_filters_by_state(api: Api, uploaded: Uploaded) -> None:
 
     assert [job["id"] for job in queued["items"]] == [kept]
     assert [job["id"] for job in ended["items"]] == [cancelled]
+
+
+def test_job_list_filters_by_step_method_a_page_at_a_time(
+    api: Api, uploaded: Uploaded
+) -> None:
+    prune = [{"method": "prune", "sparsity": 0.5, "fine_tune": {"epochs": 0}}]
+    pruned = [submitted(api, uploaded, steps=prune)["id"] for _ in range(3)]
+    quantized = submitted(api, uploaded)["id"]  # newest, not a prune job
+
+    first = api.client.get("/v1/jobs", params={"method": "prune", "limit": 2}).json()
+    rest = api.client.get(
+        "/v1/jobs", params={"method": "prune", "limit": 2, "cursor": first["next_cursor"]}
+    ).json()
+
+    assert [job["id"] for job in first["items"] + rest["items"]] == pruned[::-1]
+    assert rest["next_cursor"] is None
+    only = api.client.get("/v1/jobs", params={"method": "quantize"}).json()["items"]
+    assert [job["id"] for job in only] == [quantized]
+    assert api.client.get("/v1/jobs", params={"method": "distill"}).json()["items"] == []
+    assert_problem(api.client.get("/v1/jobs", params={"method": "zip"}), 422, "invalid_request")
 
 
 def test_job_list_refuses_an_unknown_state(api: Api) -> None:

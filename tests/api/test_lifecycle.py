@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from store import jobs
+from store import catalog, jobs
 from store.tables import ModelRow
 from tests.api.conftest import Api, Uploaded, assert_problem
 from worker.runner import JobRunner
@@ -42,7 +42,7 @@ def set_created(api: Api, model_id: str, when: datetime) -> None:
 
 
 def test_models_are_listed_newest_first_a_page_at_a_time(api: Api, model_file: Path) -> None:
-    ids = [api.model_id(model_file) for _ in range(3)]
+    ids = [api.model_id(model_file, variant=str(n)) for n in range(3)]
     first = api.client.get("/v1/models", params={"limit": 2}).json()
     second = api.client.get(
         "/v1/models", params={"limit": 2, "cursor": first["next_cursor"]}
@@ -53,7 +53,7 @@ def test_models_are_listed_newest_first_a_page_at_a_time(api: Api, model_file: P
 
 
 def test_datasets_are_listed_newest_first(api: Api, dataset_file: Path) -> None:
-    ids = [api.dataset_id(dataset_file) for _ in range(2)]
+    ids = [api.dataset_id(dataset_file, variant=str(n)) for n in range(2)]
     body = api.client.get("/v1/datasets").json()
     assert [item["id"] for item in body["items"]] == ids[::-1]
     assert body["items"][0]["info"]["samples"] == 64
@@ -61,14 +61,15 @@ def test_datasets_are_listed_newest_first(api: Api, dataset_file: Path) -> None:
 
 def test_a_listing_filters_by_name_in_any_case(api: Api, model_file: Path) -> None:
     wanted = api.upload_model(model_file, name="ResNet_small.onnx").json()["id"]
-    api.upload_model(model_file, name="bert.onnx")
-    api.upload_model(model_file, name="resnet%large.onnx")  # % is a character, not a wildcard
+    api.upload_model(model_file, name="bert.onnx", variant="2")
+    # % is a character, not a wildcard
+    api.upload_model(model_file, name="resnet%large.onnx", variant="3")
     items = api.client.get("/v1/models", params={"name": "resnet_"}).json()["items"]
     assert [item["id"] for item in items] == [wanted]
 
 
 def test_a_listing_filters_by_creation_date(api: Api, model_file: Path) -> None:
-    old, recent = api.model_id(model_file), api.model_id(model_file)
+    old, recent = api.model_id(model_file), api.model_id(model_file, variant="recent")
     now = datetime.now(UTC)
     set_created(api, old, now - timedelta(days=10))
     cutoff = (now - timedelta(days=1)).isoformat()
@@ -117,7 +118,16 @@ def test_a_deleted_model_is_gone_with_its_file_and_its_bytes_leave_the_usage(
 def test_bytes_two_uploads_share_stay_until_the_last_one_is_deleted(
     api: Api, dataset_file: Path
 ) -> None:
-    first, second = (api.upload_dataset(dataset_file).json() for _ in range(2))
+    first = api.upload_dataset(dataset_file).json()
+    # a second record of the same bytes: an upload reuses the first record, but two
+    # concurrent uploads (or records from before reuse) still share one blob
+    sessions = api.client.app.state.services.sessions  # type: ignore[attr-defined]
+    with sessions.begin() as session:
+        row = catalog.get_dataset(session, first["id"], tenant_id=None)
+        second = {"id": catalog.add_dataset(
+            session, tenant_id=row.tenant_id, filename="copy.npz", sha256=row.sha256,
+            size_bytes=row.size_bytes, info=row.info,
+        ).id, "sha256": row.sha256}  # fmt: skip
     assert first["sha256"] == second["sha256"]
 
     assert api.client.delete(f"/v1/datasets/{first['id']}").status_code == 204

@@ -49,12 +49,70 @@ def test_unknown_model_is_a_404_problem(api: Api) -> None:
     assert_problem(api.client.get("/v1/models/mdl_missing"), 404, "not_found")
 
 
-def test_same_model_uploaded_twice_is_stored_once(api: Api, model_file: Path) -> None:
-    first = api.upload_model(model_file).json()
-    second = api.upload_model(model_file).json()
+def test_same_model_uploaded_twice_answers_the_first_record_and_stores_it_once(
+    api: Api, model_file: Path
+) -> None:
+    first = api.upload_model(model_file)
+    second = api.upload_model(model_file, name="renamed.onnx")
 
-    assert first["id"] != second["id"]
-    assert len(api.stored_files()) == 1
+    assert first.status_code == 201 and first.json()["reused"] is False
+    assert second.status_code == 200, second.text
+    body = second.json()
+    assert body["reused"] is True
+    assert {**body, "reused": False} == first.json()  # the earlier record, its name kept
+    assert second.headers["location"] == f"/v1/models/{body['id']}"
+    assert len(api.stored_files()) == 1  # the second copy's staging file was dropped
+    assert api.row_counts()["models"] == 1
+    usage = api.client.get("/v1/account").json()["tenant"]["usage"]["storage_bytes"]
+    assert usage == model_file.stat().st_size
+
+
+def test_a_model_can_be_looked_up_by_sha256_before_uploading(
+    api: Api, model_file: Path
+) -> None:
+    sha256 = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    assert api.client.get("/v1/models", params={"sha256": sha256}).json()["items"] == []
+    created = api.upload_model(model_file).json()
+
+    found = api.client.get("/v1/models", params={"sha256": sha256.upper()}).json()["items"]
+
+    assert [item["id"] for item in found] == [created["id"]]
+    assert_problem(api.client.get("/v1/models", params={"sha256": "abc"}), 422, "invalid_request")
+
+
+def test_a_record_whose_bytes_are_gone_is_made_whole_by_the_next_upload(
+    api: Api, model_file: Path
+) -> None:
+    """Reuse must not hand back a record whose blob was lost (collected, or another store):
+    every job naming it would fail `input_missing`."""
+    first = api.upload_model(model_file).json()
+    sha256 = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    blobs = api.client.app.state.services.blobs  # type: ignore[attr-defined]
+    assert blobs.delete(sha256)
+
+    # asked first, the service says it does not hold these bytes any more
+    assert api.client.get("/v1/models", params={"sha256": sha256}).json()["items"] == []
+    again = api.upload_model(model_file)
+
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
+    assert blobs.exists(sha256)
+
+
+def test_another_tenant_s_identical_model_is_not_reused(api: Api, model_file: Path) -> None:
+    mine = api.upload_model(model_file).json()
+    theirs = api.tenant("other").upload_model(model_file)
+
+    assert theirs.status_code == 201 and theirs.json()["id"] != mine["id"]
+    assert theirs.json()["reused"] is False
+
+
+def test_a_model_s_bytes_uploaded_as_a_dataset_are_not_a_reused_model(
+    api: Api, model_file: Path
+) -> None:
+    api.upload_model(model_file)
+    # reuse is per kind: the same bytes as a dataset are validated (and refused) as one
+    refused = api.upload_dataset(model_file)
+    assert refused.status_code == 422 and refused.json()["title"] == "Invalid dataset"
 
 
 def test_client_directory_names_are_stripped_from_the_filename(api: Api, model_file: Path) -> None:

@@ -45,7 +45,7 @@ def test_validation_errors_are_listed_and_json_safe(api: Api) -> None:
 
     body = assert_problem(response, 422, "invalid_request")
     locations = {tuple(error["loc"]) for error in body["errors"]}
-    assert ("body", "model_id") in locations
+    assert ("body", "eval_dataset_id") in locations
     assert ("body", "batch_size") in locations
     assert all("url" not in error for error in body["errors"])
 

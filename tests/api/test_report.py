@@ -29,6 +29,7 @@ from store.db import transaction
 from tests.api.conftest import ADMIN_TOKEN, Api, assert_problem
 from tests.api.test_quantize_modes_e2e import digits_job_spec, run_job_through_api
 from tests.api.test_search_e2e import TINY_SEARCH
+from tests.factories import distinct_bytes
 
 AUTO = [{"method": "quantize", "mode": "auto"}]
 PRUNE = [
@@ -348,7 +349,9 @@ def store_sessions(finished: Finished) -> Any:
 
 
 def test_a_hostile_model_filename_is_escaped(finished: Finished) -> None:
-    uploaded = finished.api.upload("/v1/models", finished.model_file.read_bytes(), HOSTILE_NAME)
+    # other bytes: the same ones would be reused as the earlier record, under its name
+    content = distinct_bytes(finished.model_file, "hostile")
+    uploaded = finished.api.upload("/v1/models", content, HOSTILE_NAME)
     assert uploaded.status_code == 201, uploaded.text
     assert uploaded.json()["filename"] == HOSTILE_NAME  # stored as given: escaping is ours
     html = report(finished.api, submit(finished, model_id=uploaded.json()["id"])).text

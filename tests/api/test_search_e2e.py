@@ -85,7 +85,7 @@ def test_a_search_job_runs_through_the_api_and_publishes_its_front(
         ({"objective": {"kind": "constrained"}}, "needs max_latency_ms"),
         ({"objective": {"kind": "weighted", "cost": "flops"}}, "parameters"),
         ({"algorithm": "bayes"}, "evolution"),
-        ({"parallel_workers": 0}, "greater than or equal to 1"),
+        ({"parallel_workers": 0}, "`steps[0].parallel_workers` must be >= 1; got 0"),
         # the service's job time limit: 3 hours by default
         ({"time_budget_s": 4 * 3600}, "must end before the job's time limit of 10800 s"),
     ],

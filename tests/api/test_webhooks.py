@@ -8,20 +8,24 @@ directly, one pass at a time.
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
 from api.schemas import JobOut
+from service.webhook_destination import ForbiddenDestination, check_destination
 from squeeze.webhooks import SIGNATURE_HEADER, WebhookVerificationError, verify_signature
 from tests.api.conftest import Api, ApiFactory, assert_problem
 from tests.webhook_receiver import Receiver, running_receiver
 from worker.runner import JobRunner
-from worker.webhook_destination import ForbiddenDestination, check_destination
 from worker.webhooks import WebhookSender
 
 
@@ -263,27 +267,36 @@ def test_the_same_idempotency_key_with_another_webhook_url_is_a_conflict(
     assert_problem(other, 409, "idempotency_conflict")
 
 
-def test_a_webhook_to_the_services_own_network_is_never_posted(
+def test_a_webhook_to_the_services_own_network_is_refused_at_submission(
     make_api: ApiFactory, model_file: Path, dataset_file: Path, receiver: Receiver
 ) -> None:
-    """Server-side request forgery: loopback, link-local (cloud metadata) and private
-    addresses are refused at delivery time unless the installation allows them."""
+    """Server-side request forgery: a webhook_url on loopback, link-local (cloud
+    metadata) or private addresses is a 422 naming the field, for jobs and batches, and
+    nothing is stored (it used to be accepted, then failed 8 delivery attempts)."""
     api = make_api(webhook_backoff_s=0, webhook_max_attempts=1)
     tenant = new_tenant(api)
+    model_id = tenant.api.model_id(model_file)
     spec = {
-        "model_id": tenant.api.model_id(model_file),
+        "model_id": model_id,
         "eval_dataset_id": tenant.api.dataset_id(dataset_file),
         "steps": [{"method": "quantize", "mode": "dynamic"}],
     }
-    job_id = submit_and_cancel(tenant, {**spec, "webhook_url": receiver.url})
-
-    [outcome] = sender(tenant.api).run_once()
-
-    assert not outcome.delivered
+    for url in (receiver.url, "http://169.254.169.254/latest/meta-data", "http://[::1]:8080/"):
+        body = assert_problem(
+            tenant.api.submit({**spec, "webhook_url": url}), 422, "webhook_destination_forbidden"
+        )
+        assert body["field"] == "webhook_url" and body["detail"].startswith("webhook_url: ")
+        assert body["errors"][0]["loc"] == ["body", "webhook_url"]
+    batch = {
+        "model_ids": [model_id],
+        "spec": {k: v for k, v in spec.items() if k != "model_id"},
+        "webhook_url": "http://10.0.0.7/hook",
+    }
+    assert_problem(
+        tenant.api.client.post("/v1/batches", json=batch), 422, "webhook_destination_forbidden"
+    )
+    assert tenant.api.client.get("/v1/jobs").json()["items"] == []
     assert receiver.received == []
-    [event] = events(tenant.api, job_id)
-    assert event["kind"] == "webhook_failed"
-    assert "not a public address" in event["data"]["error"]
 
 
 @pytest.mark.parametrize(
@@ -297,3 +310,150 @@ def test_private_destinations_are_recognised(url: str) -> None:
 
 def test_a_public_address_is_allowed() -> None:
     check_destination("http://93.184.215.14/hook")  # a literal: no DNS needed
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::ffff:127.0.0.1]/",  # IPv4-mapped
+        "http://[::ffff:a9fe:a9fe]/",  # IPv4-mapped metadata address
+        "http://[64:ff9b::7f00:1]/",  # NAT64 of 127.0.0.1
+        "http://[64:ff9b::a9fe:a9fe]/",  # NAT64 of 169.254.169.254
+        "http://[64:ff9b:1::a00:7]/",  # local-use NAT64 of 10.0.0.7
+        "http://[2002:7f00:1::1]/",  # 6to4 of 127.0.0.1
+        "http://[2002:a9fe:a9fe::1]/",  # 6to4 of 169.254.169.254
+    ],
+)
+def test_ipv6_addresses_that_lead_to_private_ipv4_are_refused(url: str) -> None:
+    with pytest.raises(ForbiddenDestination):
+        check_destination(url)
+
+
+def test_ipv6_translations_of_public_ipv4_are_allowed() -> None:
+    check_destination("http://[64:ff9b::5db8:d70e]/hook")  # NAT64 of 93.184.215.14
+    check_destination("http://[2002:5db8:d70e::1]/hook")  # 6to4 of the same
+
+
+class FakeDns:
+    """A name server for one name whose answers change between lookups (zero TTL):
+    each lookup of `name` gets the next answer; any other host is resolved as usual."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+        self.name = name
+        self.answers: list[str] = []
+        self.lookups = 0
+        real = socket.getaddrinfo
+
+        def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            if host != self.name:
+                return real(host, port, *args, **kwargs)
+            self.lookups += 1
+            address = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            return real(address, port, *args, **kwargs)
+
+        monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@dataclass
+class Sent:
+    url: httpx.URL
+    headers: httpx.Headers
+    extensions: dict[str, Any]
+
+
+class LoopbackOnlyNetwork(httpx.HTTPTransport):
+    """The test's network: a real transport that reaches loopback only. A request to a
+    literal address elsewhere is recorded and fails to connect (nothing leaves the
+    machine); names are resolved by the connection, as without pinning."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[Sent] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.sent.append(Sent(request.url, request.headers, dict(request.extensions)))
+        try:
+            outside = not ipaddress.ip_address(request.url.host).is_loopback
+        except ValueError:
+            outside = False
+        if outside:
+            raise httpx.ConnectError("the test network reaches loopback only", request=request)
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_a_rebinding_name_is_posted_to_the_address_that_was_checked(
+    make_api: ApiFactory,
+    model_file: Path,
+    dataset_file: Path,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    scheme: str,
+) -> None:
+    """DNS rebinding: the name answers a public address to the check and 127.0.0.1 to
+    any later lookup. The delivery connects to the checked (public) address, with the
+    name in the Host header and as the TLS server name; the service listening on
+    127.0.0.1 receives nothing."""
+    api = make_api(webhook_backoff_s=0, webhook_max_attempts=1, webhook_timeout_s=2)
+    tenant = new_tenant(api)
+    dns = FakeDns(monkeypatch, "rebind.squeeze.test")
+    port = urlsplit(receiver.url).port
+    url = f"{scheme}://rebind.squeeze.test:{port}/hooks/squeeze"
+    dns.answers = ["93.184.215.14"]
+    job_id = submit_and_cancel(
+        tenant,
+        {
+            "model_id": tenant.api.model_id(model_file),
+            "eval_dataset_id": tenant.api.dataset_id(dataset_file),
+            "steps": [{"method": "quantize", "mode": "dynamic"}],
+            "webhook_url": url,
+        },
+    )
+    dns.answers, dns.lookups = ["93.184.215.14", "127.0.0.1"], 0
+    network = LoopbackOnlyNetwork()
+    services = api.client.app.state.services  # type: ignore[attr-defined]
+    http = httpx.Client(transport=network)
+    hooks = WebhookSender(services.sessions, services.settings, http=http)
+
+    [outcome] = hooks.run_once()
+
+    assert receiver.received == []  # nothing reached the service on 127.0.0.1
+    assert dns.lookups == 1
+    [sent] = network.sent
+    assert sent.url.host == "93.184.215.14" and sent.url.port == port
+    assert sent.headers["host"] == f"rebind.squeeze.test:{port}"
+    if scheme == "https":
+        assert sent.extensions["sni_hostname"] == "rebind.squeeze.test"
+    assert not outcome.delivered and "ConnectError" in (outcome.error or "")
+    assert events(tenant.api, job_id)[0]["kind"] == "webhook_failed"
+
+
+def test_a_name_that_resolves_privately_at_delivery_is_never_posted(
+    make_api: ApiFactory,
+    model_file: Path,
+    dataset_file: Path,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name that did not resolve at submission (accepted: its receiver may come later)
+    and resolves to loopback at delivery is refused then, without a connection."""
+    api = make_api(webhook_backoff_s=0, webhook_max_attempts=1)
+    tenant = new_tenant(api)
+    port = urlsplit(receiver.url).port
+    job_id = submit_and_cancel(
+        tenant,
+        {
+            "model_id": tenant.api.model_id(model_file),
+            "eval_dataset_id": tenant.api.dataset_id(dataset_file),
+            "steps": [{"method": "quantize", "mode": "dynamic"}],
+            "webhook_url": f"http://later.squeeze.invalid:{port}/hooks/squeeze",
+        },
+    )
+    FakeDns(monkeypatch, "later.squeeze.invalid").answers = ["127.0.0.1"]
+
+    [outcome] = sender(tenant.api).run_once()
+
+    assert not outcome.delivered and receiver.received == []
+    [event] = events(tenant.api, job_id)
+    assert event["kind"] == "webhook_failed"
+    assert "not a public address" in event["data"]["error"]

@@ -181,7 +181,7 @@ def test_a_batch_for_a_device_no_worker_serves_is_refused_whole(
 ) -> None:
     register(checked, "cpu", ["cpu"])
     body = {
-        "model_ids": [checked.model_id(model_file) for _ in range(2)],
+        "model_ids": [checked.model_id(model_file, variant=str(n)) for n in range(2)],
         "spec": {
             "eval_dataset_id": checked.dataset_id(dataset_file),
             "device": "cuda",

@@ -18,7 +18,7 @@ from squeeze.cli.progress import Display, JobWatcher
 from squeeze.cli.specs import parse_drop
 from squeeze.client.models import Job, JobResult
 from tests.cli.conftest import Live
-from tests.factories import digits_arrays
+from tests.factories import digits_arrays, distinct_copy
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_ERROR, EXIT_TARGETS_MISSED, EXIT_UNCHANGED = 0, 1, 2, 3, 4
 
@@ -105,6 +105,9 @@ def test_download_status_and_list_read_the_job(
     assert quantized.job_id in out and out.splitlines()[0].split() == [
         "job", "state", "progress", "method", "created"
     ]  # fmt: skip
+    listed = json.loads(live.run("list", "--method", "quantize", "--json")[1])["items"]
+    assert quantized.job_id in [job["id"] for job in listed]
+    assert json.loads(live.run("list", "--method", "distill", "--json")[1])["items"] == []
 
 
 def test_a_missed_target_exits_3(live: Live, quantized: Run, tmp_path: Path) -> None:
@@ -120,8 +123,9 @@ def test_a_missed_target_exits_3(live: Live, quantized: Run, tmp_path: Path) -> 
     # the model and data uploaded before, named by id this time
     earlier = json.loads(live.run("status", quantized.job_id, "--json")[1])["spec"]
     code, out, _ = live.run(
-        "submit", str(spec), "--model", earlier["model_id"], "--eval", earlier["eval_dataset_id"]
-    )
+        "submit", str(spec), "--model", earlier["model_id"], "--eval", earlier["eval_dataset_id"],
+        "-o", str(tmp_path / "missed.onnx"),
+    )  # fmt: skip
     assert code == EXIT_TARGETS_MISSED, out
     assert "target max_size_bytes: limit 1,000" in out and "NOT met" in out
     assert "targets met: NO" in out
@@ -140,7 +144,7 @@ def test_a_result_that_changed_nothing_exits_4(
     # this test is about the outcome, not speed
     code, out, _ = live.run(
         "submit", str(spec), "--model", earlier["model_id"], "--eval", earlier["eval_dataset_id"],
-        "--allow-slower",
+        "--allow-slower", "-o", str(tmp_path / "unchanged.onnx"),
     )  # fmt: skip
     assert code == EXIT_UNCHANGED, out
     assert "succeeded: UNCHANGED" in out and "no node was quantized" in out
@@ -222,8 +226,9 @@ def test_batch_submits_a_folder_and_watches_it(
     model, data = data_files
     folder = tmp_path / "models"
     folder.mkdir()
-    for name in ("a.onnx", "b.onnx"):
-        (folder / name).write_bytes(model.read_bytes())
+    (folder / "a.onnx").write_bytes(model.read_bytes())
+    distinct_copy(model, folder / "b.onnx", "b")
+    (folder / "c.onnx").write_bytes(model.read_bytes())  # a's bytes: a's job
     (folder / "notes.txt").write_text("not a model")
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"steps": [{"method": "quantize", "mode": "dynamic"}]}))
@@ -238,9 +243,19 @@ def test_batch_submits_a_folder_and_watches_it(
     batch = json.loads(out)
     assert batch["total"] == 2 and batch["counts"]["succeeded"] == 2
     assert sorted(p.name for p in out_dir.iterdir()) == ["a.squeezed.onnx", "b.squeezed.onnx"]
-    assert "uploaded a.onnx" in err and "uploaded b.onnx" in err  # commentary on stderr
+    assert "uploaded b.onnx" in err  # commentary on stderr
+    assert "c.onnx holds the same bytes as a.onnx: one job" in err
     code, out, _ = live.run("status", batch["id"])
     assert code == EXIT_OK and out.startswith(f"batch {batch['id']}: finished, 2 jobs")
+    # the models by the file names they were uploaded as, not only their ids
+    shown = [line.split()[1] for line in out.splitlines() if line.startswith("job_")]
+    assert "b.onnx" in shown and not any(name.startswith("mdl_") for name in shown)
+    # run again into the same folder: refused before anything is submitted
+    code, _, err = live.run(
+        "batch", str(spec), str(folder), "--eval", str(data), "-o", str(out_dir)
+    )
+    assert code == EXIT_ERROR and f"{out_dir / 'a.squeezed.onnx'} already exists" in err
+    assert "--force" in err
 
 
 def test_upload_prints_ids(live: Live, data_files: tuple[Path, Path]) -> None:
@@ -299,3 +314,89 @@ def test_a_goal_is_a_speedup_fastest_a_latency_or_a_size() -> None:
     assert parse_goal("5MB") == {"max_size_bytes": 5_000_000}
     with pytest.raises(argparse.ArgumentTypeError, match="above 1"):
         parse_goal("0.5x")
+
+
+def test_an_upload_the_account_already_holds_is_reused_not_sent(
+    live: Live, data_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model, _ = data_files
+    fresh = distinct_copy(model, tmp_path / "fresh.onnx", "fresh")
+    code, out, _ = live.run("upload", str(fresh))
+    assert code == EXIT_OK and "uploaded fresh.onnx" in out
+    code, again, _ = live.run("upload", str(fresh))
+    model_id = next(word for word in out.split() if word.startswith("mdl_"))
+    assert code == EXIT_OK
+    assert f"fresh.onnx is already uploaded as {model_id} (same sha256): reused" in again
+
+
+def test_submit_downloads_the_result_like_quantize(
+    live: Live, quantized: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({"steps": [{"method": "quantize", "mode": "dynamic"}]}))
+    earlier = json.loads(live.run("status", quantized.job_id, "--json")[1])["spec"]
+    argv = ("submit", str(spec), "--model", earlier["model_id"],
+            "--eval", earlier["eval_dataset_id"], "--allow-slower")  # fmt: skip
+
+    code, out, err = live.run(*argv)
+
+    assert code == EXIT_OK, out + err
+    saved = tmp_path / "digits.squeezed.onnx"  # named after the uploaded file, here
+    assert "saved digits.squeezed.onnx" in out and saved.is_file()
+    ort.InferenceSession(str(saved), providers=["CPUExecutionProvider"])
+    # the same command again would overwrite it: refused before a job is submitted
+    jobs_before = len(json.loads(live.run("list", "--json", "--limit", "100")[1])["items"])
+    code, out, err = live.run(*argv)
+    assert code == EXIT_ERROR
+    assert "digits.squeezed.onnx already exists" in err and "--force" in err
+    assert len(json.loads(live.run("list", "--json", "--limit", "100")[1])["items"]) == jobs_before
+
+
+def test_download_never_overwrites_a_file_without_force(
+    live: Live, quantized: Run, tmp_path: Path
+) -> None:
+    target = tmp_path / "mine.onnx"
+    target.write_bytes(b"my own file")
+
+    code, _, err = live.run("download", quantized.job_id, "-o", str(target))
+
+    assert code == EXIT_ERROR
+    assert f"{target} already exists" in err and "--force" in err
+    assert target.read_bytes() == b"my own file"
+    # into a folder already holding model.onnx: the same
+    (tmp_path / "model.onnx").write_bytes(b"older")
+    assert live.run("download", quantized.job_id, "-o", str(tmp_path))[0] == EXIT_ERROR
+    assert (tmp_path / "model.onnx").read_bytes() == b"older"
+    code, _, _ = live.run("download", quantized.job_id, "-o", str(target), "--force")
+    assert code == EXIT_OK and target.read_bytes() == quantized.output.read_bytes()
+
+
+def test_an_unknown_artifact_name_lists_the_real_ones(live: Live, quantized: Run) -> None:
+    code, _, err = live.run("download", quantized.job_id, "--name", "modle.onnx")
+    assert code == EXIT_ERROR
+    assert f"job {quantized.job_id} has no artifact 'modle.onnx'; its artifacts: " in err
+    assert "model.onnx" in err and "report.html" in err
+
+
+def test_cancel_on_a_final_job_says_it_was_already_final(live: Live, quantized: Run) -> None:
+    code, out, _ = live.run("cancel", quantized.job_id)
+    assert code == EXIT_OK
+    assert out.strip() == (
+        f"{quantized.job_id} was already final (succeeded: improved): nothing to cancel"
+    )
+    job = json.loads(live.run("status", quantized.job_id, "--json")[1])
+    assert job["state"] == "succeeded" and job["cancel_requested"] is False
+
+
+def test_progress_never_goes_backwards(live: Live, quantized: Run) -> None:
+    from squeeze.client import Client
+
+    screen = io.StringIO()
+    with Client(live.url, api_key=live.token) as client:
+        watcher = JobWatcher(client, Display(screen, live=False))
+        job = client.get_job(quantized.job_id)
+        for progress in (0.6, 0.2, 0.7):  # a retried attempt starts again from 0
+            watcher(job.model_copy(update={"state": "running", "progress": progress}))
+    shown = [line.split("]")[1].split()[0] for line in screen.getvalue().splitlines()]
+    assert shown == ["60%", "70%"]  # 20% was drawn as 60% again: no new line

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from tests.cli.conftest import Live
+from tests.factories import distinct_copy
 
 EXIT_OK, EXIT_ERROR = 0, 2
 
@@ -17,10 +18,12 @@ def upload(live: Live, *paths: Path) -> list[str]:
 
 
 def test_models_and_datasets_are_listed_newest_first(
-    live: Live, data_files: tuple[Path, Path]
+    live: Live, data_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     model_path, data_path = data_files
-    older, newer = upload(live, model_path, model_path)
+    # other bytes for the second: the same file again would be reused as the first
+    second = distinct_copy(model_path, tmp_path / model_path.name, "newer")
+    older, newer = upload(live, model_path, second)
     (dataset_id,) = upload(live, data_path)
 
     code, out, _ = live.run("models", "--json")

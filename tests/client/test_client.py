@@ -13,6 +13,7 @@ from service.examples import DigitsCNN
 from squeeze.client import Client, SqueezeError
 from squeeze.client.models import Job, Model
 from tests.api.conftest import Api
+from tests.factories import distinct_copy
 from worker.runner import JobRunner
 
 
@@ -45,6 +46,24 @@ def test_uploads_stream_from_disk_with_progress(
     dataset = client.upload_dataset(dataset_file)
     assert dataset.info["samples"] == 64
     assert client.get_dataset(dataset.id).sha256 == dataset.sha256
+
+
+def test_a_file_the_account_already_holds_is_not_sent_again(
+    client: Client, model_file: Path, dataset_file: Path
+) -> None:
+    first = client.upload_model(model_file)
+    seen: list[int] = []
+
+    again = client.upload_model(model_file, progress=lambda done, _: seen.append(done))
+
+    assert again.reused and not first.reused
+    assert again.id == first.id and seen == []  # found by sha256: no byte sent
+    # without the look-up, the service itself answers the earlier record
+    sent = client.upload_model(model_file, reuse=False, progress=lambda d, _: seen.append(d))
+    assert sent.reused and sent.id == first.id and seen[-1] == model_file.stat().st_size
+    dataset = client.upload_dataset(dataset_file)
+    assert client.upload_dataset(dataset_file).id == dataset.id
+    assert [m.id for m in client.list_models().items] == [first.id]
 
 
 def test_a_job_submitted_waited_for_and_downloaded(
@@ -120,9 +139,10 @@ def test_account_keys_tenants_and_webhook_secrets(admin: Client, client: Client)
 
 
 def test_a_batch_through_the_client(
-    client: Client, model_file: Path, dataset_file: Path
+    client: Client, model_file: Path, dataset_file: Path, tmp_path: Path
 ) -> None:
-    models = [client.upload_model(model_file).id for _ in range(2)]
+    copies = [distinct_copy(model_file, tmp_path / f"m{n}.onnx", str(n)) for n in range(2)]
+    models = [client.upload_model(copy).id for copy in copies]
     dataset_id = client.upload_dataset(dataset_file).id
     batch = client.submit_batch(
         models, {"eval_dataset_id": dataset_id, "steps": [{"method": "quantize"}]}

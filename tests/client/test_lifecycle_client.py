@@ -13,14 +13,16 @@ from squeeze.client import Client, SqueezeError
 from tests.api.conftest import ADMIN_TOKEN, ApiFactory
 from tests.client.conftest import client_for
 from tests.client.test_client import run_queued, spec
+from tests.factories import distinct_copy
 from tests.services import ObjectStore
 
 
 def test_models_and_datasets_are_listed_with_filters_and_pages(
-    client: Client, model_file: Path, dataset_file: Path
+    client: Client, model_file: Path, dataset_file: Path, tmp_path: Path
 ) -> None:
     first = client.upload_model(model_file)
-    second = client.upload_model(model_file)
+    # other bytes under the same name (identical bytes would be reused as the first)
+    second = client.upload_model(distinct_copy(model_file, tmp_path / model_file.name, "2"))
     dataset = client.upload_dataset(dataset_file)
 
     page = client.list_models(limit=1)

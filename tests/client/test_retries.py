@@ -110,14 +110,14 @@ def test_an_upload_is_not_repeated_after_a_500_but_is_after_a_503(tmp_path: Path
     model.write_bytes(b"x" * 200_000)
     fake = Fake(problem(500, "internal_error"), problem(503, "not_ready"))
     with pytest.raises(SqueezeError):
-        fake.client.upload_model(model)
+        fake.client.upload_model(model, reuse=False)  # no sha256 look-up first
     assert len(fake.requests) == 1  # the service may have stored it: not sent twice
 
     stored = {"id": "mdl_1", "filename": "m.onnx", "sha256": "0" * 64, "size_bytes": 200_000,
               "created_at": "2026-11-29T10:00:00Z", "info": {}}  # fmt: skip
     seen: list[int] = []
     fake = Fake(problem(503, "not_ready"), httpx.Response(201, json=stored))
-    fake.client.upload_model(model, progress=lambda done, _: seen.append(done))
+    fake.client.upload_model(model, progress=lambda done, _: seen.append(done), reuse=False)
     assert len(fake.requests) == 2
     assert fake.requests[1].content.count(b"x" * 200_000) == 1  # the whole file, again
     assert seen.count(200_000) == 2 and min(seen) < 200_000  # progress restarted

@@ -251,3 +251,108 @@ def test_hostile_labels_come_out_of_the_svg_escaped() -> None:
     plot = RankingPlot(title="t", score_label="s", nodes=[{"name": hostile, "score": 1.0}])  # type: ignore[list-item]
     svg = render_svg(plot)
     assert "<script" not in svg and svg.count("</svg>") == 1
+
+
+def test_structured_pruning_reports_channels_removed_not_a_zero_weight_sparsity() -> None:
+    details = {
+        "kind": "structured",
+        "channels": {"conv1": [16, 8], "conv2": [32, 28]},
+        "overall_sparsity": 0.0,  # the weights left are not zero: meaningless here
+        "removed_channel_fraction": 0.25,
+        "layers": [{"layer": "conv1", "sparsity": 0.0, "target_sparsity": None}],
+    }
+    section = step_section(0, "prune", "prune (structured)", 1.0, details)
+    facts = {fact.label: fact.value for fact in section.facts}
+    assert "sparsity over all layers" not in facts
+    assert facts["output channels removed"] == "12 of 48"
+    [plot] = section.plots
+    assert isinstance(plot, LayerBarsPlot)
+    assert plot.value_label == "fraction of the layer's output channels removed"
+    assert [bar.note for bar in plot.layers] == ["8 of 16 removed", "4 of 32 removed"]
+    assert render_svg(plot).startswith("<svg")
+
+
+def test_unstructured_pruning_keeps_its_weight_sparsity() -> None:
+    details = {
+        "kind": "unstructured",
+        "overall_sparsity": 0.5,
+        "layers": [{"layer": "conv1", "sparsity": 0.5, "target_sparsity": 0.5}],
+        "sensitivity": {"baseline_metric": 0.9, "curves": {"conv1": [[0.5, 0.85]]}},
+    }
+    section = step_section(0, "prune", "prune (unstructured)", 1.0, details)
+    assert {"label": "sparsity over all layers", "value": "0.5"} in [
+        fact.model_dump() for fact in section.facts
+    ]
+    bars, curves = section.plots
+    assert isinstance(bars, LayerBarsPlot) and bars.layers[0].note is None
+    assert getattr(curves, "x_label", None) == "fraction of the layer's weights set to zero"
+
+
+def test_a_one_epoch_training_plot_has_a_whole_number_epoch_tick() -> None:
+    from core.report.plots import draw
+
+    plot = TrainingPlot(
+        title="t",
+        metric_name="accuracy",
+        series=[{"label": "fine-tuning", "epochs": [1], "eval_metric": [0.9], "train_loss": [0.3]}],
+    )
+    figure = draw(plot)
+    for axis in figure.axes:
+        assert list(axis.get_xticks()) == [1.0]  # not 0.95, 1.0, 1.05
+        assert axis.get_xlabel() == "epoch"
+    many = TrainingPlot(
+        title="t",
+        metric_name="accuracy",
+        series=[
+            {
+                "label": "x",
+                "epochs": list(range(1, 31)),
+                "eval_metric": [0.5] * 30,
+                "train_loss": [None] * 30,
+            }
+        ],
+    )
+    ticks = draw(many).axes[0].get_xticks()
+    assert all(float(tick).is_integer() for tick in ticks)
+
+
+def test_search_costs_are_labelled_with_their_units() -> None:
+    from core.report.plots import draw
+
+    plot = ParetoPlot(
+        title="t",
+        metric_name="accuracy",
+        costs=["latency_ms", "macs", "size_bytes"],
+        trials=[
+            {"number": 0, "metric": 0.9, "costs": {"latency_ms": 1, "macs": 5, "size_bytes": 9}}
+        ],
+    )
+    labels = [axis.get_xlabel() for axis in draw(plot).axes]
+    assert labels == [
+        "latency (ms, median)", "MACs (multiply-accumulates per sample)", "size (bytes)"
+    ]  # fmt: skip
+
+
+def test_a_batch_size_1_job_has_one_batch_1_latency_column() -> None:
+    # a batch size of 1 is both "1" and "the job's batch size": one column, not two
+    one = ModelMetrics(
+        size_bytes=4000,
+        parameters=1000,
+        latency=[
+            Latency(batch_size=1, median_ms=1.0, p95_ms=1.2, runs=5),
+            Latency(batch_size=1, median_ms=1.0, p95_ms=1.2, runs=5),
+        ],
+        metric_name="accuracy",
+        metric_value=0.9,
+        metric_change=0.0,
+    ).model_dump()
+    record = JobRecord(
+        id="job_1",
+        state="running",
+        spec={**SPEC, "batch_size": 1},
+        events=[ProgressEvent(message="measured the original model", data={"metrics": one})],
+    )
+    report = build_report(record)
+    assert report.job.batch_sizes == [1]
+    assert [len(row.latency) for row in report.comparison] == [1]
+    assert render_html(report).count("latency, batch 1 (ms)") == 1

@@ -119,3 +119,76 @@ def test_a_queued_job_page_keeps_polling_and_says_nothing_was_measured(
     assert ">Cancel</button>" in dom  # a job still active can be cancelled from the page
     assert "the job is queued: nothing has been measured yet" in dom
     assert 'data-plot="' not in dom
+
+
+def model_filename(served: Served, model_id: str) -> str:
+    response = httpx.get(
+        f"{served.base_url}/v1/models/{model_id}",
+        headers={"Authorization": f"Bearer {served.admin_key}"},
+    )
+    assert response.status_code == 200, response.text
+    return str(response.json()["filename"])
+
+
+def test_the_job_list_names_each_job_s_model(served: Served, browser: Browser) -> None:
+    dom = browser.dump_dom(served.dashboard())
+    finished = served.finished_job
+    model_id = finished["spec"]["model_id"]
+    rows = dict(re.findall(r'<tr data-job-id="([^"]+)">(.*?)</tr>', dom, re.S))
+    name = model_filename(served, model_id)
+    cell = f'<span class="model" data-model-id="{model_id}" title="{model_id}">{name}</span>'
+    assert cell in rows[finished["id"]] and cell in rows[served.queued_job["id"]]
+    # the compare button waits for two ticked jobs
+    assert re.search(r'<button type="button" id="compare" disabled="">Compare 2 jobs</button>', dom)
+    assert rows[finished["id"]].count('type="checkbox"') == 1
+
+
+def test_the_job_list_filters_by_state_and_method(served: Served, browser: Browser) -> None:
+    finished, queued = served.finished_job["id"], served.queued_job["id"]
+    succeeded = browser.dump_dom(served.dashboard("?state=succeeded"))
+    assert f'data-job-id="{finished}"' in succeeded and f'data-job-id="{queued}"' not in succeeded
+    quantize = browser.dump_dom(served.dashboard("?method=quantize"))
+    assert f'data-job-id="{finished}"' in quantize and f'data-job-id="{queued}"' in quantize
+    assert '<option value="quantize" selected="">quantize</option>' in quantize
+    prune = browser.dump_dom(served.dashboard("?method=prune"))
+    assert "data-job-id" not in prune and "no jobs yet" in prune
+
+
+def test_two_jobs_are_compared_side_by_side(
+    served: Served, browser: Browser, tmp_path: Path
+) -> None:
+    finished, queued = served.finished_job, served.queued_job
+    url = served.dashboard(f"?compare={finished['id']},{queued['id']}")
+    dom = browser.dump_dom(url)
+    table = re.search(r'<table class="jobs compare" id="comparison">(.*?)</table>', dom, re.S)
+    assert table is not None
+    rows = {
+        key: dict(re.findall(r'<td data-job-id="([^"]+)">(.*?)</td>', body, re.S))
+        for key, body in re.findall(r'<tr data-row="([^"]+)">(.*?)</tr>', table.group(1), re.S)
+    }
+    assert list(rows) == [
+        "job", "model", "steps", "state", "outcome", "targets_met", "size_ratio",
+        "latency_ratio", "metric_change", "metric", "size", "latency", "checks",
+    ]  # fmt: skip
+    verdict = finished["result"]["verdict"]
+    assert rows["size_ratio"][finished["id"]] == f"{verdict['size_ratio']:.3f}x"
+    assert rows["size_ratio"][queued["id"]] == "\u2013"  # nothing measured yet
+    assert rows["steps"][finished["id"]] == "quantize (auto)"
+    assert rows["steps"][queued["id"]] == "quantize (static)"
+    assert 'data-state="queued"' in rows["state"][queued["id"]]
+    assert finished["outcome"] in rows["outcome"][finished["id"]]
+    assert rows["targets_met"][finished["id"]] in ("yes", "NO")
+    name = model_filename(served, finished["spec"]["model_id"])
+    assert name in rows["model"][finished["id"]] and name in rows["model"][queued["id"]]
+    assert "at batch 8" in rows["latency"][finished["id"]]
+    assert "missed" in rows["checks"][finished["id"]] or "met" in rows["checks"][finished["id"]]
+    keep(browser.screenshot(url, tmp_path / "compare.png"), "dashboard-compare.png")
+
+
+def test_the_front_page_points_to_the_dashboard_and_the_docs(served: Served) -> None:
+    response = httpx.get(f"{served.base_url}/")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert '<a href="dashboard/">Dashboard</a>' in response.text
+    assert '<a href="docs">API docs</a>' in response.text
+    assert httpx.get(f"{served.base_url}/docs").status_code == 200

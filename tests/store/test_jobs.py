@@ -7,13 +7,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import jobs
 from store.db import make_engine, make_sessionmaker, transaction
 from store.migrate import upgrade_to_head
-from store.tables import JobRow, TenantRow, utcnow
+from store.tables import JobOutboxRow, JobRow, TenantRow, utcnow
 
 TENANT = "ten_store_tests"
 SPEC = {"model_id": "mdl_x", "eval_dataset_id": "ds_x", "steps": [{"method": "quantize"}]}
@@ -47,6 +47,8 @@ def new_job(sessions: sessionmaker[Session], key: str | None = None, body: str =
             request_sha256=body * 64,
             idempotency_key=key,
         )
+        # the message left the outbox (these tests are about the job's row)
+        session.execute(delete(JobOutboxRow).where(JobOutboxRow.job_id == job.id))
         return job.id
 
 

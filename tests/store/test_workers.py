@@ -8,13 +8,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from store import jobs, workers
+from store import jobs, outbox, workers
 from store.db import make_engine, make_sessionmaker, transaction
 from store.migrate import upgrade_to_head
-from store.tables import JobEventRow, JobRow, TenantRow, WorkerRow, utcnow
+from store.tables import JobEventRow, JobOutboxRow, JobRow, TenantRow, WorkerRow, utcnow
 
 TENANT = "ten_worker_tests"
 SPEC = {"model_id": "mdl_x", "eval_dataset_id": "ds_x", "steps": [{"method": "quantize"}]}
@@ -84,6 +84,8 @@ def new_job(sessions: sessionmaker[Session], queue: str = "cpu", age_s: float = 
             idempotency_key=None,
         )  # fmt: skip
         session.flush()
+        # the message left the outbox (these tests are about what the reaper does next)
+        session.execute(delete(JobOutboxRow).where(JobOutboxRow.job_id == job.id))
         sent = utcnow() - timedelta(seconds=age_s)
         session.execute(
             update(JobRow).where(JobRow.id == job.id).values(created_at=sent, enqueued_at=sent)
@@ -107,7 +109,7 @@ def reap(
     with transaction(sessions) as session:
         names = {"cpu", "gpu", *jobs.queued_queues(session)}
         seen = workers.queue_services(session, names, dead_after_s=DEAD_AFTER_S)
-        return [
+        recovered = [
             job.id
             for job in jobs.reap(
                 session,
@@ -118,6 +120,8 @@ def reap(
                 absent_worker_expiry_s=expiry_s,
             )
         ]
+    outbox.drain(sessions, lambda job_id, queue: None)  # the broker took the messages
+    return recovered
 
 
 def job(sessions: sessionmaker[Session], job_id: str) -> JobRow:

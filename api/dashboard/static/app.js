@@ -1,5 +1,6 @@
-// The squeeze dashboard: a job list and a job page, read from the public /v1 API with the
-// API key the user pastes. No framework, no build step, nothing fetched from elsewhere.
+// The squeeze dashboard: a job list (filtered by state, method and outcome), a job page,
+// and two jobs compared side by side, read from the public /v1 API with the API key the
+// user pastes. No framework, no build step, nothing fetched from elsewhere.
 //
 // The key: pasted into the form (kept in sessionStorage for this tab, or in localStorage
 // when "remember" is ticked), or passed once in the URL fragment, `#key=sqz_...`, which
@@ -74,6 +75,28 @@ async function getJson(path) {
 
 const jobPath = (id) => `v1/jobs/${encodeURIComponent(id)}`;
 
+// model id -> the file name it was uploaded as (null: deleted or unreadable), asked once
+const modelNames = new Map();
+
+async function loadModelNames(ids) {
+  const missing = [...new Set(ids)].filter((id) => !modelNames.has(id));
+  await Promise.all(missing.map(async (id) => {
+    try {
+      modelNames.set(id, (await getJson(`v1/models/${encodeURIComponent(id)}`)).filename);
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 401) throw error;
+      modelNames.set(id, null);
+    }
+  }));
+}
+
+// The model by its file name, with its id on hover (the id alone when it is gone).
+function modelCell(id) {
+  const name = modelNames.get(id);
+  return el("span", { class: "model", "data-model-id": id, title: id },
+    name ? name : el("code", {}, id));
+}
+
 // --- DOM helpers (text is always set as text, never parsed as HTML) ---------------------
 
 function el(tag, attributes = {}, ...children) {
@@ -113,6 +136,8 @@ const fmt = {
   change: (v) => (v === undefined || v === null ? "–" : `${v >= 0 ? "+" : ""}${v.toFixed(4)}`),
   when: (v) => (v ? new Date(v).toLocaleString() : "–"),
   percent: (v) => `${Math.round(v * 100)}%`,
+  number: (v) => (Math.abs(v) >= 1000 ? Math.round(v).toLocaleString("en") : `${+v.toPrecision(4)}`),
+  bytes: (v) => `${v.toLocaleString("en")} bytes`,
 };
 
 function showError(error, where = main()) {
@@ -174,16 +199,29 @@ function outcomeBadge(job) {
 async function showJobList() {
   const [state, filter] = queryFilter("state",
     ["queued", "running", "succeeded", "failed", "cancelled"], "every state");
+  const [method, methodFilter] = queryFilter("method",
+    ["quantize", "prune", "distill", "search", "auto"], "every method");
   const [outcome, outcomeFilter] = queryFilter("outcome",
     ["improved", "unchanged", "targets_missed", "failed", "cancelled"], "every outcome");
   const body = el("tbody");
   const more = el("button", { type: "button", hidden: true }, "Load more");
+  // two jobs ticked -> the compare view; the picks survive the list's refreshes
+  const picked = new Set();
+  const compare = el("button", { type: "button", id: "compare", disabled: true, onclick: () => {
+    window.history.pushState(null, "", `?compare=${[...picked].map(encodeURIComponent).join(",")}`);
+    route();
+  } }, "Compare 2 jobs");
+  const onPick = (id, checked) => {
+    if (checked) picked.add(id);
+    else picked.delete(id);
+    compare.disabled = picked.size !== 2;
+  };
   main().replaceChildren(
     el("h1", {}, "Jobs"),
-    el("div", { class: "toolbar" }, filter, outcomeFilter,
+    el("div", { class: "toolbar" }, filter, methodFilter, outcomeFilter, compare,
       el("span", { class: "muted", id: "list-status" })),
     el("table", { class: "jobs" },
-      el("thead", {}, el("tr", {}, ["job", "submitted", "state", "progress", "steps",
+      el("thead", {}, el("tr", {}, ["", "job", "model", "submitted", "state", "progress", "steps",
         "size ratio", "latency ratio", "metric change", "outcome"].map((h) => el("th", {}, h)))),
       body),
     more);
@@ -193,10 +231,12 @@ async function showJobList() {
   async function load(append) {
     const query = new URLSearchParams({ limit: String(append ? 20 : Math.max(20, shown)) });
     if (state) query.set("state", state);
+    if (method) query.set("method", method);
     if (outcome) query.set("outcome", outcome);
     if (append && cursor) query.set("cursor", cursor);
     const page = await getJson(`v1/jobs?${query}`);
-    const rows = page.items.map(jobRow);
+    await loadModelNames(page.items.map((job) => job.spec.model_id));
+    const rows = page.items.map((job) => jobRow(job, picked.has(job.id), onPick));
     if (append) body.append(...rows);
     else body.replaceChildren(...rows);
     shown = body.children.length;
@@ -219,10 +259,13 @@ async function showJobList() {
   }
 }
 
-function jobRow(job) {
+function jobRow(job, checked, onPick) {
   const verdict = job.result ? job.result.verdict : null;
   return el("tr", { "data-job-id": job.id },
+    el("td", {}, el("input", { type: "checkbox", class: "pick", checked, "aria-label": `compare ${job.id}`,
+      onchange: (event) => onPick(job.id, event.target.checked) })),
     el("td", {}, el("a", { href: `?job=${encodeURIComponent(job.id)}` }, el("code", {}, job.id))),
+    el("td", {}, modelCell(job.spec.model_id)),
     el("td", {}, fmt.when(job.created_at)),
     el("td", {}, badge(job.state)),
     el("td", {}, bar(job.progress), " ", fmt.percent(job.progress)),
@@ -254,6 +297,7 @@ async function showJob(id) {
   let shownStep = null;
   async function refresh() {
     const job = await getJson(jobPath(id));
+    await loadModelNames([job.spec.model_id]);
     renderStatus(status, job);
     const newEvents = await getJson(`${jobPath(id)}/events?after=${lastEvent}&limit=1000`);
     for (const event of newEvents.items) {
@@ -295,6 +339,7 @@ function renderStatus(container, job) {
   const parts = [
     badge(job.state),
     el("span", {}, bar(job.progress, true), " ", el("span", { id: "job-progress" }, fmt.percent(job.progress))),
+    el("span", { id: "job-model" }, "model ", modelCell(job.spec.model_id)),
     job.current_step ? el("span", {}, "step ", el("code", {}, job.current_step)) : null,
     el("span", { class: "muted" }, `submitted ${fmt.when(job.created_at)}`),
     job.finished_at ? el("span", { class: "muted" }, `finished ${fmt.when(job.finished_at)}`) : null,
@@ -366,6 +411,60 @@ async function download(artifact) {
   setTimeout(() => URL.revokeObjectURL(url), 10000);
 }
 
+// --- two jobs side by side ---------------------------------------------------------------
+
+// One row per measure: [key, label, value of a job (text or a node)]
+const COMPARED = [
+  ["job", "job", (job) => el("a", { href: `?job=${encodeURIComponent(job.id)}` }, el("code", {}, job.id))],
+  ["model", "model", (job) => modelCell(job.spec.model_id)],
+  ["steps", "steps", (job) => job.spec.steps.map(stepLabel).join(" → ")],
+  ["state", "state", (job) => badge(job.state)],
+  ["outcome", "outcome", (job) => el("span", {}, outcomeBadge(job), " ", job.outcome_reason || "")],
+  ["targets_met", "targets met", (job) => (verdictOf(job) ? (verdictOf(job).targets_met ? "yes" : "NO") : "–")],
+  ["size_ratio", "size ratio (final / original)", (job) => fmt.ratio(verdictOf(job) && verdictOf(job).size_ratio)],
+  ["latency_ratio", "latency ratio (final / original)",
+    (job) => fmt.ratio(verdictOf(job) && verdictOf(job).latency_ratio)],
+  ["metric_change", "metric change", (job) => fmt.change(verdictOf(job) && verdictOf(job).metric_change)],
+  ["metric", "final metric", (job) => (job.result
+    ? `${job.result.final.metric_name} ${job.result.final.metric_value.toFixed(4)}` : "–")],
+  ["size", "final size", (job) => (job.result ? fmt.bytes(job.result.final.size_bytes) : "–")],
+  ["latency", "final latency (ms, median)", (job) => (job.result
+    ? job.result.final.latency.map((l) => `${l.median_ms.toFixed(3)} at batch ${l.batch_size}`).join(", ") : "–")],
+  ["checks", "target checks", (job) => (verdictOf(job)
+    ? el("ul", { class: "checks" }, verdictOf(job).checks.map((c) => el("li", {},
+      `${c.target}${c.batch_size ? ` (batch ${c.batch_size})` : ""}: ${fmt.number(c.measured)} vs ${fmt.number(c.limit)} `,
+      el("span", { class: `badge ${c.met ? "met" : "missed"}` }, c.met ? "met" : "missed"))))
+    : "–")],
+];
+
+const verdictOf = (job) => (job.result ? job.result.verdict : null);
+
+async function showCompare(ids) {
+  main().replaceChildren(el("p", {}, el("a", { href: "./" }, "← all jobs")),
+    el("h1", {}, "Two jobs side by side"));
+  if (ids.length !== 2) {
+    main().append(el("p", { class: "error" }, "Pick exactly two jobs to compare (?compare=JOB,JOB)."));
+    return;
+  }
+  let jobs;
+  try {
+    jobs = await Promise.all(ids.map((id) => getJson(jobPath(id))));
+    await loadModelNames(jobs.map((job) => job.spec.model_id));
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) {
+      main().append(el("p", { class: "error" }, `No such job for this API key: ${error.message}`));
+      return;
+    }
+    showError(error);
+    return;
+  }
+  const table = el("table", { class: "jobs compare", id: "comparison" },
+    el("thead", {}, el("tr", {}, el("th", {}, ""), jobs.map((job) => el("th", { "data-job-id": job.id }, job.id)))),
+    el("tbody", {}, COMPARED.map(([key, label, value]) => el("tr", { "data-row": key },
+      el("th", {}, label), jobs.map((job) => el("td", { "data-job-id": job.id }, value(job)))))));
+  main().append(table);
+}
+
 // --- routing ---------------------------------------------------------------------------
 
 function clearTimers() {
@@ -385,8 +484,11 @@ function route() {
     forgetKey();
     showKeyForm("Key forgotten.");
   };
-  const job = new URLSearchParams(window.location.search).get("job");
+  const query = new URLSearchParams(window.location.search);
+  const job = query.get("job");
+  const compared = query.get("compare");
   if (job) showJob(job);
+  else if (compared !== null) showCompare(compared.split(",").filter(Boolean));
   else showJobList();
 }
 

@@ -1,0 +1,421 @@
+"""The engine in a child process that the worker can kill.
+
+Native code cannot be interrupted from Python: an ONNX Runtime session running a `Loop`
+of 2^62 iterations ignores both the job's cancel flag (polled between progress reports)
+and Celery's soft time limit (an exception raised between bytecodes). So a job's
+measurement and steps, and a search helper's trials, run in a child process (a fresh
+interpreter, `python -m worker.engine_process`: nothing of the pool process, its
+database connections or a CUDA context, crosses into it); the pool process supervises
+it:
+
+- the request goes to the child as a JSON file; progress and requests for search helpers
+  come back over a pipe as JSON, the outcome as a JSON file in the work dir: nothing the
+  child produces is unpickled;
+- a cancel, a lost lease, a worker shutdown or the time limit kill the child (SIGKILL)
+  within a poll interval;
+- memory: the child's data segment is capped (RLIMIT_DATA, worker.limits) and the parent
+  watches its resident set: past the allowance it is killed, and a child killed by
+  SIGKILL the parent did not send (the kernel's out-of-memory killer) counts as out of
+  memory too. Either way the error carries the peak resident set seen (VmHWM).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any, Literal
+
+from core.context import MeasureSettings, RunContext, SearchStore
+from core.errors import EngineError, JobCancelled
+
+log = logging.getLogger(__name__)
+
+REQUEST_FILE = "engine-request.json"
+OUTCOME_FILE = "engine-outcome.json"
+# How often the parent looks at the child's memory and at the stop conditions.
+POLL_INTERVAL_S = 0.1
+_PR_SET_PDEATHSIG = 1
+
+ProgressSink = Callable[[float, str, dict[str, Any]], None]
+HelperSink = Callable[[str, int], None]
+
+
+class MemoryLimitExceeded(EngineError):
+    """The engine's process went past the job's memory allowance, or the kernel killed it."""
+
+    code = "memory_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, peak_rss_bytes: int | None, limit_bytes: int | None
+    ) -> None:
+        super().__init__(message)
+        self.peak_rss_bytes = peak_rss_bytes
+        self.limit_bytes = limit_bytes
+
+    @classmethod
+    def of(cls, error: BaseException, limit_bytes: int | None) -> MemoryLimitExceeded:
+        """A failed allocation seen in this process (outside the engine's child)."""
+        use = memory_use(os.getpid())
+        return cls(
+            f"the job needed more than its memory limit of {limit_bytes} bytes "
+            f"({type(error).__name__}: {str(error)[:200]})",
+            peak_rss_bytes=use.peak_rss_bytes if use else None,
+            limit_bytes=limit_bytes,
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What the job's log keeps about it (the data of its final event)."""
+        return {"peak_rss_bytes": self.peak_rss_bytes, "limit_bytes": self.limit_bytes}
+
+
+class TimeLimitExceeded(EngineError):
+    code = "time_limit_exceeded"
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """What the child runs: the pipeline of a job, or a search helper's trials."""
+
+    kind: Literal["pipeline", "search"]
+    work_dir: Path  # the engine's RunContext.work_dir
+    model_path: Path
+    dataset_paths: dict[str, Path]
+    spec: dict[str, Any]  # the validated JobSpec, as JSON
+    device: str
+    seed: int
+    measure: MeasureSettings
+    search_store: SearchStore = field(default_factory=SearchStore)
+    models: dict[str, Path] = field(default_factory=dict)
+    study_name: str | None = None
+    helper_index: int = 0
+    # growth of the child's memory allowed past what it holds once its modules are loaded
+    memory_allowance_bytes: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "work_dir": str(self.work_dir),
+            "model_path": str(self.model_path),
+            "dataset_paths": {key: str(path) for key, path in self.dataset_paths.items()},
+            "spec": self.spec,
+            "device": self.device,
+            "seed": self.seed,
+            "measure": vars(self.measure),
+            "search_store": vars(self.search_store),
+            "models": {key: str(path) for key, path in self.models.items()},
+            "study_name": self.study_name,
+            "helper_index": self.helper_index,
+            "memory_allowance_bytes": self.memory_allowance_bytes,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EngineRequest:
+        return cls(
+            kind=data["kind"],
+            work_dir=Path(data["work_dir"]),
+            model_path=Path(data["model_path"]),
+            dataset_paths={key: Path(path) for key, path in data["dataset_paths"].items()},
+            spec=data["spec"],
+            device=data["device"],
+            seed=int(data["seed"]),
+            measure=MeasureSettings(**data["measure"]),
+            search_store=SearchStore(**data["search_store"]),
+            models={key: Path(path) for key, path in data["models"].items()},
+            study_name=data["study_name"],
+            helper_index=int(data["helper_index"]),
+            memory_allowance_bytes=data["memory_allowance_bytes"],
+        )
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    rss_bytes: int
+    peak_rss_bytes: int
+
+
+def memory_use(pid: int) -> MemoryUse | None:
+    """The process's resident set now and its high-water mark; None once it is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    values = {}
+    for line in lines:
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            values[key] = int(rest.split()[0]) * 1024
+    if "VmRSS" not in values:  # a zombie has no memory left to report
+        return None
+    return MemoryUse(values["VmRSS"], values.get("VmHWM", values["VmRSS"]))
+
+
+def run_engine(
+    request: EngineRequest,
+    *,
+    on_progress: ProgressSink,
+    request_helpers: HelperSink | None = None,
+    should_stop: Callable[[], bool],
+    time_limit_s: float | None,
+    memory_limit_bytes: int | None = None,
+    poll_interval_s: float = POLL_INTERVAL_S,
+) -> dict[str, Any]:
+    """Run `request` in a child and return its outcome's payload (for a pipeline:
+    {"result": PipelineResult JSON, "final_model": path}; for a search: {"trials": n}).
+
+    Raises JobCancelled once `should_stop()` is true (the caller knows why),
+    TimeLimitExceeded past `time_limit_s`, MemoryLimitExceeded when the child's resident
+    set grows more than `memory_limit_bytes` past its start (or the kernel kills it), and
+    EngineError with the child's code for a failure inside the engine. Whatever happens,
+    the child is gone when this returns or raises, including for an exception from a
+    callback or one raised into this thread (Celery's soft time limit)."""
+    request.work_dir.mkdir(parents=True, exist_ok=True)
+    request_path = request.work_dir / REQUEST_FILE
+    outcome_path = request.work_dir / OUTCOME_FILE
+    outcome_path.unlink(missing_ok=True)
+    request_path.write_text(json.dumps(request.to_json()))
+    receiving_fd, sending_fd = os.pipe()
+    receiver = Connection(receiving_fd, writable=False)
+    try:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "worker.engine_process",
+                str(request_path),
+                str(outcome_path),
+                str(sending_fd),
+                str(os.getpid()),
+            ],
+            pass_fds=(sending_fd,),
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": _python_path()},
+        )
+    finally:
+        os.close(sending_fd)  # the child holds its copy: EOF here once it has ended
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+    baseline_rss: int | None = None
+    peak_rss = 0
+    killed_by_us = False
+
+    def kill() -> None:
+        nonlocal killed_by_us
+        killed_by_us = True
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+    try:
+        pipe_open = True
+        while True:
+            if pipe_open:
+                message: dict[str, Any]
+                try:
+                    # one message at a time: the stop conditions are looked at between them
+                    message = (
+                        json.loads(receiver.recv_bytes())
+                        if receiver.poll(poll_interval_s)
+                        else {"type": None}
+                    )
+                except EOFError:  # the child closed its end: it is ending
+                    pipe_open = False
+                    message = {"type": None}
+                if message["type"] == "started":
+                    baseline_rss = int(message["rss_bytes"])
+                elif message["type"] == "progress":
+                    on_progress(message["progress"], message["message"], message["data"])
+                elif message["type"] == "helpers" and request_helpers is not None:
+                    request_helpers(message["study_name"], int(message["count"]))
+            else:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(poll_interval_s)
+            use = memory_use(process.pid)
+            if use is not None:
+                peak_rss = max(peak_rss, use.peak_rss_bytes)
+                if (
+                    memory_limit_bytes is not None
+                    and baseline_rss is not None
+                    and use.rss_bytes - baseline_rss > memory_limit_bytes
+                ):
+                    kill()
+                    raise MemoryLimitExceeded(
+                        f"the job needed more than its memory limit of {memory_limit_bytes} "
+                        f"bytes (resident memory reached {use.rss_bytes} bytes, "
+                        f"{baseline_rss} of them before the job's work began); "
+                        f"peak resident memory {peak_rss} bytes",
+                        peak_rss_bytes=peak_rss,
+                        limit_bytes=memory_limit_bytes,
+                    )
+            if should_stop():
+                kill()
+                raise JobCancelled("the job was stopped")
+            if deadline is not None and time.monotonic() > deadline:
+                kill()
+                raise TimeLimitExceeded(f"the job ran past its time limit ({time_limit_s:g} s)")
+            if process.poll() is not None and not (pipe_open and receiver.poll(0)):
+                break
+    finally:
+        if process.poll() is None:
+            kill()
+        receiver.close()
+    return _outcome(outcome_path, process.returncode, peak_rss, memory_limit_bytes, killed_by_us)
+
+
+def _python_path() -> str:
+    """The child imports this package from where this process did."""
+    root = str(Path(__file__).resolve().parent.parent)
+    return os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+
+
+def _outcome(
+    outcome_path: Path,
+    exitcode: int | None,
+    peak_rss: int,
+    memory_limit_bytes: int | None,
+    killed_by_us: bool,
+) -> dict[str, Any]:
+    if not outcome_path.exists():
+        if exitcode == -signal.SIGKILL and not killed_by_us:
+            raise MemoryLimitExceeded(
+                "the job's process was killed by the system (SIGKILL), most likely for "
+                f"running out of memory; peak resident memory seen {peak_rss} bytes",
+                peak_rss_bytes=peak_rss,
+                limit_bytes=memory_limit_bytes,
+            )
+        how = (
+            f"signal {signal.Signals(-exitcode).name}"
+            if exitcode is not None and exitcode < 0
+            else f"exit code {exitcode}"
+        )
+        raise EngineError(
+            f"the engine's process ended with {how} before reporting an outcome",
+            code="internal_error",
+        )
+    outcome: dict[str, Any] = json.loads(outcome_path.read_text())
+    status = outcome["status"]
+    if status == "succeeded":
+        payload: dict[str, Any] = outcome["payload"]
+        return payload
+    if status == "cancelled":
+        raise JobCancelled(outcome["message"])
+    if status == "memory":
+        raise MemoryLimitExceeded(
+            f"the job needed more than its memory limit of {memory_limit_bytes} bytes "
+            f"({outcome['message']}); peak resident memory {max(peak_rss, outcome['peak'])} "
+            "bytes",
+            peak_rss_bytes=max(peak_rss, int(outcome["peak"])),
+            limit_bytes=memory_limit_bytes,
+        )
+    raise EngineError(outcome["message"], code=outcome["code"])
+
+
+# --- in the child ----------------------------------------------------------------------
+
+
+def child_main(request_path: str, outcome_path: str, channel: Connection) -> None:
+    """The child's work: run the request, write the outcome file."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s engine %(name)s: %(message)s"
+    )
+    from worker.limits import is_allocation_failure, memory_ceiling
+
+    request = EngineRequest.from_json(json.loads(Path(request_path).read_text()))
+
+    def send(message: dict[str, Any]) -> None:
+        channel.send_bytes(json.dumps(message, default=str).encode())
+
+    def progress(value: float, message: str, data: dict[str, Any]) -> None:
+        send({"type": "progress", "progress": value, "message": message, "data": data})
+
+    def helpers(study_name: str, count: int) -> None:
+        send({"type": "helpers", "study_name": study_name, "count": count})
+
+    outcome: dict[str, Any]
+    try:
+        rss = memory_use(os.getpid())
+        send({"type": "started", "rss_bytes": rss.rss_bytes if rss else 0})
+        with memory_ceiling(request.memory_allowance_bytes):
+            payload = _run(request, progress, helpers)
+        outcome = {"status": "succeeded", "payload": payload}
+    except JobCancelled as error:
+        outcome = {"status": "cancelled", "message": str(error)}
+    except BaseException as error:  # the parent must learn why, whatever went wrong
+        if request.memory_allowance_bytes is not None and is_allocation_failure(error):
+            use = memory_use(os.getpid())
+            outcome = {
+                "status": "memory",
+                "message": f"{type(error).__name__}: {str(error)[:200]}",
+                "peak": use.peak_rss_bytes if use else 0,
+            }
+        elif isinstance(error, EngineError):
+            outcome = {"status": "error", "code": error.code, "message": error.message}
+        else:
+            log.exception("the engine crashed")
+            outcome = {
+                "status": "error",
+                "code": "internal_error",
+                "message": f"{type(error).__name__}: {error}",
+            }
+    partial = Path(outcome_path + ".partial")
+    partial.write_text(json.dumps(outcome, default=str))
+    partial.replace(outcome_path)
+    channel.close()
+
+
+def _run(request: EngineRequest, progress: ProgressSink, helpers: HelperSink) -> dict[str, Any]:
+    from core import pipeline
+    from core.search import join_search
+    from core.spec import JobSpec
+
+    spec = JobSpec.model_validate(request.spec)
+    ctx = RunContext(
+        work_dir=request.work_dir,
+        device=request.device,
+        seed=request.seed,
+        measure=request.measure,
+        on_progress=progress,
+        search_store=request.search_store,
+        request_helpers=helpers,
+    )
+    if request.kind == "search":
+        assert request.study_name is not None
+        trials = join_search(
+            request.model_path,
+            request.dataset_paths,
+            spec,
+            request.study_name,
+            request.helper_index,
+            ctx,
+        )
+        return {"trials": trials}
+    result, final_model = pipeline.run(
+        request.model_path, request.dataset_paths, spec, ctx, models=request.models
+    )
+    return {"result": result.model_dump(mode="json"), "final_model": str(final_model)}
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """The child dies with the pool process that started it: a worker killed outright
+    leaves no engine running."""
+    # not on Linux: the parent's kill() still applies
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # it died before the request above took effect
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    # python -m worker.engine_process REQUEST OUTCOME FD PARENT_PID
+    request_arg, outcome_arg, fd_arg, parent_arg = sys.argv[1:5]
+    _die_with_parent(int(parent_arg))
+    child_main(request_arg, outcome_arg, Connection(int(fd_arg), readable=False))
