@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from bench.lean_http import LeanHttpClient, LeanHttpError  # noqa: E402
 from scripts.demo import api_command as demo_api_command  # noqa: E402
 from scripts.demo import free_port, stop, wait_ready  # noqa: E402
+from service import runner  # noqa: E402
 from service.examples import digits_arrays, export_onnx, save_npz, train_digits_cnn  # noqa: E402
 
 ADMIN_KEY = "sqz_bench-load-admin-key"
@@ -152,22 +153,7 @@ def api_command(port: int, workers: int) -> list[str]:
 
 
 def worker_command(queue: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker.main",
-        "worker",
-        "-Q",
-        queue,
-        "--concurrency",
-        "1",
-        "--loglevel",
-        "WARNING",
-        "--hostname",
-        "bench@%h",
-    ]
+    return runner.worker_command(queue, "bench@%h", loglevel="WARNING")
 
 
 # --- inputs --------------------------------------------------------------------------------

@@ -86,7 +86,9 @@ def api_command(port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:
     ]
 
 
-def worker_command(queue: str, hostname: str, concurrency: int = 1) -> list[str]:
+def worker_command(
+    queue: str, hostname: str, concurrency: int = 1, loglevel: str = "INFO"
+) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -99,7 +101,7 @@ def worker_command(queue: str, hostname: str, concurrency: int = 1) -> list[str]
         "--concurrency",
         str(concurrency),
         "--loglevel",
-        "INFO",
+        loglevel,
         "--hostname",
         hostname,
     ]
