@@ -12,7 +12,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,8 @@ import psycopg
 import pytest
 import redis
 from pydantic import SecretStr
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from service.settings import Settings
 
@@ -29,6 +32,33 @@ POSTGRES_ADMIN_DSN = os.environ.get(
     "SQUEEZE_TEST_POSTGRES_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
 )
 REDIS_URL = os.environ.get("SQUEEZE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@contextmanager
+def database_with_tenant(
+    request: pytest.FixtureRequest, tmp_path: Path, tenant_id: str, name: str
+) -> Iterator[tuple[Engine, sessionmaker[Session]]]:
+    """The store on a fresh SQLite file or the session's PostgreSQL database (the
+    fixture's param: "sqlite" or "postgres"), upgraded to head, with `tenant_id`'s row;
+    the engine is disposed on exit (the caller deletes what it wrote to a shared one)."""
+    from store.db import make_engine, make_sessionmaker, transaction
+    from store.migrate import upgrade_to_head
+    from store.tables import TenantRow
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade_to_head(url)
+    engine = make_engine(url)
+    factory = make_sessionmaker(engine)
+    with transaction(factory) as session:
+        if session.get(TenantRow, tenant_id) is None:
+            session.add(TenantRow(id=tenant_id, name=name, submissions=0))
+    try:
+        yield engine, factory
+    finally:
+        engine.dispose()
 
 
 def service_unavailable(what: str, error: Exception) -> None:

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import jobs, outbox
-from store.db import make_engine, make_sessionmaker, transaction
-from store.migrate import upgrade_to_head
-from store.tables import JobOutboxRow, JobRow, TenantRow
+from store.db import transaction
+from store.tables import JobOutboxRow, JobRow
+from tests.services import database_with_tenant
 
 TENANT = "ten_outbox"
 SPEC = {"model_id": "mdl_x", "eval_dataset_id": "ds_x", "steps": [{"method": "quantize"}]}
@@ -23,20 +23,13 @@ SPEC = {"model_id": "mdl_x", "eval_dataset_id": "ds_x", "steps": [{"method": "qu
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'outbox.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
-    with transaction(factory) as session:
-        if session.get(TenantRow, TENANT) is None:
-            session.add(TenantRow(id=TENANT, name="outbox", submissions=0))
-    yield factory
-    with engine.begin() as connection:  # the session database is shared
-        connection.execute(JobRow.__table__.delete().where(JobRow.tenant_id == TENANT))
-    engine.dispose()
+    with database_with_tenant(request, tmp_path, TENANT, "outbox") as (
+        engine,
+        factory,
+    ):
+        yield factory
+        with engine.begin() as connection:  # the session database is shared
+            connection.execute(JobRow.__table__.delete().where(JobRow.tenant_id == TENANT))
 
 
 def new_job(session: Session, index: int = 0) -> str:

@@ -15,9 +15,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import jobs
-from store.db import make_engine, make_sessionmaker, transaction
-from store.migrate import upgrade_to_head
-from store.tables import JobEventRow, JobOutboxRow, JobRow, TenantRow, utcnow
+from store.db import transaction
+from store.tables import JobEventRow, JobOutboxRow, JobRow, utcnow
+from tests.services import database_with_tenant
 
 TENANT = "ten_reaper_race"
 SPEC = {"model_id": "mdl_x", "eval_dataset_id": "ds_x", "steps": [{"method": "quantize"}]}
@@ -26,20 +26,13 @@ JOBS = 12
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'race.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
-    with transaction(factory) as session:
-        if session.get(TenantRow, TENANT) is None:
-            session.add(TenantRow(id=TENANT, name="reaper-race", submissions=0))
-    yield factory
-    with engine.begin() as connection:  # the session database is shared
-        connection.execute(JobRow.__table__.delete().where(JobRow.tenant_id == TENANT))
-    engine.dispose()
+    with database_with_tenant(request, tmp_path, TENANT, "reaper-race") as (
+        engine,
+        factory,
+    ):
+        yield factory
+        with engine.begin() as connection:  # the session database is shared
+            connection.execute(JobRow.__table__.delete().where(JobRow.tenant_id == TENANT))
 
 
 def reap(session: Session) -> list[str]:

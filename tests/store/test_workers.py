@@ -12,9 +12,9 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from store import jobs, outbox, workers
-from store.db import make_engine, make_sessionmaker, transaction
-from store.migrate import upgrade_to_head
-from store.tables import JobEventRow, JobOutboxRow, JobRow, TenantRow, WorkerRow, utcnow
+from store.db import transaction
+from store.tables import JobEventRow, JobOutboxRow, JobRow, WorkerRow, utcnow
+from tests.services import database_with_tenant
 
 TENANT = "ten_worker_tests"
 SPEC = {"model_id": "mdl_x", "eval_dataset_id": "ds_x", "steps": [{"method": "quantize"}]}
@@ -24,21 +24,14 @@ DEAD_AFTER_S = 60.0
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def sessions(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'workers.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    upgrade_to_head(url)
-    engine = make_engine(url)
-    factory = make_sessionmaker(engine)
-    with transaction(factory) as session:
-        if session.get(TenantRow, TENANT) is None:
-            session.add(TenantRow(id=TENANT, name="worker-tests", submissions=0))
-    yield factory
-    with engine.begin() as connection:  # the session database is shared
-        connection.execute(JobRow.__table__.delete())
-        connection.execute(WorkerRow.__table__.delete())
-    engine.dispose()
+    with database_with_tenant(request, tmp_path, TENANT, "worker-tests") as (
+        engine,
+        factory,
+    ):
+        yield factory
+        with engine.begin() as connection:  # the session database is shared
+            connection.execute(JobRow.__table__.delete())
+            connection.execute(WorkerRow.__table__.delete())
 
 
 def capabilities(
