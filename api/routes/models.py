@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from api import catalog_service, uploads
 from api.auth import CallerDep
 from api.catalog_schemas import ModelList
 from api.deps import BlobsDep, SessionDep, SessionFactoryDep, SettingsDep
 from api.metrics import MetricsDep
+from api.routes.catalog_query import CatalogQueryDep, still_stored
 from api.routes.docs import file_upload_body, problems
 from api.schemas import ModelOut, model_url
 from store import catalog
@@ -68,37 +68,17 @@ def get_model(model_id: ModelId, caller: CallerDep, session: SessionDep) -> Mode
 
 @router.get("", responses=problems(400))
 def list_models(
-    caller: CallerDep,
-    session: SessionDep,
-    blobs: BlobsDep,
-    name: Annotated[
-        str | None, Query(max_length=255, description="file names containing this (any case)")
-    ] = None,
-    created_after: Annotated[
-        datetime | None, Query(description="created at or after (ISO 8601; UTC if no zone)")
-    ] = None,
-    created_before: Annotated[datetime | None, Query(description="created before")] = None,
-    sha256: Annotated[
-        str | None,
-        Query(
-            pattern="^[0-9a-fA-F]{64}$",
-            description="only the upload holding exactly these bytes: ask before uploading",
-        ),
-    ] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: str | None = None,
+    caller: CallerDep, session: SessionDep, blobs: BlobsDep, query: CatalogQueryDep
 ) -> ModelList:
     """The caller's models, newest first; follow `next_cursor` for the next page."""
     rows, next_cursor = catalog_service.list_models(
         session,
         tenant_id=caller.tenant_id,
-        filters=catalog_service.filters(name, created_after, created_before, sha256),
-        limit=limit,
-        cursor=cursor,
+        filters=query.filters,
+        limit=query.limit,
+        cursor=query.cursor,
     )
-    if sha256 is not None:
-        # asked before an upload: a record whose bytes are gone must be uploaded again
-        rows = [row for row in rows if blobs.exists(row.sha256)]
+    rows = still_stored(rows, query, blobs)
     return ModelList(items=[ModelOut.from_row(row) for row in rows], next_cursor=next_cursor)
 
 
