@@ -7,7 +7,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 
+from store.db import make_engine
+from store.tables import RecipeCandidateRow
 from tests.conftest import DigitsFiles
 from tests.integration.conftest import Deployment, DeploymentFactory
 from tests.services import wait_for
@@ -70,3 +73,13 @@ def test_a_killed_workers_recipe_resumes_from_its_finished_candidates(
     assert sorted(details["resumed"]) == sorted(
         f"{name}: resumed from attempt 1" for name in resumed
     )
+    # the job ended: its recipe's candidates (and the blobs only they named) are forgotten
+    engine = make_engine(deployment.settings.resolved_database_url)
+    try:
+        with engine.connect() as connection:
+            left = connection.scalar(
+                select(func.count()).where(RecipeCandidateRow.job_id == job["id"])
+            )
+    finally:
+        engine.dispose()
+    assert left == 0
