@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.candidates import CandidateStore, NoCandidateStore
 from core.errors import JobCancelled
 
 # progress in 0..1 over the whole job, a short message, structured data for the event log
@@ -65,6 +66,9 @@ class RunContext:
     # join the study named `study_name` (a no-op outside the worker).
     search_store: SearchStore = field(default_factory=SearchStore)
     request_helpers: Callable[[str, int], None] = _no_helpers
+    # The auto recipe's finished candidates, kept so that a new attempt of the job
+    # resumes the recipe (the worker's store; nothing kept outside the worker).
+    candidate_store: CandidateStore = field(default_factory=NoCandidateStore)
 
     def report(self, progress: float, message: str, **data: Any) -> None:
         """Report progress; raises JobCancelled when the job was cancelled meanwhile."""

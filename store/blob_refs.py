@@ -20,11 +20,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from store.blobs import BlobStore, check_sha256
 from store.db import transaction
-from store.tables import ArtifactRow, DatasetRow, ModelRow
+from store.tables import ArtifactRow, DatasetRow, ModelRow, RecipeCandidateRow
 
 log = logging.getLogger(__name__)
 
-NAMING_COLUMNS = (ModelRow.sha256, DatasetRow.sha256, ArtifactRow.sha256)
+NAMING_COLUMNS = (
+    ModelRow.sha256,
+    DatasetRow.sha256,
+    ArtifactRow.sha256,
+    RecipeCandidateRow.sha256,
+    RecipeCandidateRow.float_sha256,
+)
 
 
 def lock(session: Session, sha256: str) -> None:
@@ -46,7 +52,9 @@ def is_referenced(session: Session, sha256: str) -> bool:
 def referenced_blobs(session: Session) -> set[str]:
     names: set[str] = set()
     for column in NAMING_COLUMNS:
-        names.update(session.scalars(select(column).distinct()))
+        names.update(
+            sha for sha in session.scalars(select(column).distinct()) if sha is not None
+        )
     return names
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
-from store import catalog, jobs, tenants, usage
+from store import catalog, jobs, recipe_candidates, tenants, usage
 from store.tables import (
     ArtifactRow,
     DatasetRow,
@@ -88,6 +88,7 @@ def delete_job(session: Session, job_id: str, *, tenant_id: str) -> list[str]:
     if job.state not in jobs.FINAL_STATES:
         raise JobActive(job_id, job.state)
     shas = [artifact.sha256 for artifact in jobs.list_artifacts(session, job_id)]
+    shas += recipe_candidates.forget_job(session, job_id)
     for table in (ArtifactRow, JobEventRow, WebhookDeliveryRow):
         session.execute(delete(table).where(table.job_id == job_id))
     # Final states never change again, so the row read above is the row deleted here.

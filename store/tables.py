@@ -303,3 +303,47 @@ class WorkerRow(Base):
     # tasks running at the last beat (a queue whose live workers are all busy is waiting
     # its turn, and the reaper neither re-sends its jobs nor counts them)
     active: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class RecipeRunRow(Base):
+    """An auto recipe of a job (core.recipe): when its first attempt began, which its
+    time budget counts from whatever attempt runs it."""
+
+    __tablename__ = "recipe_runs"
+
+    job_id: Mapped[str] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    recipe: Mapped[str] = mapped_column(String(64), primary_key=True)
+    first_attempt: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RecipeCandidateRow(Base):
+    """A finished candidate of a job's auto recipe, kept so that a new attempt of the job
+    resumes the recipe (worker.recipe_candidates). `key` is the candidate's stage,
+    proposal and base lineage; its model (and float model) are blobs, named here so that
+    no garbage collection takes them while the row exists."""
+
+    __tablename__ = "recipe_candidates"
+    __table_args__ = (
+        UniqueConstraint("job_id", "recipe", "key", name="uq_recipe_candidates_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    recipe: Mapped[str] = mapped_column(String(64))
+    key: Mapped[str] = mapped_column(String(1000))
+    # "done" (measured) or "failed" (note says why)
+    state: Mapped[str] = mapped_column(String(16))
+    attempt: Mapped[int] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    measurement: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    # "model.onnx" (one file) or "model.zip" (the .onnx and its external data)
+    model_file: Mapped[str | None] = mapped_column(String(32), default=None)
+    sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    float_model_file: Mapped[str | None] = mapped_column(String(32), default=None)
+    float_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -11,6 +11,9 @@ it:
 - the request goes to the child as a JSON file; progress and requests for search helpers
   come back over a pipe as JSON, the outcome as a JSON file in the work dir: nothing the
   child produces is unpickled;
+- the auto recipe's candidate store (core.candidates) is the pool process's: the child
+  calls it over the same pipe and reads each answer from a second one, so a finished
+  candidate is kept in the job's database before the recipe goes on;
 - a cancel, a lost lease, a worker shutdown or the time limit kill the child (SIGKILL)
   within a poll interval;
 - memory: the child's data segment is capped (RLIMIT_DATA, worker.limits) and the parent
@@ -36,6 +39,13 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Literal
 
+from core.candidates import (
+    CandidateStore,
+    FetchedModel,
+    FinishedCandidate,
+    NoCandidateStore,
+    RecipeMemory,
+)
 from core.context import MeasureSettings, RunContext, SearchStore
 from core.errors import EngineError, JobCancelled
 
@@ -101,6 +111,8 @@ class EngineRequest:
     helper_index: int = 0
     # growth of the child's memory allowed past what it holds once its modules are loaded
     memory_allowance_bytes: int | None = None
+    # the auto recipe keeps its candidates in the parent's store (else nothing is kept)
+    keep_candidates: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -117,6 +129,7 @@ class EngineRequest:
             "study_name": self.study_name,
             "helper_index": self.helper_index,
             "memory_allowance_bytes": self.memory_allowance_bytes,
+            "keep_candidates": self.keep_candidates,
         }
 
     @classmethod
@@ -135,6 +148,7 @@ class EngineRequest:
             study_name=data["study_name"],
             helper_index=int(data["helper_index"]),
             memory_allowance_bytes=data["memory_allowance_bytes"],
+            keep_candidates=bool(data.get("keep_candidates", False)),
         )
 
 
@@ -165,6 +179,7 @@ def run_engine(
     *,
     on_progress: ProgressSink,
     request_helpers: HelperSink | None = None,
+    candidate_store: CandidateStore | None = None,
     should_stop: Callable[[], bool],
     time_limit_s: float | None,
     memory_limit_bytes: int | None = None,
@@ -186,6 +201,9 @@ def run_engine(
     request_path.write_text(json.dumps(request.to_json()))
     receiving_fd, sending_fd = os.pipe()
     receiver = Connection(receiving_fd, writable=False)
+    # the answers to the child's calls of the candidate store
+    answers_read_fd, answers_write_fd = os.pipe()
+    answers = Connection(answers_write_fd, readable=False)
     try:
         process = subprocess.Popen(
             [
@@ -196,13 +214,15 @@ def run_engine(
                 str(outcome_path),
                 str(sending_fd),
                 str(os.getpid()),
+                str(answers_read_fd),
             ],
-            pass_fds=(sending_fd,),
+            pass_fds=(sending_fd, answers_read_fd),
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": _python_path()},
         )
     finally:
         os.close(sending_fd)  # the child holds its copy: EOF here once it has ended
+        os.close(answers_read_fd)
     deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     baseline_rss: int | None = None
     peak_rss = 0
@@ -236,6 +256,8 @@ def run_engine(
                     on_progress(message["progress"], message["message"], message["data"])
                 elif message["type"] == "helpers" and request_helpers is not None:
                     request_helpers(message["study_name"], int(message["count"]))
+                elif message["type"] == "candidates":
+                    _answer(answers, candidate_store or NoCandidateStore(), message)
             else:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(poll_interval_s)
@@ -268,7 +290,89 @@ def run_engine(
         if process.poll() is None:
             kill()
         receiver.close()
+        answers.close()
     return _outcome(outcome_path, process.returncode, peak_rss, memory_limit_bytes, killed_by_us)
+
+
+def _answer(answers: Connection, store: CandidateStore, call: dict[str, Any]) -> None:
+    """Run the child's call of the candidate store and send it the result (or why not)."""
+    answer: dict[str, Any]
+    try:
+        recipe = call["recipe"]
+        if call["call"] == "begin":
+            memory = store.begin(recipe)
+            answer = {
+                "started_unix": memory.started_unix,
+                "attempt": memory.attempt,
+                "finished": [vars(candidate) for candidate in memory.finished.values()],
+            }
+        elif call["call"] == "record":
+            store.record(
+                recipe,
+                FinishedCandidate(**call["candidate"]),
+                model=Path(call["model"]) if call["model"] else None,
+                float_model=Path(call["float_model"]) if call["float_model"] else None,
+            )
+            answer = {}
+        else:
+            fetched = store.fetch(recipe, call["key"], Path(call["folder"]))
+            answer = {
+                "path": str(fetched.path),
+                "float_path": str(fetched.float_path) if fetched.float_path else None,
+            }
+        reply: dict[str, Any] = {"ok": answer}
+    except Exception as error:  # the child's recipe decides what a failure costs
+        log.warning("the candidate store failed (%s)", call.get("call"), exc_info=True)
+        reply = {"error": f"{type(error).__name__}: {str(error)[:500]}"}
+    with contextlib.suppress(OSError):  # the child is gone
+        answers.send_bytes(json.dumps(reply, default=str).encode())
+
+
+class PipeCandidateStore:
+    """The child's side: each call goes to the parent's store and waits for its answer."""
+
+    def __init__(self, send: Callable[[dict[str, Any]], None], answers: Connection) -> None:
+        self.send = send
+        self.answers = answers
+
+    def _call(self, **call: Any) -> dict[str, Any]:
+        self.send({"type": "candidates", **call})
+        reply: dict[str, Any] = json.loads(self.answers.recv_bytes())
+        if "error" in reply:
+            raise EngineError(
+                f"the candidate store failed: {reply['error']}", code="internal_error"
+            )
+        answer: dict[str, Any] = reply["ok"]
+        return answer
+
+    def begin(self, recipe: str) -> RecipeMemory:
+        answer = self._call(call="begin", recipe=recipe)
+        finished = [FinishedCandidate(**candidate) for candidate in answer["finished"]]
+        return RecipeMemory(
+            float(answer["started_unix"]),
+            int(answer["attempt"]),
+            {candidate.key: candidate for candidate in finished},
+        )
+
+    def record(
+        self,
+        recipe: str,
+        candidate: FinishedCandidate,
+        model: Path | None = None,
+        float_model: Path | None = None,
+    ) -> None:
+        self._call(
+            call="record",
+            recipe=recipe,
+            candidate=vars(candidate),
+            model=str(model) if model else None,
+            float_model=str(float_model) if float_model else None,
+        )
+
+    def fetch(self, recipe: str, key: str, folder: Path) -> FetchedModel:
+        answer = self._call(call="fetch", recipe=recipe, key=key, folder=str(folder))
+        float_path = answer["float_path"]
+        return FetchedModel(Path(answer["path"]), Path(float_path) if float_path else None)
 
 
 def _python_path() -> str:
@@ -322,7 +426,9 @@ def _outcome(
 # --- in the child ----------------------------------------------------------------------
 
 
-def child_main(request_path: str, outcome_path: str, channel: Connection) -> None:
+def child_main(
+    request_path: str, outcome_path: str, channel: Connection, answers: Connection | None = None
+) -> None:
     """The child's work: run the request, write the outcome file."""
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s engine %(name)s: %(message)s"
@@ -344,8 +450,13 @@ def child_main(request_path: str, outcome_path: str, channel: Connection) -> Non
     try:
         rss = memory_use(os.getpid())
         send({"type": "started", "rss_bytes": rss.rss_bytes if rss else 0})
+        store: CandidateStore = (
+            PipeCandidateStore(send, answers)
+            if request.keep_candidates and answers is not None
+            else NoCandidateStore()
+        )
         with memory_ceiling(request.memory_allowance_bytes):
-            payload = _run(request, progress, helpers)
+            payload = _run(request, progress, helpers, store)
         outcome = {"status": "succeeded", "payload": payload}
     except JobCancelled as error:
         outcome = {"status": "cancelled", "message": str(error)}
@@ -372,7 +483,12 @@ def child_main(request_path: str, outcome_path: str, channel: Connection) -> Non
     channel.close()
 
 
-def _run(request: EngineRequest, progress: ProgressSink, helpers: HelperSink) -> dict[str, Any]:
+def _run(
+    request: EngineRequest,
+    progress: ProgressSink,
+    helpers: HelperSink,
+    candidate_store: CandidateStore | None = None,
+) -> dict[str, Any]:
     from core import pipeline
     from core.search import join_search
     from core.spec import JobSpec
@@ -386,6 +502,7 @@ def _run(request: EngineRequest, progress: ProgressSink, helpers: HelperSink) ->
         on_progress=progress,
         search_store=request.search_store,
         request_helpers=helpers,
+        candidate_store=candidate_store or NoCandidateStore(),
     )
     if request.kind == "search":
         assert request.study_name is not None
@@ -415,7 +532,12 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    # python -m worker.engine_process REQUEST OUTCOME FD PARENT_PID
-    request_arg, outcome_arg, fd_arg, parent_arg = sys.argv[1:5]
+    # python -m worker.engine_process REQUEST OUTCOME FD PARENT_PID ANSWERS_FD
+    request_arg, outcome_arg, fd_arg, parent_arg, answers_arg = sys.argv[1:6]
     _die_with_parent(int(parent_arg))
-    child_main(request_arg, outcome_arg, Connection(int(fd_arg), readable=False))
+    child_main(
+        request_arg,
+        outcome_arg,
+        Connection(int(fd_arg), readable=False),
+        Connection(int(answers_arg), writable=False),
+    )

@@ -39,7 +39,7 @@ from core.formats import SINGLE_FILE_LIMIT_BYTES, load_model, model_files, save_
 from core.results import Note, PipelineResult
 from core.spec import JobSpec
 from service.settings import Settings
-from store import blob_refs, catalog, jobs
+from store import blob_refs, catalog, jobs, recipe_candidates
 from store.blobs import BlobMissing, BlobStore, StagedBlob
 from store.db import transaction
 from worker import mlflow_jobs
@@ -52,6 +52,7 @@ from worker.engine_process import (
 from worker.enqueue import JobQueue
 from worker.lease import LeaseKeeper
 from worker.limits import SHUTDOWN, causes, is_allocation_failure, job_memory_limit
+from worker.recipe_candidates import JobCandidates
 from worker.report_page import report_html
 from worker.search_storage import search_store
 
@@ -253,12 +254,20 @@ class JobRunner:
                 request = dataclasses.replace(
                     request, search_store=search_store(self.settings, job_id)
                 )
+            candidates = None
+            if any(step.method == "auto" for step in inputs.spec.steps):
+                # finished candidates outlive the attempt: the next one resumes the recipe
+                request = dataclasses.replace(request, keep_candidates=True)
+                candidates = JobCandidates(
+                    self.sessions, self.blobs, job_id, attempt, archive_limits(self.settings)
+                )
             # The engine runs in a child this process kills on a cancel, a lost lease, a
             # shutdown or the time limit: native code cannot be interrupted otherwise.
             payload = run_engine(
                 request,
                 on_progress=self._progress_writer(job_id, attempt),
                 request_helpers=self._helper_sender(job_id, inputs.queue),
+                candidate_store=candidates,
                 should_stop=keeper.should_stop,
                 time_limit_s=self.settings.task_soft_time_limit_s - (time.monotonic() - started),
                 memory_limit_bytes=allowance,
@@ -572,11 +581,14 @@ class JobRunner:
                 if not self.blobs.exists(sha256):
                     self.blobs.put_file(path)
             owned = jobs.finish(session, job_id, attempt, state=state, **fields)
+            # the job's recipes ended with it: no attempt resumes them any more
+            kept = recipe_candidates.forget_job(session, job_id) if owned else []
         if not owned:
             log.warning(
                 "job %s attempt %d no longer owns the job; outcome dropped", job_id, attempt
             )
             return "lost"
+        blob_refs.release(self.sessions, self.blobs, kept)
         return state
 
 

@@ -22,31 +22,47 @@ candidates (and a training round between epochs is not split). Every candidate i
 row of the details, with why it was tried, what it measured and how long it took, and
 the Pareto front (metric against latency and size) is in the details and `pareto.json`.
 
-Candidates run one after another on this worker; fanning them out to other workers and
-resuming a dead worker's recipe from its finished candidates are not done yet.
+Every finished candidate (measured or failed) is recorded as soon as it is, with its
+model file, in the context's candidate store (core.candidates; the worker keeps them in
+the job's database and blob store). A new attempt of the job, after its worker died,
+resumes the recipe: a candidate with the same key (its stage, its proposal, its base's
+key) is taken as it was measured instead of being produced and measured again, its model
+fetched only when it is chosen or is the base of a later stage; its row says which
+attempt it was resumed from. The time budget counts from the recipe's first attempt.
+
+Candidates run one after another on this worker; fanning them out to other workers is
+not done yet.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.candidates import FinishedCandidate, RecipeMemory, recipe_name
 from core.context import RunContext
 from core.errors import EngineError, JobCancelled, short_reason
 from core.measure import file_size
 from core.recipe.kinds import Kind, KindContext, Produced, Proposal, get_kind, kinds
 from core.registry import StepData, StepOutput, register_step
 from core.spec import AutoStep
+from core.timing import SpeedComparison
 from core.tune.choose import Decision, Named, Outcome, choose
 from core.tune.front import Point, pareto_front
 from core.tune.halving import survivors
-from core.tune.judge import Criteria, judge
+from core.tune.judge import Criteria, Measurement, judge
 from core.tune.measure import WorkerMeasure
+
+log = logging.getLogger(__name__)
+
+# the key of the recipe's input model as a base
+ORIGINAL = "original"
 
 
 @dataclass
@@ -58,6 +74,10 @@ class Tried:
     outcome: Outcome | None = None
     note: str | None = None
     seconds: float = 0.0
+    # stage, proposal and base lineage: what a new attempt recognises it by
+    key: str = ""
+    # recorded by an earlier attempt and taken as it was (its model fetched on demand)
+    resumed: FinishedCandidate | None = None
 
     @property
     def judged(self) -> bool:
@@ -77,7 +97,11 @@ class Recipe:
         self.original = model_path
         self.config = config
         self.ctx = ctx
-        self.started = time.monotonic()
+        self.recipe = recipe_name(config.model_dump_json(), model_path)
+        self.memory: RecipeMemory = ctx.candidate_store.begin(self.recipe)
+        # the budget counts from the recipe's first attempt, on this process's clock
+        before = min(max(time.time() - self.memory.started_unix, 0.0), config.time_budget_s)
+        self.started = time.monotonic() - before
         self.deadline = self.started + config.time_budget_s
         self.stopped_by: str | None = None
         source, train_arrays, self.training_note = _training_source(data)
@@ -116,15 +140,14 @@ class Recipe:
         training = [(k, p) for k, p in proposals if k.trains]
 
         for kind, proposal in cheap:
-            self._try(kind, proposal, self.original, 0, "once")
+            self._try(kind, proposal, None, 0, "once")
         rewritten = [t for t in self.tried if t.proposal.kind == "graph" and t.judged]
         if rewritten and any(k.name == "quantize" for k, _ in proposals):
             for tried in rewritten:
-                assert tried.produced is not None
-                self._quantize(tried, tried.produced.path)
+                self._quantize(tried)
 
         shorts = [
-            self._try(kind, proposal, self.original, self.config.short_epochs, "short")
+            self._try(kind, proposal, None, self.config.short_epochs, "short")
             for kind, proposal in training
         ]
         lineages = [t for t in shorts if t is not None and t.judged]
@@ -133,19 +156,17 @@ class Recipe:
         if self.config.long_epochs:
             finals = []
             for tried in kept:
-                assert tried.produced is not None
                 longer = self._try(
                     get_kind(tried.proposal.kind),
                     tried.proposal,
-                    tried.produced.path,
+                    tried,
                     self.config.long_epochs,
                     "long",
                 )
                 finals.append(longer if longer is not None and longer.judged else tried)
         if self.config.quantize_results and any(k.name == "quantize" for k in kinds()):
             for tried in finals:
-                assert tried.produced is not None
-                self._quantize(tried, tried.produced.path)
+                self._quantize(tried)
 
         return self._finish()
 
@@ -168,7 +189,7 @@ class Recipe:
             chosen += [(kind, proposal) for proposal in proposals]
         return chosen
 
-    def _quantize(self, tried: Tried, base: Path) -> Tried | None:
+    def _quantize(self, tried: Tried) -> Tried | None:
         kind = get_kind("quantize")
         proposal = Proposal(
             f"{tried.proposal.name}+int8",
@@ -177,13 +198,18 @@ class Recipe:
             "quantized too)",
             {"base": tried.proposal.name},
         )
-        return self._try(kind, proposal, base, 0, "quantized")
+        return self._try(kind, proposal, tried, 0, "quantized")
 
     def _try(
-        self, kind: Kind, proposal: Proposal, base: Path, epochs: int, stage: str
+        self, kind: Kind, proposal: Proposal, base: Tried | None, epochs: int, stage: str
     ) -> Tried | None:
-        """Produce, measure and judge one candidate; None once the budget is spent."""
+        """Produce, measure and judge one candidate from `base` (None: the original), or
+        take it as an earlier attempt recorded it; None once the budget is spent."""
         self.ctx.check_cancelled()
+        key = f"{stage}:{proposal.name}<{base.key if base is not None else ORIGINAL}"
+        recorded = self.memory.finished.get(key)
+        if recorded is not None:
+            return self._resume(proposal, stage, key, recorded)
         if time.monotonic() >= self.deadline:
             self.stopped_by = self.stopped_by or (
                 f"the time budget of {self.config.time_budget_s:g} s was spent before "
@@ -191,7 +217,7 @@ class Recipe:
             )
             return None
         number = len(self.tried)
-        tried = Tried(number, proposal, stage)
+        tried = Tried(number, proposal, stage, key=key)
         self.tried.append(tried)
         self.ctx.report_step(
             min(0.95, (time.monotonic() - self.started) / self.config.time_budget_s),
@@ -200,7 +226,8 @@ class Recipe:
         folder = self.ctx.work_dir / "candidates" / f"{number:02d}-{proposal.name}-{stage}"
         started = time.perf_counter()
         try:
-            tried.produced = kind.produce(proposal, base, epochs, self.kc, folder)
+            base_path = self.original if base is None else self._produced(base).path
+            tried.produced = kind.produce(proposal, base_path, epochs, self.kc, folder)
             measurement = self.measure(tried.produced.path)
             tried.outcome = Outcome(
                 Named(f"{proposal.name} ({stage})" if stage != "once" else proposal.name),
@@ -217,12 +244,83 @@ class Recipe:
         except Exception as exc:
             tried.note = f"failed: {short_reason(exc)}"
         tried.seconds = time.perf_counter() - started
+        self._record(tried)
         self.ctx.report_step(
             min(0.95, (time.monotonic() - self.started) / self.config.time_budget_s),
             f"auto: {proposal.name} ({stage}) {'measured' if tried.judged else 'failed'}",
             candidate=self._row(tried),
         )
         return tried
+
+    def _resume(
+        self, proposal: Proposal, stage: str, key: str, recorded: FinishedCandidate
+    ) -> Tried:
+        """The candidate an earlier attempt finished, as it was measured (judged again
+        by this attempt's criteria); its model stays in the store until it is needed."""
+        tried = Tried(
+            len(self.tried),
+            proposal,
+            stage,
+            note=recorded.note,
+            seconds=recorded.seconds,
+            key=key,
+            resumed=recorded,
+        )
+        self.tried.append(tried)
+        if recorded.measurement is not None:
+            measurement = measurement_of(recorded.measurement)
+            tried.outcome = Outcome(
+                Named(f"{proposal.name} ({stage})" if stage != "once" else proposal.name),
+                "measured",
+                measurement=measurement,
+                judgement=judge(measurement, self.criteria),
+                mode_details=recorded.details,
+            )
+        self.ctx.report_step(
+            min(0.95, (time.monotonic() - self.started) / self.config.time_budget_s),
+            f"auto: {proposal.name} ({stage}) resumed from attempt {recorded.attempt}",
+            candidate=self._row(tried),
+        )
+        return tried
+
+    def _produced(self, tried: Tried) -> Produced:
+        """The candidate's model files, fetched from the store for a resumed one."""
+        if tried.produced is None:
+            assert tried.resumed is not None and tried.resumed.has_model
+            folder = (
+                self.ctx.work_dir / "candidates" / f"{tried.number:02d}-{tried.proposal.name}"
+                f"-{tried.stage}-resumed"
+            )
+            fetched = self.ctx.candidate_store.fetch(self.recipe, tried.key, folder)
+            tried.produced = Produced(fetched.path, tried.resumed.details, fetched.float_path)
+        return tried.produced
+
+    def _record(self, tried: Tried) -> None:
+        """Keep the finished candidate for a later attempt; a store that fails costs the
+        resume, never the job."""
+        measurement = tried.outcome.measurement if tried.outcome is not None else None
+        produced = tried.produced if measurement is not None else None
+        candidate = FinishedCandidate(
+            key=tried.key,
+            attempt=self.memory.attempt,
+            seconds=tried.seconds,
+            measurement=dataclasses.asdict(measurement) if measurement is not None else None,
+            details=_json_safe(produced.details) if produced is not None else {},
+            note=tried.note,
+            has_model=produced is not None,
+            has_float_model=produced is not None and produced.float_path is not None,
+        )
+        try:
+            self.ctx.candidate_store.record(
+                self.recipe,
+                candidate,
+                model=produced.path if produced is not None else None,
+                float_model=produced.float_path if produced is not None else None,
+            )
+        except JobCancelled:
+            raise
+        except Exception:
+            log.warning("candidate %s was not recorded for a resume", tried.key, exc_info=True)
 
     def _rank(self, tried: Tried) -> tuple[object, ...]:
         """Successive halving's order: the metric target first, then the goal (speed, or
@@ -264,14 +362,15 @@ class Recipe:
     def _finish(self) -> StepOutput:
         chosen, reason = self._decide()
         output = self.ctx.work_dir / "model.onnx"
-        if chosen is None or chosen.produced is None:
+        if chosen is None or (chosen.produced is None and chosen.resumed is None):
             shutil.copyfile(self.original, output)
             float_path = self.original
         else:
             assert chosen.outcome is not None
             chosen.outcome.chosen = True
-            shutil.copyfile(chosen.produced.path, output)
-            float_path = chosen.produced.float_path or chosen.produced.path
+            produced = self._produced(chosen)
+            shutil.copyfile(produced.path, output)
+            float_path = produced.float_path or produced.path
         details = self._details(chosen, reason)
         pareto = self.ctx.work_dir / "pareto.json"
         pareto.write_text(json.dumps({"trials": details["trials"], "front": details["front"]}))
@@ -325,6 +424,11 @@ class Recipe:
                 for point in points
             ],
             "front": front,
+            "resumed": [
+                f"{self._row(t)['name']}: resumed from attempt {t.resumed.attempt}"
+                for t in self.tried
+                if t.resumed is not None
+            ],
             "budget": {
                 "time_budget_s": self.config.time_budget_s,
                 "spent_s": round(spent, 1),
@@ -355,6 +459,8 @@ class Recipe:
         }
         if tried.note:
             row["note"] = tried.note
+        if tried.resumed is not None:
+            row["resumed_from_attempt"] = tried.resumed.attempt
         if tried.outcome is not None and tried.outcome.measurement is not None:
             m, j = tried.outcome.measurement, tried.outcome.judgement
             assert j is not None
@@ -378,6 +484,22 @@ class Recipe:
                 "met": dict(j.met),
             }
         return row
+
+
+def measurement_of(data: dict[str, Any]) -> Measurement:
+    """A Measurement from its JSON (dataclasses.asdict of one)."""
+    return Measurement(
+        size_bytes=int(data["size_bytes"]),
+        metric_name=data["metric_name"],
+        metric_value=float(data["metric_value"]),
+        latency=tuple(SpeedComparison(**latency) for latency in data["latency"]),
+        reference_metric=data.get("reference_metric"),
+    )
+
+
+def _json_safe(data: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(data, default=str))
+    return result
 
 
 def _size(tried: Tried) -> int:
