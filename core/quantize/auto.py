@@ -878,6 +878,14 @@ class _Tuner:
         }
         if notes:
             details["notes"] = notes
+        tried = next((o for o in self.outcomes if o.candidate.name == LATENCY_AWARE), None)
+        if tried is not None and "latency_aware" in tried.mode_details:
+            # the per-node evidence of rule 2b, chosen or not
+            details["latency_aware"] = {
+                "candidate": LATENCY_AWARE,
+                "tried_because": f"{FULL_STATIC_QDQ} is slower than the input",
+                **tried.mode_details["latency_aware"],
+            }
         if sensitivity is not None:
             details["sensitivity"] = sensitivity
         if fallback is not None:

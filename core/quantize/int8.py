@@ -36,6 +36,7 @@ from core.quantize.common import (
     StreamingCalibrationReader,
     compact_zero_points,
     exclusion_names,
+    float_biases_for_float_nodes,
     fold_shape_computations,
     gemm_biases_as_vectors,
     gemm_to_matmul,
@@ -321,11 +322,12 @@ def quantize_static_mode(
     else:
         run_quantizer(output_path, None)
     reordered = restore_topological_order(output_path)
-    compacted = 0
+    compacted = float_biases = 0
     if not has_external_data(output_path):  # at > 2 GB, a few KB are not worth a rewrite
         quantized = load_model(output_path)
+        float_biases = float_biases_for_float_nodes(quantized)
         compacted = compact_zero_points(quantized)
-        if compacted:
+        if compacted or float_biases:
             save_model(quantized, output_path)
     # onnxruntime's QDQ quantizer makes per-channel weights symmetric whatever it is told
     # (QLinear kernels need one zero point for all channels).
@@ -359,6 +361,7 @@ def quantize_static_mode(
         "gemm_biases_reshaped_to_vectors": biases_reshaped,
         "nodes_reordered_after_quantization": reordered,
         "zero_points_compacted": compacted,
+        "float_biases_restored": float_biases,
     }
     if weights_symmetric != config.weight_symmetric:
         details["weight_symmetric_note"] = (
