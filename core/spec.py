@@ -188,6 +188,18 @@ class StaticQuantize(_QuantizeBase, _Int8Options, _CalibrationOptions):
     activation_type: Literal["uint8", "int8"] = "uint8"
     activation_symmetric: bool = False
     weight_symmetric: bool = True
+    latency_aware: bool = Field(
+        default=False,
+        description=(
+            "Quantize only where INT8 is measured faster: the float model and its full "
+            "QDQ twin are profiled per node in ONNX Runtime at the deployment batch "
+            "sizes, and a node is quantized when its integer kernel beats its float one "
+            "by more than the QuantizeLinear/DequantizeLinear its region then needs at "
+            "its borders (connected winners share one border; a lone small win stays "
+            "float). QDQ format only. The details' latency_aware.table gives every "
+            "node's fp32 and int8 microseconds and why it was chosen."
+        ),
+    )
 
 
 class Fp16Quantize(_QuantizeBase):

@@ -29,6 +29,11 @@ Decision rules, in order:
    candidates are never chosen unless `allow_slower` is set: INT8 that wins at batch 32
    but loses at batch 1 is slower for a user who serves at both. Speed is ranked by the
    geometric mean of the ratios over the deployment batch sizes.
+   2b. When the full static QDQ candidate is slower than the input at some deployment
+   batch size, "static-qdq-latency-aware" is tried too: the same quantizer told to
+   quantize only the nodes whose integer kernels ONNX Runtime's profiler measured
+   faster, Q/DQ at region borders included (core.quantize.latency_aware; its details
+   carry the per-node table). It is then judged like every candidate.
 3. Among the rest, those meeting every target win; of them the fastest (the lowest
    latency ratio to the input; candidates within the noise tolerance of the fastest
    count as equally fast, and then the smaller metric drop, to `METRIC_RESOLUTION`, then
@@ -131,6 +136,10 @@ RANKING_REPORTED = 10
 
 # Convs with fewer input channels than this run faster in FP32 (see shallow_convolutions).
 SHALLOW_CONV_INPUT_CHANNELS = 4
+
+# The full static candidate, and its latency-aware twin tried when it is slower (rule 2b)
+FULL_STATIC_QDQ = "static-qdq-per-channel"
+LATENCY_AWARE = "static-qdq-latency-aware"
 
 CONV_OPS = frozenset({"Conv", "ConvTranspose"})
 MATMUL_OPS = frozenset({"MatMul", "Gemm"})
@@ -239,6 +248,7 @@ class Candidate:
                 "calibration_samples": config.calibration_samples,
                 "op_types": config.op_types,
                 "nodes_to_exclude": list(config.nodes_to_exclude),
+                "latency_aware": config.latency_aware,
             }
         if isinstance(config, DynamicQuantize):
             return {
@@ -534,6 +544,7 @@ class _Tuner:
                 {"candidate": outcome.row(self.criteria.input_size_bytes)},
             )
 
+        self._latency_aware_if_needed()
         sensitivity, fallback = self._fallback_if_needed()
         decision = choose(self.outcomes, self.criteria)
         if decision.chosen is None and not any(o.usable for o in self.outcomes):
@@ -655,6 +666,29 @@ class _Tuner:
                 self.model_path, config, self.ctx.work_dir / "reference" / key
             )
         return self._references[key]
+
+    # rule 2b: a full static QDQ model slower than the input somewhere: quantize only the
+    # nodes whose integer kernels win here (core.quantize.latency_aware)
+    def _latency_aware_if_needed(self) -> None:
+        full = next(
+            (
+                o
+                for o in self.outcomes
+                if o.candidate.name == FULL_STATIC_QDQ and o.status == "measured"
+            ),
+            None,
+        )
+        if full is None or full.judgement is None or not full.judgement.slower:
+            return
+        assert isinstance(full.candidate.config, StaticQuantize)
+        config = full.candidate.config.model_copy(update={"latency_aware": True})
+        self.progress(0.7, f"auto: trying {LATENCY_AWARE}", {})
+        outcome = self._try(Candidate(LATENCY_AWARE, config, base=FULL_STATIC_QDQ))
+        self.progress(
+            0.72,
+            f"auto: {LATENCY_AWARE} {outcome.status}",
+            {"candidate": outcome.row(self.criteria.input_size_bytes)},
+        )
 
     # rule 5: keep in float32 the nodes whose float32 measurably brings the metric back
     def _fallback_if_needed(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -844,6 +878,14 @@ class _Tuner:
         }
         if notes:
             details["notes"] = notes
+        tried = next((o for o in self.outcomes if o.candidate.name == LATENCY_AWARE), None)
+        if tried is not None and "latency_aware" in tried.mode_details:
+            # the per-node evidence of rule 2b, chosen or not
+            details["latency_aware"] = {
+                "candidate": LATENCY_AWARE,
+                "tried_because": f"{FULL_STATIC_QDQ} is slower than the input",
+                **tried.mode_details["latency_aware"],
+            }
         if sensitivity is not None:
             details["sensitivity"] = sensitivity
         if fallback is not None:

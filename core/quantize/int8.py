@@ -18,14 +18,16 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.registry import IntegerOpsRegistry
 
 from core.context import RunContext
-from core.data import pinned_batch_size, sample_count
+from core.data import pinned_batch_size, sample_count, take_rows
+from core.errors import UnsupportedModel
 from core.formats import (
+    copy_model,
     ensure_opset,
     load_model,
     model_opset,
     save_model,
 )
-from core.measure import providers_for
+from core.measure import latency_batch_sizes, providers_for
 from core.quantize.common import (
     PER_CHANNEL_MIN_OPSET,
     QDQ_MIN_OPSET,
@@ -34,6 +36,7 @@ from core.quantize.common import (
     StreamingCalibrationReader,
     compact_zero_points,
     exclusion_names,
+    float_biases_for_float_nodes,
     fold_shape_computations,
     gemm_biases_as_vectors,
     gemm_to_matmul,
@@ -46,6 +49,7 @@ from core.quantize.common import (
     size_report,
 )
 from core.quantize.modes import register_mode
+from core.quantize.node_profile import plan_latency_aware
 from core.registry import StepData
 from core.spec import DynamicQuantize, StaticQuantize
 
@@ -186,6 +190,42 @@ def calibration_batch_size(
     return batch
 
 
+# Profiled runs per model and batch size: per-node medians settle well before the
+# interleaved timing's 30 (measured on the depthwise CNN of bench/latency_aware.py).
+LATENCY_AWARE_RUNS = 15
+
+
+def choose_nodes_by_latency(
+    float_path: Path, qdq_path: Path, data: StepData, ctx: RunContext
+) -> dict[str, Any]:
+    """Profile the float and the fully quantized model per node at every deployment
+    batch size and choose the nodes to quantize (core.quantize.latency_aware)."""
+    feeds = data.eval_feeds()
+    sizes = latency_batch_sizes(data.inputs, data.deployment_batch_sizes(), data.task)
+    feeds_by_batch = {b: data.eval_layout.to_model(take_rows(feeds, b)) for b in sizes}
+    plan = plan_latency_aware(
+        float_path, qdq_path, feeds_by_batch, ctx.measure, ctx.work_dir / "profiles",
+        runs=LATENCY_AWARE_RUNS, device=ctx.device,
+    )  # fmt: skip
+    selection = plan.selection
+    return {
+        "method": "ONNX Runtime's profiler, per-node medians; a minimum cut over units "
+        "(quantized op + the activations fused into it) with Q/DQ paid at region borders",
+        "batch_sizes": sizes,
+        "runs": plan.runs,
+        "units": len(selection.rows),
+        "quantized_units": len(selection.quantize),
+        "nodes_to_quantize": list(selection.nodes_to_quantize),
+        "modelled_us": {
+            "fp32": {str(b): round(v, 1) for b, v in selection.fp32_us.items()},
+            "all_int8": {str(b): round(v, 1) for b, v in selection.all_int8_us.items()},
+            "chosen": {str(b): round(v, 1) for b, v in selection.estimated_us.items()},
+        },
+        "unattributed_us": {k: round(v, 1) for k, v in plan.unattributed_us.items()},
+        "table": list(selection.rows),
+    }
+
+
 @register_mode("static")
 def quantize_static_mode(
     model_path: Path,
@@ -219,9 +259,6 @@ def quantize_static_mode(
     # A seeded random subset: calibration files are often sorted by class, and the first
     # N rows would then miss whole classes' activation ranges.
     rows = np.sort(np.random.default_rng(ctx.seed).permutation(available)[:samples])
-    reader = StreamingCalibrationReader(
-        data.calibration_arrays, data.inputs, data.task, rows, batch_size, ctx.check_cancelled
-    )
     activation_type = STATIC_ACTIVATION_TYPES[config.activation_type]
     quant_format = STATIC_FORMATS[config.format]
     extra_options: dict[str, Any] = {
@@ -236,29 +273,61 @@ def quantize_static_mode(
         # onnxruntime's percentile calibrator works on |activation| (symmetric histogram)
         # and clips the range to the observed min and max.
         extra_options["CalibPercentile"] = config.calibration_percentile
-    quantize_static(
-        prepared,
-        output_path,
-        reader,
-        quant_format=quant_format,
-        op_types_to_quantize=config.op_types,
-        per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
-        activation_type=activation_type,
-        weight_type=STATIC_WEIGHT_TYPE,
-        nodes_to_exclude=exclusion_names(config.nodes_to_exclude),
-        calibrate_method=CALIBRATION_METHODS[config.calibration_method],
-        calibration_providers=providers_for(ctx.device),
-        extra_options=extra_options,
-        # also needed for the augmented FP32 copy the calibrator saves of a >2 GB model
-        use_external_data_format=has_external_data(prepared),
-    )
+
+    def run_quantizer(target: Path, nodes_to_quantize: list[str] | None) -> None:
+        calibration = StreamingCalibrationReader(
+            data.calibration_arrays, data.inputs, data.task, rows, batch_size, ctx.check_cancelled
+        )
+        quantize_static(
+            prepared,
+            target,
+            calibration,
+            quant_format=quant_format,
+            op_types_to_quantize=config.op_types,
+            per_channel=config.per_channel,
+            reduce_range=config.reduce_range,
+            activation_type=activation_type,
+            weight_type=STATIC_WEIGHT_TYPE,
+            nodes_to_quantize=nodes_to_quantize,
+            nodes_to_exclude=exclusion_names(config.nodes_to_exclude),
+            calibrate_method=CALIBRATION_METHODS[config.calibration_method],
+            calibration_providers=providers_for(ctx.device),
+            extra_options=extra_options,
+            # also needed for the augmented FP32 copy the calibrator saves of a >2 GB model
+            use_external_data_format=has_external_data(prepared),
+        )
+        samples_served.append(calibration.samples_served)
+        batches.append(len(calibration))
+
+    samples_served: list[int] = []
+    batches: list[int] = []
+    latency_aware: dict[str, Any] | None = None
+    if config.latency_aware:
+        if quant_format != QuantFormat.QDQ:
+            raise UnsupportedModel(
+                "latency_aware selects nodes of a QDQ model: use format 'qdq'",
+                code="latency_aware_needs_qdq",
+            )
+        full = ctx.work_dir / "full-qdq.onnx"
+        run_quantizer(full, None)
+        restore_topological_order(full)
+        latency_aware = choose_nodes_by_latency(prepared, full, data, ctx)
+        chosen = latency_aware["nodes_to_quantize"]
+        if latency_aware["quantized_units"] == latency_aware["units"]:
+            copy_model(full, output_path)  # every unit wins: the full model is the answer
+        elif not chosen:
+            copy_model(prepared, output_path)  # no unit wins: the float graph, prepared
+        else:
+            run_quantizer(output_path, list(chosen))
+    else:
+        run_quantizer(output_path, None)
     reordered = restore_topological_order(output_path)
-    compacted = 0
+    compacted = float_biases = 0
     if not has_external_data(output_path):  # at > 2 GB, a few KB are not worth a rewrite
         quantized = load_model(output_path)
+        float_biases = float_biases_for_float_nodes(quantized)
         compacted = compact_zero_points(quantized)
-        if compacted:
+        if compacted or float_biases:
             save_model(quantized, output_path)
     # onnxruntime's QDQ quantizer makes per-channel weights symmetric whatever it is told
     # (QLinear kernels need one zero point for all channels).
@@ -279,11 +348,11 @@ def quantize_static_mode(
         "nodes_to_exclude": list(config.nodes_to_exclude),
         "nodes_to_exclude_not_found": not_found,
         "calibration_method": config.calibration_method,
-        "calibration_samples": reader.samples_served,
+        "calibration_samples": samples_served[-1] if samples_served else 0,
         "calibration_batch_size": batch_size,
         "calibration_activation_bytes_per_sample": activations,
         "calibration_memory_budget_bytes": CALIBRATION_MEMORY_BYTES,
-        "calibration_batches": len(reader),
+        "calibration_batches": batches[-1] if batches else 0,
         "calibration_streaming": "one batch per calibrator pass, ranges/histograms merged",
         "opset": model_opset(model),
         "opset_upgraded_from": upgraded_from,
@@ -292,12 +361,15 @@ def quantize_static_mode(
         "gemm_biases_reshaped_to_vectors": biases_reshaped,
         "nodes_reordered_after_quantization": reordered,
         "zero_points_compacted": compacted,
+        "float_biases_restored": float_biases,
     }
     if weights_symmetric != config.weight_symmetric:
         details["weight_symmetric_note"] = (
             "per-channel QDQ weights are always symmetric in onnxruntime; "
             "set per_channel=false for asymmetric weights"
         )
+    if latency_aware is not None:
+        details["latency_aware"] = latency_aware
     if config.calibration_method == "percentile":
         details["calibration_percentile"] = config.calibration_percentile
     details.update(size_report(model_path, output_path))

@@ -475,6 +475,43 @@ def test_auto_on_the_digits_cnn_picks_a_static_candidate_and_reports_every_one(
     assert [p for p, _, _ in events] == sorted(p for p, _, _ in events)
 
 
+def test_a_full_static_model_slower_than_the_input_brings_a_latency_aware_candidate(
+    cnn_onnx: Path, digits_data: StepData, tmp_path: Path
+) -> None:
+    ctx = context(tmp_path)
+    script = {
+        "static-qdq-per-channel": (1.3, 0.0),
+        "static-qoperator-per-channel": (1.3, 0.0),
+        "static-qdq-per-channel-fp32-stem": (1.2, 0.0),
+        "static-qoperator-per-channel-fp32-stem": (1.2, 0.0),
+        "static-qdq-latency-aware": (0.9, 0.0),
+    }
+
+    details = tune(
+        cnn_onnx,
+        tmp_path / "model.onnx",
+        auto(candidate_modes=["static"]),
+        digits_data,
+        ctx,
+        measure=real_metric_scripted_latency(cnn_onnx, digits_data, ctx, script),
+    )
+
+    rows = rows_by_name(details)
+    row = rows["static-qdq-latency-aware"]
+    assert row["options"]["latency_aware"] is True
+    assert row["base"] == "static-qdq-per-channel"
+    # a real selection, profiled here: every quantizable node with both latencies
+    evidence = details["latency_aware"]
+    assert evidence["batch_sizes"] == [1, BATCH]
+    assert evidence["units"] == len(evidence["table"]) >= 4  # two Convs and two Gemms
+    for node in evidence["table"]:
+        assert set(node["fp32_us"]) == set(node["int8_us"]) == {"1", str(BATCH)}
+        assert node["decision"] in ("int8", "fp32") and node["why"]
+    if row["status"] == "measured":  # else the same file as a full candidate
+        assert details["chosen"] == "static-qdq-latency-aware"
+        assert details["chosen_details"]["latency_aware"]["table"] == evidence["table"]
+
+
 def test_an_impossible_metric_target_runs_the_fallback_and_says_it_is_not_met(
     cnn_onnx: Path, digits_data: StepData, tmp_path: Path
 ) -> None:
