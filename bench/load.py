@@ -13,7 +13,14 @@ Starts the API (uvicorn, one process) on a temporary data dir, warms it up with
    the same number of runs);
 3. polls and writes: the same pollers while `--writers` clients (httpx, in a second
    process) each upload a small dataset and submit a job every `--writer-interval-s`;
-4. write throughput: the writers back to back, without pollers.
+4. write throughput: the writers back to back, without pollers;
+5. polls with busy workers (`--busy-workers`, default 2; 0 skips it): that many real
+   Celery workers run static-quantization jobs that a feeder (a second process) submits
+   so that the queue never empties, while the same pollers read job status and, one in
+   ten, list jobs; reports p50/p95/p99 and errors per request kind, the CPU the API
+   process used (per cent of one core) and the niceness seen of every process under the
+   workers (pool processes and the engine's children). `--busy-only` runs this phase
+   alone (appending its section to `--out`).
 Prints throughput, p50/p99 latency and errors per phase and writes bench/results/load.md.
 
     PYTHONPATH=. python bench/load.py [--clients 200] [--duration-s 20] [--profile embedded]
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import platform
@@ -72,6 +80,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", type=int, default=5, help="jobs for the overhead phase")
     parser.add_argument("--profile", choices=["embedded", "deployment"], default="embedded")
     parser.add_argument("--api-workers", type=int, default=1, help="uvicorn worker processes")
+    parser.add_argument("--busy-workers", type=int, default=2, help="workers of phase 5")
+    parser.add_argument("--busy-backlog", type=int, default=4, help="queued jobs kept")
+    parser.add_argument("--busy-only", action="store_true", help="phase 5 alone, appended")
+    parser.add_argument(
+        "--busy-control",
+        action="store_true",
+        help="with --busy-only: then the same pollers with no worker, on the same API",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench/results/load.md"))
     parser.add_argument("--note", default="", help="a sentence on machine conditions")
     return parser.parse_args(argv)
@@ -89,6 +105,12 @@ class Phase:
         if status != expected:
             key = str(status)
             self.errors[key] = self.errors.get(key, 0) + 1
+
+    def percentiles(self) -> tuple[float, float, float]:
+        if not self.latencies_ms:
+            return (float("nan"),) * 3
+        p50, p95, p99 = np.percentile(self.latencies_ms, [50, 95, 99])
+        return float(p50), float(p95), float(p99)
 
     def row(self) -> str:
         count = len(self.latencies_ms)
@@ -152,8 +174,8 @@ def api_command(port: int, workers: int) -> list[str]:
     return demo_api_command(port, "--no-access-log", "--workers", str(workers))
 
 
-def worker_command(queue: str) -> list[str]:
-    return runner.worker_command(queue, "bench@%h", loglevel="WARNING")
+def worker_command(queue: str, name: str = "bench") -> list[str]:
+    return runner.worker_command(queue, f"{name}@%h", loglevel="WARNING")
 
 
 # --- inputs --------------------------------------------------------------------------------
@@ -202,16 +224,24 @@ def job_spec(ids: dict[str, str]) -> dict[str, Any]:
 
 
 async def poll_phase(
-    port: int, job_ids: list[str], args: argparse.Namespace, duration_s: float | None = None
+    port: int,
+    job_ids: list[str],
+    args: argparse.Namespace,
+    duration_s: float | None = None,
+    lists: Phase | None = None,
 ) -> Phase:
     """`--clients` pollers, each on its own connection (as independent clients have),
-    with the lean client so that the figures time the server, not the load generator."""
+    with the lean client so that the figures time the server, not the load generator.
+    With `lists`, one poller in ten lists jobs (recorded there) instead."""
     polls = Phase("status polls")
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
     deadline = time.perf_counter() + (args.duration_s if duration_s is None else duration_s)
 
     async def poller(index: int) -> None:
         job_url = f"/v1/jobs/{job_ids[index % len(job_ids)]}"
+        record = polls
+        if lists is not None and index % 10 == 9:
+            job_url, record = "/v1/jobs?limit=20", lists
         # Spread the first polls over one interval, as independent clients would be.
         await asyncio.sleep(args.interval_s * index / args.clients)
         async with LeanHttpClient("127.0.0.1", port, headers) as client:
@@ -219,11 +249,11 @@ async def poll_phase(
                 started = time.perf_counter()
                 try:
                     status, _ = await client.get(job_url)
-                    polls.record(started, status, 200)
+                    record.record(started, status, 200)
                 except (OSError, asyncio.IncompleteReadError, LeanHttpError) as error:
-                    polls.record(started, None, 200)
-                    polls.errors[type(error).__name__] = (
-                        polls.errors.get(type(error).__name__, 0) + 1
+                    record.record(started, None, 200)
+                    record.errors[type(error).__name__] = (
+                        record.errors.get(type(error).__name__, 0) + 1
                     )
                     return  # the connection is in an unknown state
                 await asyncio.sleep(max(0.0, args.interval_s - (time.perf_counter() - started)))
@@ -231,6 +261,8 @@ async def poll_phase(
     started = time.perf_counter()
     await asyncio.gather(*(poller(index) for index in range(args.clients)))
     polls.elapsed_s = time.perf_counter() - started
+    if lists is not None:
+        lists.elapsed_s = polls.elapsed_s
     return polls
 
 
@@ -334,6 +366,235 @@ def service_seconds(client: httpx.Client, spec: dict[str, Any], runs: int) -> li
     return times
 
 
+# --- phase 5: polls while workers are busy -------------------------------------------------
+
+
+def busy_spec(ids: dict[str, str]) -> dict[str, Any]:
+    """A real job of a few seconds: static quantization, calibrated on 128 rows."""
+    return {**job_spec(ids), "steps": [{"method": "quantize", "mode": "static"}]}
+
+
+def feed_jobs(
+    base_url: str, ids: dict[str, str], duration_s: float, backlog: int
+) -> dict[str, int]:
+    """Keep `backlog` jobs queued for `duration_s` (so no worker ever waits for work),
+    then cancel what is still queued; returns how many jobs were submitted and how many
+    ended in each state. Runs in its own process, as the writers do."""
+    headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    submitted: list[str] = []
+    with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+        deadline = time.perf_counter() + duration_s
+        while time.perf_counter() < deadline:
+            queued = client.get("/v1/jobs", params={"state": "queued", "limit": 100}).json()
+            for _ in range(max(0, backlog - len(queued["items"]))):
+                response = client.post("/v1/jobs", json=busy_spec(ids))
+                response.raise_for_status()
+                submitted.append(response.json()["id"])
+            time.sleep(0.5)
+        states: dict[str, int] = {"submitted": len(submitted)}
+        for job_id in submitted:
+            state = client.get(f"/v1/jobs/{job_id}").json()["state"]
+            if state == "queued":
+                client.post(f"/v1/jobs/{job_id}/cancel")
+            states[state] = states.get(state, 0) + 1
+    return states
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the process (its own, not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of the process and of its live descendants (uvicorn --workers N)."""
+    total = 0.0
+    for member in [pid, *descendants(pid)]:
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(member)
+    return total
+
+
+def run_queue_wait_seconds(pid: int) -> float:
+    """Time the process's threads spent runnable but waiting for a CPU (schedstat)."""
+    total = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((task / "schedstat").read_text().split()[1]) / 1e9
+    return total
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the machine since boot, over all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    total = sum(values[:8])
+    return (total - idle) / os.sysconf("SC_CLK_TCK"), total / os.sysconf("SC_CLK_TCK")
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def process_kind(pid: int) -> str:
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "gone"
+    if "worker.engine_process" in command:
+        return "engine child"
+    if "celery" in command:
+        return "celery process"
+    return command.strip()[:80] or "exited"
+
+
+def niceness(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+async def watch_niceness(worker_pids: list[int], until: float, seen: dict[str, set[int]]) -> None:
+    """Every 0.5 s: the niceness of every process under the workers, by kind (the
+    worker's main process included, which runs at the API's priority)."""
+    while time.perf_counter() < until:
+        for worker_pid in worker_pids:
+            for pid in [worker_pid, *descendants(worker_pid)]:
+                value = niceness(pid)
+                if value is not None:
+                    kind = "worker main" if pid == worker_pid else process_kind(pid)
+                    seen.setdefault(kind, set()).add(value)
+        await asyncio.sleep(0.5)
+
+
+@dataclass
+class BusyResult:
+    polls: Phase
+    lists: Phase
+    api_cpu_share: float  # of one core, over the measured window
+    api_wait_share: float  # time its threads waited for a CPU, per second
+    machine_busy_share: float  # of all cores
+    jobs: dict[str, int]
+    niceness_seen: dict[str, set[int]]
+    workers: int
+
+
+def polls_with_busy_workers(
+    api_pid: int,
+    port: int,
+    job_ids: list[str],
+    args: argparse.Namespace,
+    ids: dict[str, str],
+    env: dict[str, str],
+    queue: str,
+    work: Path,
+    workers_count: int,
+) -> BusyResult:
+    base_url = f"http://127.0.0.1:{port}"
+    context = multiprocessing.get_context("spawn")
+    with contextlib.ExitStack() as stack:
+        workers = [
+            stack.enter_context(
+                process(worker_command(queue, f"busy{n}"), env, work / f"busy-worker-{n}.log")
+            )
+            for n in range(workers_count)
+        ]
+        pool = stack.enter_context(context.Pool(1))
+        # the workers' start-up and first jobs (imports, engine child) are not measured
+        feed_s = args.warmup_s + 15 + args.duration_s
+        backlog = args.busy_backlog if workers_count else 0  # the control: no jobs at all
+        fed = pool.apply_async(feed_jobs, (base_url, ids, feed_s, backlog))
+        time.sleep(15)
+        asyncio.run(poll_phase(port, job_ids, args, duration_s=args.warmup_s))
+        seen: dict[str, set[int]] = {}
+        lists = Phase("job lists")
+        api_before, (busy_before, total_before) = tree_cpu_seconds(api_pid), machine_busy_seconds()
+        wait_before = run_queue_wait_seconds(api_pid)
+        started = time.perf_counter()
+
+        async def measured() -> Phase:
+            watcher = asyncio.create_task(
+                watch_niceness([worker.pid for worker in workers], started + args.duration_s, seen)
+            )
+            polls = await poll_phase(port, job_ids, args, lists=lists)
+            await watcher
+            return polls
+
+        polls = asyncio.run(measured())
+        wall = time.perf_counter() - started
+        api_share = (tree_cpu_seconds(api_pid) - api_before) / wall
+        wait_share = (run_queue_wait_seconds(api_pid) - wait_before) / wall
+        busy_after, total_after = machine_busy_seconds()
+        machine_share = (busy_after - busy_before) / max(1e-9, total_after - total_before)
+        jobs = fed.get(timeout=feed_s + 300)
+    return BusyResult(polls, lists, api_share, wait_share, machine_share, jobs, seen, workers_count)
+
+
+def render_busy(args: argparse.Namespace, result: BusyResult) -> str:
+    def row(phase: Phase) -> str:
+        p50, p95, p99 = phase.percentiles()
+        count = len(phase.latencies_ms)
+        errors = sum(phase.errors.values())
+        detail = f" ({phase.errors})" if phase.errors else ""
+        return (
+            f"| {phase.name} | {count} | {count / max(phase.elapsed_s, 1e-9):.0f} "
+            f"| {p50:.1f} | {p95:.1f} | {p99:.1f} | {errors}{detail} |"
+        )
+
+    nice = ", ".join(
+        f"{kind} {sorted(values)}" for kind, values in sorted(result.niceness_seen.items())
+    )
+    p99 = max(result.polls.percentiles()[2], result.lists.percentiles()[2])
+    load1, _, _ = os.getloadavg()
+    return "\n".join(
+        [
+            "",
+            f"## Polls with {result.workers} busy workers ({args.profile})"
+            + (" (the control: the same pollers, no worker)" if not result.workers else ""),
+            "",
+            f"`PYTHONPATH=. python bench/load.py --busy-only --busy-workers {result.workers} "
+            f"--busy-backlog {args.busy_backlog} --clients {args.clients} --interval-s "
+            f"{args.interval_s} --warmup-s {args.warmup_s} --duration-s {args.duration_s} "
+            f"--profile {args.profile}`",
+            "",
+            f"{result.workers} Celery workers (concurrency 1 each) ran static-quantization "
+            f"jobs of the digits CNN, fed so that {args.busy_backlog} stayed queued; "
+            f"{args.clients} pollers, one request every {args.interval_s} s each, nine in "
+            f"ten reading a job's status, one in ten listing jobs. Machine: "
+            f"{os.cpu_count()} cores, load average {load1:.1f} at the end. "
+            f"{args.note}".strip(),
+            "",
+            "| requests | count | per second | p50 ms | p95 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            row(result.polls),
+            row(result.lists),
+            "",
+            f"- API process CPU: {100 * result.api_cpu_share:.0f}% of one core; its threads "
+            f"waited for a CPU {100 * result.api_wait_share:.0f}% of the time (schedstat, "
+            f"summed over threads); the machine "
+            f"{100 * result.machine_busy_share:.0f}% busy (all cores, everything on it)",
+            f"- jobs: {result.jobs}",
+            f"- niceness seen: {nice}",
+            f"- target p99 <= 1000 ms: {'met' if p99 <= 1000 else 'NOT met'} ({p99:.1f} ms)",
+            "",
+        ]
+    )
+
+
 # --- main ----------------------------------------------------------------------------------
 
 
@@ -348,6 +609,7 @@ def main(argv: list[str] | None = None) -> None:
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
     headers = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    busy: BusyResult | None = None
     try:
         with process(api_command(port, args.api_workers), env, work / "api.log") as api:
             wait_ready(base_url, api)
@@ -360,6 +622,26 @@ def main(argv: list[str] | None = None) -> None:
                 job_ids = [
                     client.post("/v1/jobs", json=job_spec(ids)).json()["id"] for _ in range(20)
                 ]
+            if args.busy_only:
+                print(f"phase 5 alone: {args.clients} pollers, {args.busy_workers} busy workers")
+                with httpx.Client(base_url=base_url, headers=headers, timeout=60) as client:
+                    for job_id in job_ids:  # the workers run the feeder's static jobs
+                        client.post(f"/v1/jobs/{job_id}/cancel").raise_for_status()
+                counts = [args.busy_workers, 0] if args.busy_control else [args.busy_workers]
+                section = "".join(
+                    render_busy(
+                        args,
+                        polls_with_busy_workers(
+                            api.pid, port, job_ids, args, ids, env, queue, work, count
+                        ),
+                    )
+                    for count in counts
+                )
+                print(section)
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                previous = args.out.read_text() if args.out.exists() else ""
+                args.out.write_text(previous + section)
+                return
             print(f"phase 1: {args.clients} pollers, one poll every {args.interval_s}s each")
             # Connections to the database, caches and lazy imports are made by the first
             # requests after start-up: measured from the second on, as a running service.
@@ -375,6 +657,15 @@ def main(argv: list[str] | None = None) -> None:
                 spec = job_spec(ids)
                 with process(worker_command(queue), env, work / "worker.log"):
                     service = service_seconds(client, spec, args.jobs)
+
+            # Before the writers, for the same reason: their queued jobs would run first.
+            if args.busy_workers > 0:
+                print(f"phase 5: the pollers with {args.busy_workers} busy workers")
+                busy = polls_with_busy_workers(
+                    api.pid, port, job_ids, args, ids, env, queue, work, args.busy_workers
+                )
+                print(busy.polls.row())
+                print(busy.lists.row())
 
             print(
                 f"phase 3: the same pollers with {args.writers} writers, one upload+submit "
@@ -398,6 +689,8 @@ def main(argv: list[str] | None = None) -> None:
     report = render(
         args, polls_only, polls_mixed, writes, writes_flat_out, service, engine, overhead
     )
+    if busy is not None:
+        report += render_busy(args, busy)
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

@@ -101,7 +101,9 @@ class Settings(BaseSettings):
     # default below. A job spec may ask for less (`max_memory_bytes`), never more.
     job_memory_limit_bytes: int | None = Field(default=None, gt=0)
     # Without job_memory_limit_bytes, the ceiling is this share of the machine's memory
-    # (or of the worker's cgroup limit), enforced on the job's engine process.
+    # (or of the worker's cgroup limit) divided by the worker's pool size (--concurrency:
+    # its jobs run at once), enforced on each job's engine process. Several workers on one
+    # machine each take the whole share: give each a smaller fraction.
     job_memory_fraction: float = Field(default=0.8, gt=0, le=1)
 
     # Requests inside the API at once (the rest wait on the event loop). Below the database

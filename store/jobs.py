@@ -260,6 +260,67 @@ def add_event(
     )
 
 
+# The job's log keeps a running attempt's memory as it crosses these shares of its limit
+# (at most one event each): if the attempt's worker is then lost, the reaper can tell a
+# process the kernel most likely killed for memory from a worker that died of something
+# else.
+MEMORY_EVENT = "memory"
+MEMORY_SAMPLE_SHARES = (0.5, 0.75, 0.9)
+# An attempt lost after its engine reached this share of its limit was out of memory.
+LOST_NEAR_MEMORY_LIMIT = 0.9
+
+
+def record_memory_sample(
+    session: Session,
+    job_id: str,
+    attempt: int,
+    *,
+    peak_rss_bytes: int,
+    growth_bytes: int,
+    limit_bytes: int,
+) -> bool:
+    """A memory event for this attempt (growth: the engine's resident memory past what it
+    held before the job's work began, the figure the limit applies to); False when the
+    attempt no longer owns the job."""
+    if session.scalar(select(JobRow.id).where(_owned(job_id, attempt))) is None:
+        return False
+    add_event(
+        session,
+        job_id,
+        attempt,
+        MEMORY_EVENT,
+        f"memory: {growth_bytes} of the job's {limit_bytes} bytes "
+        f"({100 * growth_bytes / limit_bytes:.0f}%), peak resident {peak_rss_bytes} bytes",
+        {
+            "peak_rss_bytes": peak_rss_bytes,
+            "growth_bytes": growth_bytes,
+            "limit_bytes": limit_bytes,
+        },
+    )
+    return True
+
+
+def last_memory_sample(session: Session, job_id: str, attempt: int) -> dict[str, Any] | None:
+    """The data of the attempt's last memory event, if it had one."""
+    return session.scalar(
+        select(JobEventRow.data)
+        .where(
+            JobEventRow.job_id == job_id,
+            JobEventRow.attempt == attempt,
+            JobEventRow.kind == MEMORY_EVENT,
+        )
+        .order_by(JobEventRow.id.desc())
+        .limit(1)
+    )
+
+
+def lost_for_memory(sample: dict[str, Any] | None) -> bool:
+    """A lost attempt whose last memory sample was this near its limit was out of memory."""
+    if not sample or not sample.get("limit_bytes"):
+        return False
+    return int(sample["growth_bytes"]) >= LOST_NEAR_MEMORY_LIMIT * int(sample["limit_bytes"])
+
+
 # --- transitions ----------------------------------------------------------------------
 
 
@@ -528,6 +589,40 @@ def reap(
                 ),
             ):
                 add_event(session, job.id, job.attempt, "cancelled", "cancelled (worker lost)")
+        elif lost_for_memory(sample := last_memory_sample(session, job.id, job.attempt)):
+            # Never retried unchanged: the same job on the same limit would be killed again.
+            assert sample is not None
+            message = (
+                f"the worker running attempt {job.attempt} ({job.worker}) was lost while "
+                f"the job used {sample['growth_bytes']} of its memory limit of "
+                f"{sample['limit_bytes']} bytes: most likely killed for running out of "
+                f"memory; peak resident memory seen {sample['peak_rss_bytes']} bytes"
+            )
+            if _moved(
+                session,
+                update(JobRow)
+                .where(_owned(job.id, job.attempt))
+                .values(
+                    state="failed",
+                    outcome="failed",
+                    finished_at=now,
+                    lease_expires_at=None,
+                    error_code="memory_limit_exceeded",
+                    error_message=message,
+                ),
+            ):
+                add_event(
+                    session,
+                    job.id,
+                    job.attempt,
+                    "failed",
+                    message,
+                    {
+                        "peak_rss_bytes": sample["peak_rss_bytes"],
+                        "limit_bytes": sample["limit_bytes"],
+                        "worker_lost": True,
+                    },
+                )
         elif job.attempt >= max_attempts:
             if _moved(
                 session,

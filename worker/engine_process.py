@@ -59,6 +59,8 @@ _PR_SET_PDEATHSIG = 1
 
 ProgressSink = Callable[[float, str, dict[str, Any]], None]
 HelperSink = Callable[[str, int], None]
+# (peak resident bytes, growth past the start in bytes): every look at the child's memory
+MemorySink = Callable[[int, int], None]
 
 
 class MemoryLimitExceeded(EngineError):
@@ -184,6 +186,7 @@ def run_engine(
     time_limit_s: float | None,
     memory_limit_bytes: int | None = None,
     poll_interval_s: float = POLL_INTERVAL_S,
+    on_memory: MemorySink | None = None,
 ) -> dict[str, Any]:
     """Run `request` in a child and return its outcome's payload (for a pipeline:
     {"result": PipelineResult JSON, "final_model": path}; for a search: {"trials": n}).
@@ -193,7 +196,9 @@ def run_engine(
     set grows more than `memory_limit_bytes` past its start (or the kernel kills it), and
     EngineError with the child's code for a failure inside the engine. Whatever happens,
     the child is gone when this returns or raises, including for an exception from a
-    callback or one raised into this thread (Celery's soft time limit)."""
+    callback or one raised into this thread (Celery's soft time limit). `on_memory` sees
+    every sample of the child's memory once its work began (the peak resident set, and
+    its growth past the start, the figure `memory_limit_bytes` applies to)."""
     request.work_dir.mkdir(parents=True, exist_ok=True)
     request_path = request.work_dir / REQUEST_FILE
     outcome_path = request.work_dir / OUTCOME_FILE
@@ -264,6 +269,8 @@ def run_engine(
             use = memory_use(process.pid)
             if use is not None:
                 peak_rss = max(peak_rss, use.peak_rss_bytes)
+                if on_memory is not None and baseline_rss is not None:
+                    on_memory(peak_rss, max(0, peak_rss - baseline_rss))
                 if (
                     memory_limit_bytes is not None
                     and baseline_rss is not None

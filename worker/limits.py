@@ -49,13 +49,33 @@ def machine_memory_bytes() -> int:
     return total
 
 
-def job_memory_limit(settings: Settings) -> int:
+# How many jobs this worker runs at once (its pool size, `--concurrency`). worker.main
+# notes it in the worker's parent just before it forks the pool, so every pool process
+# inherits it; 1 outside a worker (tests, jobs run in-process).
+_pool_size = 1
+
+
+def note_pool_size(size: int) -> None:
+    """The worker's pool size, for `job_memory_limit`'s default."""
+    global _pool_size
+    _pool_size = max(1, size)
+
+
+def pool_size() -> int:
+    return _pool_size
+
+
+def job_memory_limit(settings: Settings, pool: int | None = None) -> int:
     """The per-job memory ceiling: `job_memory_limit_bytes`, else a share of the
-    machine's memory (`job_memory_fraction`), so that a job which blows up is stopped
-    with `memory_limit_exceeded` before the kernel kills a worker process."""
+    machine's memory (`job_memory_fraction`) divided by the jobs the worker runs at once
+    (`pool`, by default the worker's pool size), so that a job which blows up is stopped
+    with `memory_limit_exceeded` before the kernel kills a worker process, even while
+    the worker's other pool processes run jobs of their own. An explicit
+    `job_memory_limit_bytes` is per job and taken as it is."""
     if settings.job_memory_limit_bytes is not None:
         return settings.job_memory_limit_bytes
-    return int(machine_memory_bytes() * settings.job_memory_fraction)
+    jobs_at_once = max(1, pool_size() if pool is None else pool)
+    return int(machine_memory_bytes() * settings.job_memory_fraction) // jobs_at_once
 
 
 def data_bytes_in_use() -> int:

@@ -24,7 +24,7 @@ from store.migrate import upgrade_to_head
 from worker.celery_app import RUN_JOB_TASK, SEARCH_TRIALS_TASK, make_celery
 from worker.cleanup import clean_once
 from worker.enqueue import JobQueue
-from worker.limits import SHUTDOWN_SIGNAL, install_shutdown_handler
+from worker.limits import SHUTDOWN_SIGNAL, install_shutdown_handler, note_pool_size
 from worker.periodic import Periodic
 from worker.presence import WorkerPresence
 from worker.reaper import drain_outbox, reap_once
@@ -134,6 +134,15 @@ def _start_background(sender: Any = None, **_: Any) -> None:
     )
     for task in _background:
         task.start()
+
+
+@signals.worker_before_create_process.connect
+def _note_pool_size(sender: Any = None, **_: Any) -> None:
+    """In the parent, before it forks each pool process: the pool's size, which the
+    children inherit and divide the default per-job memory ceiling by (worker.limits)."""
+    size = getattr(sender, "_processes", None)  # billiard's Pool: its process count
+    if isinstance(size, int) and size > 0:
+        note_pool_size(size)
 
 
 @signals.worker_process_init.connect

@@ -167,6 +167,40 @@ def job_memory_allowance(settings: Settings, spec: JobSpec) -> int:
     return ceiling if spec.max_memory_bytes is None else min(ceiling, spec.max_memory_bytes)
 
 
+class MemoryRecorder:
+    """Writes the attempt's memory to the job's log each time the engine's growth crosses
+    one of store.jobs.MEMORY_SAMPLE_SHARES of its limit: should the kernel kill this pool
+    process (taking the engine with it), the reaper reads the last one and fails the job
+    `memory_limit_exceeded` instead of retrying it as a lost worker."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: str, attempt: int, limit_bytes: int | None
+    ) -> None:
+        self._sessions = sessions
+        self._job_id = job_id
+        self._attempt = attempt
+        self._limit_bytes = limit_bytes
+        self._recorded = 0  # how many of the shares were written
+
+    def __call__(self, peak_rss_bytes: int, growth_bytes: int) -> None:
+        if self._limit_bytes is None:
+            return
+        shares = jobs.MEMORY_SAMPLE_SHARES
+        crossed = sum(1 for share in shares if growth_bytes >= share * self._limit_bytes)
+        if crossed <= self._recorded:
+            return
+        self._recorded = crossed
+        with transaction(self._sessions) as session:
+            jobs.record_memory_sample(
+                session,
+                self._job_id,
+                self._attempt,
+                peak_rss_bytes=peak_rss_bytes,
+                growth_bytes=growth_bytes,
+                limit_bytes=self._limit_bytes,
+            )
+
+
 def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -271,6 +305,7 @@ class JobRunner:
                 should_stop=keeper.should_stop,
                 time_limit_s=self.settings.task_soft_time_limit_s - (time.monotonic() - started),
                 memory_limit_bytes=allowance,
+                on_memory=MemoryRecorder(self.sessions, job_id, attempt, allowance),
             )
             result = PipelineResult.model_validate(payload["result"])
             final_model = Path(payload["final_model"])

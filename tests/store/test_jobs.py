@@ -204,3 +204,66 @@ def test_pagination_visits_every_job_once_newest_first(sessions: sessionmaker[Se
 def test_a_cursor_not_issued_by_the_service_is_refused(cursor: str) -> None:
     with pytest.raises(jobs.InvalidCursor):
         jobs.decode_cursor(cursor)
+
+
+def record_memory(sessions: sessionmaker[Session], job_id: str, attempt: int, growth: int) -> bool:
+    with transaction(sessions) as session:
+        return jobs.record_memory_sample(
+            session,
+            job_id,
+            attempt,
+            peak_rss_bytes=growth + 100,
+            growth_bytes=growth,
+            limit_bytes=1000,
+        )
+
+
+def test_a_lost_attempt_near_its_memory_limit_fails_out_of_memory_and_is_not_retried(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = new_job(sessions)
+    assert claim(sessions, job_id) == 1
+    assert record_memory(sessions, job_id, 1, 500)
+    assert record_memory(sessions, job_id, 1, 950)  # the last sample is the one that counts
+    expire_lease(sessions, job_id)
+
+    assert reap(sessions) == []  # not sent again
+
+    job = state_of(sessions, job_id)
+    assert (job.state, job.error_code, job.attempt) == ("failed", "memory_limit_exceeded", 1)
+    assert "950 of its memory limit of 1000 bytes" in (job.error_message or "")
+    with transaction(sessions) as session:
+        final = [
+            event
+            for event in jobs.list_events(session, job_id, after_id=0, limit=100)
+            if event.kind == "failed"
+        ]
+    assert [event.data for event in final] == [
+        {"peak_rss_bytes": 1050, "limit_bytes": 1000, "worker_lost": True}
+    ]
+
+
+def test_a_lost_attempt_far_from_its_memory_limit_is_requeued_as_a_lost_worker(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = new_job(sessions)
+    assert claim(sessions, job_id) == 1
+    assert record_memory(sessions, job_id, 1, 500)
+    expire_lease(sessions, job_id)
+
+    assert reap(sessions) == [job_id]
+    assert state_of(sessions, job_id).state == "queued"
+
+
+def test_an_earlier_attempts_memory_does_not_count_for_the_next(
+    sessions: sessionmaker[Session],
+) -> None:
+    job_id = new_job(sessions)
+    assert claim(sessions, job_id) == 1
+    expire_lease(sessions, job_id)
+    assert reap(sessions) == [job_id]
+    assert claim(sessions, job_id) == 2
+    assert not record_memory(sessions, job_id, 1, 990)  # fenced: attempt 1 lost the job
+    expire_lease(sessions, job_id)
+
+    assert reap(sessions) == [job_id]
