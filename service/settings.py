@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     # Without job_memory_limit_bytes, the ceiling is this share of the machine's memory
     # (or of the worker's cgroup limit), enforced on the job's engine process.
     job_memory_fraction: float = Field(default=0.8, gt=0, le=1)
+    # Engine children are forked by a per-pool-process server that has imported the engine's
+    # modules once (worker/engine_server.py); false: a fresh interpreter per job (seconds
+    # of imports each).
+    engine_fork_server: bool = True
 
     # Requests inside the API at once (the rest wait on the event loop). Below the database
     # pool (store.db: 40 connections per process) and the sync thread pool (40): see

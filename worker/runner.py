@@ -262,6 +262,7 @@ class JobRunner:
                 should_stop=keeper.should_stop,
                 time_limit_s=self.settings.task_soft_time_limit_s - (time.monotonic() - started),
                 memory_limit_bytes=allowance,
+                fork_server=self.settings.engine_fork_server,
             )
             result = PipelineResult.model_validate(payload["result"])
             final_model = Path(payload["final_model"])
