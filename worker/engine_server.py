@@ -12,8 +12,11 @@ Runtime's, as in the Celery parent that forks the pool processes).
 The protocol (an AF_UNIX SOCK_SEQPACKET pair, JSON messages, file descriptors passed with
 SCM_RIGHTS; nothing is pickled):
 
-- request, on the server's control socket: {"request", "outcome", "cwd"} with four fds:
-  a reply socket of the request's own, the progress pipe's writing end, stdout, stderr;
+- request, on the server's control socket: {"request", "outcome", "cwd", "environment"}
+  (the pool process's, which the child takes; a server started with another one, but
+  for VOLATILE_ENVIRONMENT, is replaced: libraries read some variables when they load)
+  with four fds: a reply socket of the request's own, the progress pipe's writing end,
+  stdout, stderr;
 - replies, on the request's socket: {"pid"} with a pidfd of the child (the parent kills
   through it: a pid the server has reaped and the system reused is never signalled),
   then {"returncode"} once the server has reaped the child.
@@ -41,7 +44,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +70,10 @@ PRELOAD = (
 SERVER_MODULE = "worker.engine_server"  # what the server's interpreter runs
 # The name the engine's children carry (/proc/PID/comm), the server's is its command line.
 CHILD_NAME = b"squeeze-engine"
-_MAX_MESSAGE = 64 * 1024
+_MAX_MESSAGE = 256 * 1024
+# Variables that change while a process runs and no library reads when it loads: a
+# server started before they changed still serves (the child gets the current values).
+VOLATILE_ENVIRONMENT = frozenset({"PYTEST_CURRENT_TEST"})
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME = 15
 
@@ -213,7 +219,7 @@ class EngineServer:
         return (
             self.process.returncode is None
             and self.owner_pid == os.getpid()
-            and self.environment == dict(os.environ)
+            and _stable(self.environment) == _stable(os.environ)
         )
 
     def start(
@@ -230,7 +236,7 @@ class EngineServer:
         reply, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             message = {"request": str(request_path), "outcome": str(outcome_path),
-                       "cwd": os.getcwd()}  # fmt: skip
+                       "cwd": os.getcwd(), "environment": dict(os.environ)}  # fmt: skip
             with self._lock:
                 try:
                     send(self._control, message, [theirs.fileno(), sending_fd, 1, 2])
@@ -268,6 +274,10 @@ class EngineServer:
         """No more requests: the server ends once the children it runs have ended."""
         if self.owner_pid == os.getpid():
             self._control.close()
+
+
+def _stable(environment: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environment.items() if k not in VOLATILE_ENVIRONMENT}
 
 
 _servers: dict[str, EngineServer] = {}
@@ -374,6 +384,9 @@ def _fork(
             os.dup2(devnull, 0)
             os.close(devnull)
             os.chdir(message["cwd"])
+            python_path = os.environ.get("PYTHONPATH", "")  # the package, as for a fresh child
+            os.environ.clear()  # the pool process's environment now, as a fresh child's
+            os.environ.update(message["environment"], PYTHONPATH=python_path)
             signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter
             libc = ctypes.CDLL(None)
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -280,3 +280,17 @@ def test_without_a_server_that_can_start_engines_are_fresh_interpreters(
     assert "result" in payload
     assert engine_server.current_server_pid() is None
     assert os.getpid() in engine_server._broken_in  # the next jobs do not try again
+
+
+def test_a_fork_server_started_with_another_environment_is_not_used(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = engine_server.EngineServer(os.environ.get("PYTHONPATH", ""))
+    try:
+        assert server.usable()
+        monkeypatch.setenv("PYTEST_CURRENT_TEST", "another test")  # changes on its own
+        assert server.usable()
+        monkeypatch.setenv("OMP_NUM_THREADS", "7")  # read by libraries as they load
+        assert not server.usable()
+    finally:
+        server.kill()
