@@ -105,6 +105,10 @@ class Settings(BaseSettings):
     # its jobs run at once), enforced on each job's engine process. Several workers on one
     # machine each take the whole share: give each a smaller fraction.
     job_memory_fraction: float = Field(default=0.8, gt=0, le=1)
+    # Engine children are forked by a per-pool-process server that has imported the engine's
+    # modules once (worker/engine_server.py); false: a fresh interpreter per job (seconds
+    # of imports each).
+    engine_fork_server: bool = True
 
     # Requests inside the API at once (the rest wait on the event loop). Below the database
     # pool (store.db: 40 connections per process) and the sync thread pool (40): see

@@ -3,10 +3,13 @@
 Native code cannot be interrupted from Python: an ONNX Runtime session running a `Loop`
 of 2^62 iterations ignores both the job's cancel flag (polled between progress reports)
 and Celery's soft time limit (an exception raised between bytecodes). So a job's
-measurement and steps, and a search helper's trials, run in a child process (a fresh
-interpreter, `python -m worker.engine_process`: nothing of the pool process, its
-database connections or a CUDA context, crosses into it); the pool process supervises
-it:
+measurement and steps, and a search helper's trials, run in a child process; the pool
+process supervises it. The child is forked by the pool process's fork server
+(worker/engine_server.py: a fresh interpreter, started on the first job, that has
+imported numpy, onnxruntime, torch and core's steps once, so a job does not pay seconds
+of imports), or, with `SQUEEZE_ENGINE_FORK_SERVER=false` or when no server can start, is
+a fresh interpreter itself (`python -m worker.engine_process`). Either way nothing of the
+pool process, its database connections, its threads or a CUDA context, crosses into it:
 
 - the request goes to the child as a JSON file; progress and requests for search helpers
   come back over a pipe as JSON, the outcome as a JSON file in the work dir: nothing the
@@ -14,12 +17,16 @@ it:
 - the auto recipe's candidate store (core.candidates) is the pool process's: the child
   calls it over the same pipe and reads each answer from a second one, so a finished
   candidate is kept in the job's database before the recipe goes on;
-- a cancel, a lost lease, a worker shutdown or the time limit kill the child (SIGKILL)
-  within a poll interval;
+- a cancel, a lost lease, a worker shutdown or the time limit kill the child (SIGKILL,
+  through a pidfd for a forked one) within a poll interval; the child dies with the pool
+  process (PR_SET_PDEATHSIG; a forked one with its server, which dies with the pool
+  process);
 - memory: the child's data segment is capped (RLIMIT_DATA, worker.limits) and the parent
   watches its resident set: past the allowance it is killed, and a child killed by
   SIGKILL the parent did not send (the kernel's out-of-memory killer) counts as out of
-  memory too. Either way the error carries the peak resident set seen (VmHWM).
+  memory too. Either way the error carries the peak resident set seen (VmHWM). The
+  allowance counts from the resident set the child reports when it starts (a forked child
+  starts with its server's preloaded modules in it).
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ from core.candidates import (
 )
 from core.context import MeasureSettings, RunContext, SearchStore
 from core.errors import EngineError, JobCancelled
+from worker import engine_server
+from worker.engine_server import ForkedEngine
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +196,7 @@ def run_engine(
     memory_limit_bytes: int | None = None,
     poll_interval_s: float = POLL_INTERVAL_S,
     on_memory: MemorySink | None = None,
+    fork_server: bool = True,
 ) -> dict[str, Any]:
     """Run `request` in a child and return its outcome's payload (for a pipeline:
     {"result": PipelineResult JSON, "final_model": path}; for a search: {"trials": n}).
@@ -204,31 +214,36 @@ def run_engine(
     outcome_path = request.work_dir / OUTCOME_FILE
     outcome_path.unlink(missing_ok=True)
     request_path.write_text(json.dumps(request.to_json()))
+    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
+
+    def stop_if_asked() -> None:
+        if should_stop():
+            raise JobCancelled("the job was stopped")
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeLimitExceeded(f"the job ran past its time limit ({time_limit_s:g} s)")
+
     receiving_fd, sending_fd = os.pipe()
     receiver = Connection(receiving_fd, writable=False)
     # the answers to the child's calls of the candidate store
     answers_read_fd, answers_write_fd = os.pipe()
     answers = Connection(answers_write_fd, readable=False)
     try:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "worker.engine_process",
-                str(request_path),
-                str(outcome_path),
-                str(sending_fd),
-                str(os.getpid()),
-                str(answers_read_fd),
-            ],
-            pass_fds=(sending_fd, answers_read_fd),
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": _python_path()},
+        process = _start_child(
+            request_path,
+            outcome_path,
+            sending_fd,
+            answers_read_fd,
+            fork_server,
+            stop_if_asked,
+            poll_interval_s,
         )
+    except BaseException:
+        receiver.close()
+        answers.close()
+        raise
     finally:
         os.close(sending_fd)  # the child holds its copy: EOF here once it has ended
         os.close(answers_read_fd)
-    deadline = None if time_limit_s is None else time.monotonic() + time_limit_s
     baseline_rss: int | None = None
     peak_rss = 0
     killed_by_us = False
@@ -267,6 +282,8 @@ def run_engine(
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(poll_interval_s)
             use = memory_use(process.pid)
+            if isinstance(process, ForkedEngine) and not process.alive():
+                use = None  # its server may have reaped it: the pid may be another's now
             if use is not None:
                 peak_rss = max(peak_rss, use.peak_rss_bytes)
                 if on_memory is not None and baseline_rss is not None:
@@ -285,12 +302,11 @@ def run_engine(
                         peak_rss_bytes=peak_rss,
                         limit_bytes=memory_limit_bytes,
                     )
-            if should_stop():
+            try:
+                stop_if_asked()
+            except (JobCancelled, TimeLimitExceeded):
                 kill()
-                raise JobCancelled("the job was stopped")
-            if deadline is not None and time.monotonic() > deadline:
-                kill()
-                raise TimeLimitExceeded(f"the job ran past its time limit ({time_limit_s:g} s)")
+                raise
             if process.poll() is not None and not (pipe_open and receiver.poll(0)):
                 break
     finally:
@@ -298,7 +314,55 @@ def run_engine(
             kill()
         receiver.close()
         answers.close()
-    return _outcome(outcome_path, process.returncode, peak_rss, memory_limit_bytes, killed_by_us)
+    server_lost = isinstance(process, ForkedEngine) and process.server_lost
+    return _outcome(
+        outcome_path, process.returncode, peak_rss, memory_limit_bytes, killed_by_us, server_lost
+    )
+
+
+Child = subprocess.Popen[bytes] | ForkedEngine
+
+
+def _start_child(
+    request_path: Path,
+    outcome_path: Path,
+    sending_fd: int,
+    answers_fd: int,
+    fork_server: bool,
+    stop_if_asked: Callable[[], None],
+    poll_interval_s: float,
+) -> Child:
+    """The engine's child: forked by this process's fork server, or a fresh interpreter
+    when asked so or when no server can start. A stop while the server starts (its first
+    request waits for its imports) is raised here."""
+    for _ in range(2 if fork_server else 0):  # a server that died idle is replaced once
+        try:
+            server = engine_server.server(_python_path())
+        except (engine_server.ServerLost, OSError) as error:
+            log.warning("no engine fork server (%s): starting a fresh interpreter", error)
+            break
+        try:
+            return server.start(
+                request_path, outcome_path, sending_fd, answers_fd, stop_if_asked, poll_interval_s
+            )
+        except engine_server.ServerLost as error:
+            log.warning("%s", error)
+            engine_server.forget(server)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "worker.engine_process",
+            str(request_path),
+            str(outcome_path),
+            str(sending_fd),
+            str(os.getpid()),
+            str(answers_fd),
+        ],
+        pass_fds=(sending_fd, answers_fd),
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": _python_path()},
+    )
 
 
 def _answer(answers: Connection, store: CandidateStore, call: dict[str, Any]) -> None:
@@ -394,8 +458,14 @@ def _outcome(
     peak_rss: int,
     memory_limit_bytes: int | None,
     killed_by_us: bool,
+    server_lost: bool = False,
 ) -> dict[str, Any]:
     if not outcome_path.exists():
+        if server_lost and not killed_by_us:
+            raise EngineError(
+                "the engine's fork server ended while the engine ran (and the engine with it)",
+                code="internal_error",
+            )
         if exitcode == -signal.SIGKILL and not killed_by_us:
             raise MemoryLimitExceeded(
                 "the job's process was killed by the system (SIGKILL), most likely for "

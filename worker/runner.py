@@ -306,6 +306,7 @@ class JobRunner:
                 time_limit_s=self.settings.task_soft_time_limit_s - (time.monotonic() - started),
                 memory_limit_bytes=allowance,
                 on_memory=MemoryRecorder(self.sessions, job_id, attempt, allowance),
+                fork_server=self.settings.engine_fork_server,
             )
             result = PipelineResult.model_validate(payload["result"])
             final_model = Path(payload["final_model"])

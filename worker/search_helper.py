@@ -123,6 +123,7 @@ class SearchHelper:
                 should_stop=JobWatch(self.sessions, job_id, WATCH_INTERVAL_S),
                 time_limit_s=self.settings.task_soft_time_limit_s,
                 memory_limit_bytes=request.memory_allowance_bytes,
+                fork_server=self.settings.engine_fork_server,
             )
             ran = int(payload["trials"])
             log.info("search helper %d for %s ran %d trials", helper_index, job_id, ran)
