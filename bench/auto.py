@@ -788,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(args)
     infos: list[ModelInfo] = []
     rows: list[Row] = []
+    text = ""
     for name in args.models.split(","):
         model_started = time.perf_counter()
         try:
@@ -801,12 +802,13 @@ def main(argv: list[str] | None = None) -> int:
         infos.append(info)
         rows.extend(model_rows)
         print(f"[{name}] done in {time.perf_counter() - model_started:.0f} s", file=sys.stderr)
-    text = report(args, bench, infos, rows, (load_start, os.getloadavg()),
-                  time.perf_counter() - started)  # fmt: skip
+        # the table so far, after every model: a run of hours stopped early keeps its rows
+        text = report(args, bench, infos, rows, (load_start, os.getloadavg()),
+                      time.perf_counter() - started)  # fmt: skip
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        print(f"written to {args.output} ({len(infos)} model(s) so far)", file=sys.stderr)
     print(text)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    print(f"written to {args.output}", file=sys.stderr)
     return 0
 
 
