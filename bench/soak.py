@@ -31,6 +31,7 @@ import argparse
 import itertools
 import os
 import platform
+import shlex
 import signal
 import statistics
 import subprocess
@@ -488,7 +489,7 @@ def render(
     lines = [
         "# Soak: deployment profile (PostgreSQL + Redis + local blobs) under faults",
         "",
-        f"`PYTHONPATH=. python bench/soak.py --duration-s {args.duration_s:g}` on "
+        f"`PYTHONPATH=. python bench/soak.py {shlex.join(sys.argv[1:])}` on "
         f"{platform.node()} ({os.cpu_count()} cores). {args.note}".rstrip(),
         "",
         f"- traffic: {traffic_s:.0f} s after {args.warmup_s:g} s warm-up; a job every "
