@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnxruntime.quantization.registry import IntegerOpsRegistry
 
 from core.context import MeasureSettings, RunContext
 from core.data import load_arrays
@@ -30,6 +31,7 @@ from core.quantize.auto import (
     shallow_convolutions,
     tune,
 )
+from core.quantize.int8 import DYNAMIC_DEFAULT_OP_TYPES
 from core.quantize.sensitivity import NodeSensitivity
 from core.registry import StepData
 from core.spec import (
@@ -194,6 +196,21 @@ def test_matmul_models_try_dynamic_per_channel_first_and_int4_when_registered() 
     )
     assert [c.mode for c in without_int4] == ["dynamic", "dynamic", "static"]
     assert notes == []
+
+
+def test_recurrent_models_try_what_onnx_runtimes_dynamic_defaults_produce() -> None:
+    # quantize_dynamic's defaults: every integer op (LSTM -> DynamicQuantizeLSTM, MatMul),
+    # per-tensor; squeeze's per-tensor candidate is that, Conv aside (none in an LSTM)
+    candidates, _ = plan_candidates(profile("recurrent", matmul=1, recurrent=1), auto(),
+                                    Targets(), ALL_MODES)  # fmt: skip
+    assert [c.name for c in candidates] == [
+        "dynamic-per-channel", "dynamic-per-tensor", "static-qdq-per-channel",
+    ]  # fmt: skip
+    per_tensor = candidates[1].config
+    assert isinstance(per_tensor, DynamicQuantize) and not per_tensor.per_channel
+    assert per_tensor.op_types is None and per_tensor.nodes_to_exclude == []
+    assert set(DYNAMIC_DEFAULT_OP_TYPES) == set(IntegerOpsRegistry) - {"Conv"}
+    assert {"LSTM", "MatMul"} <= set(DYNAMIC_DEFAULT_OP_TYPES)
 
 
 def test_fp16_is_tried_only_when_size_is_the_only_target_or_when_asked() -> None:
