@@ -3,7 +3,8 @@
 For each model of the quantization benchmark (bench/quantize.py's cases, trained briefly on
 the digits and exported to ONNX), what a user could do by hand:
 
-- FP32 in ONNX Runtime (the runtime's defaults: thread spinning on);
+- FP32 in ONNX Runtime (the runtime's defaults: thread spinning on), and the same file in
+  a second session (the noise check: not a baseline, the noise every ratio carries);
 - ONNX Runtime's own quantizer with its default arguments (`quantize_dynamic`,
   `quantize_static` with 256 calibration rows);
 - FP32 in OpenVINO (`ov.convert_model` on the ONNX file, CPU plugin, LATENCY hint), both
@@ -12,7 +13,8 @@ the digits and exported to ONNX), what a user could do by hand:
 - NNCF's `nncf.quantize` with its defaults on OpenVINO (the CPU user's INT8 by hand).
 
 Per thread count (`--threads 2,1`: each its own table) and batch (1 and 32): every
-candidate timed interleaved in this one process (A B C ..., then reversed), medians;
+candidate timed interleaved in this one process by core.timing (A B C ..., then reversed;
+with spinning on in blocks of core.timing.SPINNING_BLOCK runs after an untimed one), medians;
 speed-up vs FP32 ONNX Runtime at the same threads and batch; size vs the FP32 ONNX file;
 accuracy on the test rows (never used for calibration or training) and its change vs
 FP32; whether the drop stays within 1% relative. squeeze's own rows: one job per model
@@ -44,6 +46,8 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results" / "targets.md"
 BATCHES = (1, 32)
 MAX_RELATIVE_DROP = 0.01
+# FP32 again in its own session: not a baseline, the noise any ratio here carries
+CONTROL = "FP32, second session"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,23 +98,8 @@ def is_squeeze(row: Row) -> bool:
     return row.method.startswith("squeeze")
 
 
-def time_interleaved(
-    calls: list[Callable[[], object]], warmup: int, runs: int
-) -> list[list[float]]:
-    """Per-callable times in ms: each warmed up, then A B C, C B A, ... (a stand-in for the
-    project's interleaved timing function, which takes the same zero-argument callables)."""
-    for call in calls:
-        for _ in range(warmup):
-            call()
-    times: list[list[float]] = [[] for _ in calls]
-    order = list(range(len(calls)))
-    for _ in range(runs):
-        for index in order:
-            start = time.perf_counter()
-            calls[index]()
-            times[index].append((time.perf_counter() - start) * 1000.0)
-        order.reverse()
-    return times
+def is_control(row: Row) -> bool:
+    return row.method == CONTROL
 
 
 class Bench:
@@ -184,6 +173,9 @@ class Bench:
 
         attempts: list[tuple[str, str, Callable[[], Candidate]]] = [
             ("FP32", "onnxruntime", lambda: ort_candidate("FP32", fp32, "exported model")),
+            # the same model in a second session: how far timing noise alone moves a ratio
+            (CONTROL, "onnxruntime", lambda: ort_candidate(
+                CONTROL, fp32, "noise check: the same model again")),
             ("ort quantize_dynamic", "onnxruntime", lambda: ort_candidate(
                 "ort quantize_dynamic", self.ort_dynamic(fp32), "defaults (all ops, per-tensor)")),
             ("ort quantize_static", "onnxruntime", lambda: ort_candidate(
@@ -322,6 +314,8 @@ class Bench:
     ) -> list[Row]:
         import numpy as np
 
+        from core.timing import SPINNING_BLOCK, time_interleaved
+
         working = [c for c in candidates if c.failure is None]
         runners = [c.open(threads) for c in working]
         accuracies = []
@@ -334,8 +328,11 @@ class Bench:
         for batch in BATCHES:
             feeds = {"input": np.ascontiguousarray(np.resize(x_test, (batch, *x_test.shape[1:])))}
             calls = [lambda r=runner, f=feeds: r.run(f) for runner in runners]
+            # the project's timing (core.timing): with spinning on, in blocks, so that a
+            # session timed right after another does not pay for the other's spinning
+            block = SPINNING_BLOCK if self.args.spinning == "on" else 1
             for index, times in enumerate(
-                time_interleaved(calls, self.args.warmup, self.args.runs)
+                time_interleaved(calls, self.args.warmup, self.args.runs, block)
             ):
                 medians[index][batch] = float(np.median(times))
         base = 0  # FP32 ONNX Runtime is the first candidate
@@ -421,7 +418,7 @@ class Bench:
                     if r.threads == threads and r.model == model and r.failure is None
                     and r.within_drop
                 ]  # fmt: skip
-                hand = [r for r in within if not is_squeeze(r)]
+                hand = [r for r in within if not is_squeeze(r) and not is_control(r)]
                 ours = [r for r in within if is_squeeze(r)]
                 if not hand:
                     continue

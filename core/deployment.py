@@ -39,17 +39,21 @@ from core.errors import EngineError, JobCancelled, short_reason
 from core.evaluation import EvalSplit
 from core.formats import TensorInfo, bytes_digest, count_parameters, load_model
 from core.measure import collect_outputs, eval_batch_size, score, score_all
-from core.results import Latency, ModelMetrics, SpeedAtBatch, TargetResult
+from core.results import Latency, ModelMetrics, SpeedAtBatch, TargetResult, Verdict
 from core.runtimes import PreparedModel, Runner, RunSettings, get_runtime
 from core.runtimes.settings import DeploymentTarget
 from core.spec import JobSpec
-from core.timing import SpeedComparison, compare_times, noise_tolerance, time_interleaved
+from core.timing import (
+    SPINNING_BLOCK,
+    SpeedComparison,
+    compare_times,
+    noise_tolerance,
+    time_interleaved,
+)
 from core.tune.choose import Named, Outcome, choose
 from core.tune.judge import Criteria, Measurement, judge
 from core.verdict import compute_verdict
 
-# Sessions with the runtime's defaults are timed in turns of this many runs.
-SPINNING_BLOCK = 5
 # NNCF's calibration: at most this many items (batches) of the calibration rows.
 CALIBRATION_ITEMS = 300
 # Share of MatMul/Gemm weights above which weight compression is a candidate.
@@ -88,14 +92,52 @@ class _Tried:
 
 
 def run_targets(inputs: TargetInputs, ctx: RunContext) -> list[TargetResult]:
-    """One result per deployment target of the spec, in its order."""
+    """One result per deployment target of the spec, in its order. A target that cannot
+    handle the model (its runtime cannot convert, compile or run it) gets a failed
+    verdict saying why; the other targets' results stand (a cancelled job stops)."""
     results = []
     for index, target in enumerate(inputs.spec.deployment):
         ctx.check_cancelled()
-        results.append(
-            run_target(target, inputs, ctx, ctx.work_dir / "targets" / f"{index}-{target.name}")
-        )
+        folder = ctx.work_dir / "targets" / f"{index}-{target.name}"
+        try:
+            results.append(run_target(target, inputs, ctx, folder))
+        except JobCancelled:
+            raise
+        except Exception as exc:
+            results.append(failed_target(target, inputs, exc))
     return results
+
+
+def failed_target(
+    target: DeploymentTarget, inputs: TargetInputs, error: BaseException
+) -> TargetResult:
+    """The result of a target that could not be tuned or measured: outcome "failed" with
+    the runtime's reason; its metrics are the job's original's (no model of its own)."""
+    reason = (
+        f"{error.code}: {error.message}" if isinstance(error, EngineError) else short_reason(error)
+    )
+    sentence = f"the {target.runtime} target failed on this model: {reason}"
+    original = inputs.original_metrics
+    return TargetResult(
+        name=target.name,
+        runtime=target.runtime,
+        device=target.device,
+        sessions=[s.describe() for s in target.resolve(device=target.device)],
+        chosen="none",
+        chosen_reason=sentence,
+        original=original,
+        final=original,
+        verdict=Verdict(
+            targets_met=False,
+            checks=[],
+            size_ratio=1.0,
+            latency_ratio=1.0,
+            metric_change=0.0,
+            outcome="failed",
+            outcome_reason=sentence,
+        ),
+        notes=[sentence],
+    )
 
 
 def run_target(

@@ -30,8 +30,10 @@ from core.formats import count_parameters as _count_model_parameters
 from core.metrics import compute as compute_metric
 from core.metrics import judged_metric, reported_metrics
 from core.results import Latency, ModelMetrics, OutputComparison
+from core.runtimes import ort_runtime
+from core.runtimes.settings import RunSettings
 from core.spec import TaskSpec
-from core.timing import SpeedComparison, compare_runs, time_interleaved
+from core.timing import SPINNING_BLOCK, SpeedComparison, compare_runs, time_interleaved
 
 # Rows per run when computing the metric; models that pin their batch dim use theirs.
 DEFAULT_EVAL_BATCH = 64
@@ -139,6 +141,59 @@ def compare_to_original(
             )
         )
     return [[comparisons[i] for comparisons in per_batch] for i in range(len(candidates))]
+
+
+def compare_under_sessions(
+    original: Path,
+    candidates: Sequence[Path],
+    feeds: Feeds,
+    batch_sizes: Sequence[int],
+    sessions: Sequence[RunSettings],
+    settings: MeasureSettings,
+    check_cancelled: CancelCheck | None = None,
+    layout: FeedLayout | None = None,
+) -> list[list[SpeedComparison]]:
+    """`compare_to_original` under deployment sessions: per session (its threads, its
+    spinning), each candidate against the original at each batch size, timed interleaved
+    with the original and a second session of it; sessions left with their runtime's
+    defaults are timed in blocks (core.timing.SPINNING_BLOCK), so that one session does
+    not pay for the other's spinning. `settings` gives the warm-up and timed runs.
+    Result: per candidate, one comparison per session and batch size (threads set)."""
+    layout = layout or FeedLayout()
+    per_candidate: list[list[SpeedComparison]] = [[] for _ in candidates]
+    for session in sessions:
+        base, copy = _deployed(original, session), _deployed(original, session)
+        others = [_deployed(path, session) for path in candidates]
+        block = SPINNING_BLOCK if session.runtime_defaults else 1
+        for rows in batch_sizes:
+            if check_cancelled is not None:
+                check_cancelled()
+            batch = layout.to_model(take_rows(feeds, rows))
+            compared = compare_runs(
+                rows,
+                _runner(base, batch),
+                _runner(copy, batch),
+                [_runner(other, batch) for other in others],
+                settings.warmup_runs,
+                settings.runs,
+                block,
+                threads=session.threads,
+            )
+            for index, comparison in enumerate(compared):
+                per_candidate[index].append(comparison)
+    return per_candidate
+
+
+def _deployed(path: Path, session: RunSettings) -> ort.InferenceSession:
+    """A session opened as the deployment target opens it (core.runtimes.ort_runtime)."""
+    try:
+        return ort.InferenceSession(
+            str(path),
+            ort_runtime.session_options(session),
+            providers=ort_runtime.providers(session),
+        )
+    except Exception as exc:
+        raise StepFailed(f"ONNX Runtime cannot load {path.name}: {short_reason(exc)}") from exc
 
 
 def summarize_latency(times_ms: list[float], batch_size: int) -> Latency:

@@ -54,6 +54,7 @@ from core.results import (
     PipelineResult,
     StepResult,
 )
+from core.runtimes.settings import RunSettings
 from core.spec import JobSpec, Step, TaskSpec
 from core.timing import MIN_TOLERANCE, SpeedComparison
 from core.verdict import compute_verdict, metric_checks
@@ -204,6 +205,7 @@ def run(
         ),
         original_model_path=model_path,
         models=dict(models or {}),
+        timing_sessions=onnxruntime_sessions(spec, device),
     )
     # Steps before the first quantize step are shared by every deployment target; the
     # quantize steps run for ONNX Runtime only when an ONNX Runtime target is named (an
@@ -323,8 +325,20 @@ def run(
             dataclasses.replace(ctx, progress_span=(_TARGETS_START, _STEPS_END)),
         )
         if not onnxruntime_wanted:
-            # the job's verdict is its first target's: it asked for no ONNX Runtime model
-            final, verdict = targets[0].final, targets[0].verdict
+            # the job's verdict is its first working target's: it asked for no ONNX Runtime
+            # model; with none working there is no result to deliver
+            working = [t for t in targets if t.verdict.outcome != "failed"]
+            if not working:
+                raise StepFailed(
+                    "no deployment target could handle the model: "
+                    + "; ".join(t.verdict.outcome_reason for t in targets)
+                )
+            final, verdict = working[0].final, working[0].verdict
+    notes += [
+        Note(code="deployment_target_failed", message=t.verdict.outcome_reason)
+        for t in targets
+        if t.verdict.outcome == "failed"
+    ]
     notes += changed_output_notes(final)
     result = PipelineResult(
         original=original,
@@ -593,6 +607,20 @@ def _check_dataset(model: ModelInfo, path: Path, spec: JobSpec, max_bytes: int) 
     info = inspect_dataset(path, max_bytes)
     check_compatible(model, info, spec.task)
     return info
+
+
+def onnxruntime_sessions(spec: JobSpec, device: str) -> tuple[RunSettings, ...]:
+    """The sessions of the spec's ONNX Runtime deployment targets on `device` (each
+    thread count once, in the spec's order): what the steps time their candidates under.
+    Empty without such a target (the worker's MeasureSettings then)."""
+    sessions: list[RunSettings] = []
+    for target in spec.deployment:
+        if target.runtime != "onnxruntime" or target.device != device:
+            continue
+        for session in target.resolve(device=target.device):
+            if session not in sessions:
+                sessions.append(session)
+    return tuple(sessions)
 
 
 def _deployment_batch_sizes(model: ModelInfo, spec: JobSpec) -> list[int]:

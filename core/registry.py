@@ -21,6 +21,7 @@ from core.data import FeedLayout, Feeds, feed_layout, model_feeds
 from core.errors import EngineError, IncompatibleData
 from core.formats import TensorInfo
 from core.results import ModelMetrics
+from core.runtimes.settings import RunSettings
 from core.spec import Targets, TaskSpec
 
 # Modules that register built-in steps; imported on first lookup so that importing the
@@ -57,6 +58,11 @@ class StepData:
     # the other uploaded models the spec names (uploaded students), by model id.
     original_model_path: Path | None = None
     models: Mapping[str, Path] = field(default_factory=dict)
+    # The sessions the job's ONNX Runtime deployment targets run under (thread counts,
+    # spinning as deployed): a tuning step times its candidates under each, so that what
+    # it chooses is not slower where the model is deployed. Empty: the worker's
+    # MeasureSettings (fixed threads, spinning off).
+    timing_sessions: tuple[RunSettings, ...] = ()
 
     def deployment_batch_sizes(self) -> list[int]:
         return sorted(set(self.batch_sizes or (1, self.batch_size)))

@@ -30,6 +30,9 @@ import numpy as np
 MIN_TOLERANCE = 0.03
 # However noisy the self-comparison was, a model 10% slower is called slower.
 MAX_TOLERANCE = 0.10
+# Sessions deployed with their runtime's defaults (threads spinning after a run) are timed
+# in turns of this many runs (see `time_interleaved`'s `block`).
+SPINNING_BLOCK = 5
 _TINY = 1e-12
 
 RunFn = Callable[[], object]
@@ -136,11 +139,13 @@ def compare_runs(
     warmup_runs: int,
     timed_runs: int,
     block: int = 1,
+    threads: int | None = None,
 ) -> list[SpeedComparison]:
     """Time the baseline, a second session of it (the noise check) and each candidate
-    interleaved; compare each candidate with the baseline under the measured tolerance."""
+    interleaved; compare each candidate with the baseline under the measured tolerance
+    (`threads`: the sessions' thread count, recorded on each comparison)."""
     base, copy, *others = time_interleaved(
         [baseline, baseline_copy, *candidates], warmup_runs, timed_runs, block
     )
     tolerance = noise_tolerance(base, copy)
-    return [compare_times(batch_size, times, base, tolerance) for times in others]
+    return [compare_times(batch_size, times, base, tolerance, threads) for times in others]

@@ -28,15 +28,20 @@ Decision rules, in order:
    the tolerance is what the input showed against itself, within 3%..10%. Slower
    candidates are never chosen unless `allow_slower` is set: INT8 that wins at batch 32
    but loses at batch 1 is slower for a user who serves at both. Speed is ranked by the
-   geometric mean of the ratios over the deployment batch sizes.
+   geometric mean of the ratios over the deployment batch sizes. When the job names
+   ONNX Runtime deployment targets, every candidate is timed under each of their
+   sessions (thread counts, thread spinning as deployed: `StepData.timing_sessions`),
+   so "slower" holds at every deployment thread count too; else at the worker's
+   MeasureSettings.
    2b. When the full static QDQ candidate is slower than the input at some deployment
    batch size, "static-qdq-latency-aware" is tried too: the same quantizer told to
    quantize only the nodes whose integer kernels ONNX Runtime's profiler measured
    faster, Q/DQ at region borders included (core.quantize.latency_aware; its details
    carry the per-node table). It is then judged like every candidate.
 3. Among the rest, those meeting every target win; of them the fastest (the lowest
-   latency ratio to the input; candidates within the noise tolerance of the fastest
-   count as equally fast, and then the smaller metric drop, to `METRIC_RESOLUTION`, then
+   latency ratio to the input; candidates within the noise tolerance of the fastest,
+   and at no batch size and thread count slower than it beyond that tolerance, count
+   as equally fast, and then the smaller metric drop, to `METRIC_RESOLUTION`, then
    the smaller file wins).
    The reason names faster candidates that were passed over and the targets they miss.
 4. The metric target is the verdict's (core.verdict.metric_checks): `max_metric_drop`

@@ -86,6 +86,7 @@ class Outcome(Generic[C]):
                 "latency": [
                     {
                         "batch_size": lat.batch_size,
+                        "threads": lat.threads,
                         "median_ms": lat.median_ms,
                         "input_median_ms": lat.baseline_median_ms,
                         "ratio": lat.ratio,
@@ -140,10 +141,8 @@ def choose(outcomes: Sequence[Outcome[Any]], criteria: Criteria) -> Decision:
         ]
         pool = compressing or meeting
         # speed is compared as ratios: each was timed interleaved with the input
-        best = min(j.latency_ratio for _, _, j in pool)
-        as_fast = [
-            item for item in pool if item[2].latency_ratio <= best * (1 + criteria.tolerance)
-        ]
+        _, quickest, _ = min(pool, key=lambda item: item[2].latency_ratio)
+        as_fast = [item for item in pool if _as_fast(item[1], quickest, criteria.tolerance)]
         index, outcome, j = min(
             as_fast,
             key=lambda item: (
@@ -210,6 +209,24 @@ def choose(outcomes: Sequence[Outcome[Any]], criteria: Criteria) -> Decision:
 
 # A candidate at or above this share of the input's size counts as not compressing.
 COMPRESSED_SIZE_RATIO = 0.9
+
+
+def _as_fast(outcome: Outcome[Any], fastest: Outcome[Any], tolerance: float) -> bool:
+    """Equally fast as the fastest: its mean ratio within the noise tolerance, and at no
+    deployment batch size and thread count slower than the fastest beyond it (a candidate
+    17% slower at batch 1 is not "as fast" because it gains at batch 32)."""
+    mine, best = outcome.judgement, fastest.judgement
+    assert mine is not None and best is not None
+    if mine.latency_ratio > best.latency_ratio * (1 + tolerance):
+        return False
+    if outcome.measurement is None or fastest.measurement is None:
+        return True
+    theirs = {(c.batch_size, c.threads): c.ratio for c in fastest.measurement.latency}
+    return all(
+        c.ratio <= theirs[key] * (1 + tolerance)
+        for c in outcome.measurement.latency
+        if (key := (c.batch_size, c.threads)) in theirs
+    )
 
 
 def _size(outcome: Outcome[Any]) -> int:

@@ -14,6 +14,7 @@ from core.data import Feeds, model_feeds
 from core.errors import StepFailed
 from core.measure import (
     compare_to_original,
+    compare_under_sessions,
     compute_outputs,
     eval_batch_size,
     file_size,
@@ -32,7 +33,9 @@ class WorkerMeasure:
     job's original (reference outputs and scoring as the pipeline does) on the step's
     eval rows (in a job: the selection rows of the job's split), its size, and its
     latency at every deployment batch size, timed interleaved with the input and a
-    second session of it by the verdict's own code (core.measure.compare_to_original)."""
+    second session of it by the verdict's own code (core.measure.compare_to_original;
+    under the ONNX Runtime deployment targets' sessions, `StepData.timing_sessions`,
+    when the job names any: core.measure.compare_under_sessions)."""
 
     def __init__(self, input_path: Path, data: StepData, ctx: RunContext) -> None:
         self._input_path = input_path
@@ -64,7 +67,21 @@ class WorkerMeasure:
         return score(self._data.task, self._reference, self._labels, self._reference)[1]
 
     def latency(self, path: Path) -> tuple[SpeedComparison, ...]:
-        """Latency at each deployment batch size against the input's."""
+        """Latency at each deployment batch size against the input's; under each of the
+        ONNX Runtime deployment targets' sessions when the job has any (then a candidate
+        slower at any thread count the model is deployed with is judged slower)."""
+        if self._data.timing_sessions:
+            (comparisons,) = compare_under_sessions(
+                self._input_path,
+                [path],
+                self._feeds,
+                self._batch_sizes,
+                self._data.timing_sessions,
+                self._ctx.measure,
+                check_cancelled=self._ctx.check_cancelled,
+                layout=self._data.eval_layout,
+            )
+            return tuple(comparisons)
         (comparisons,) = compare_to_original(
             self._input_path,
             [path],

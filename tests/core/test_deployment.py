@@ -7,11 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
 import pytest
 
 import core.deployment
 import core.registry
+import core.runtimes.openvino_runtime
+import core.timing
 from core.context import MeasureSettings, RunContext
+from core.errors import StepFailed
 from core.pipeline import run
 from core.registry import StepData, StepOutput, get_step
 from core.spec import JobSpec
@@ -69,9 +73,10 @@ def test_one_job_two_deployment_targets_each_with_its_model_and_verdict(
     # OpenVINO tried its own candidates on the selection rows, NNCF's INT8 among them
     names = {row["name"] for row in ov.candidates}
     assert {"openvino-bf16", "nncf-int8"} <= names
-    assert [row for row in ov.candidates if row.get("chosen")] in ([], [
-        next(r for r in ov.candidates if r["name"] == ov.chosen)
-    ])
+    # the chosen candidate's row says so; none when OpenVINO kept its original
+    assert [row["name"] for row in ov.candidates if row.get("chosen")] == (
+        [] if ov.chosen == "openvino-original" else [ov.chosen]
+    )
     artifacts = tmp_path / "work" / "artifacts"
     for name in ov.artifacts:
         assert (artifacts / name).is_file()
@@ -126,3 +131,87 @@ def test_a_model_the_steps_left_unchanged_is_not_timed_against_itself(
     assert ort.verdict.outcome == "unchanged"
     assert [s.ratio for s in result.verdict.speed] == [1.0, 1.0]  # the job's own verdict too
     assert result.verdict.outcome == "unchanged"
+
+
+def _threads_of(call: Any) -> int | None:
+    """The thread count of the ONNX Runtime session a timed callable runs (the timing
+    functions take zero-argument callables closing over a session or a runner)."""
+    for cell in call.__closure__ or ():
+        held = cell.cell_contents
+        session = getattr(held, "session", held)
+        if isinstance(session, ort.InferenceSession):
+            return int(session.get_session_options().intra_op_num_threads)
+    return None
+
+
+def test_candidates_are_timed_under_every_deployment_session_and_one_slower_at_two_threads_is_not_chosen(  # noqa: E501
+    cnn_onnx: Path, datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # injected timing: at 1 thread every candidate takes 0.8x the input's time, at 2
+    # threads 1.5x (what INT8 on a tiny CNN can do where the worker has more threads)
+    def by_threads(calls: list[Any], warmup: int, runs: int, block: int = 1) -> list[list[float]]:
+        times = [10.0, 10.0] + [15.0 if _threads_of(c) == 2 else 8.0 for c in calls[2:]]
+        return [[t] * max(runs, 1) for t in times]
+
+    monkeypatch.setattr(core.timing, "time_interleaved", by_threads)
+    monkeypatch.setattr(core.deployment, "time_interleaved", by_threads)
+    spec = job(
+        steps=[{"method": "quantize", "mode": "auto", "candidate_modes": ["static"]}],
+        targets={"max_metric_drop": 0.05},
+        deployment=[{"runtime": "onnxruntime", "threads": [2, 1], "runtime_defaults": False}],
+    )
+    result, _ = run(cnn_onnx, datasets, spec, RunContext(work_dir=tmp_path / "w", measure=FAST))
+
+    details = result.steps[0].details
+    measured = [row for row in details["candidates"][1:] if row["status"] == "measured"]
+    assert measured
+    for row in measured:  # timed at both deployment thread counts, slower at 2
+        assert {(lat["batch_size"], lat["threads"]) for lat in row["latency"]} == {
+            (1, 2), (8, 2), (1, 1), (8, 1),
+        }  # fmt: skip
+        assert all(lat["slower"] == (lat["threads"] == 2) for lat in row["latency"])
+    assert details["returned_input_unchanged"] is True
+    [ort_target] = result.targets
+    assert ort_target.verdict.outcome == "unchanged"
+
+
+def test_a_target_that_cannot_run_the_model_fails_alone_and_the_others_deliver(
+    cnn_onnx: Path, datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # OpenVINO refusing a feed, as it refused a 0-d input before it was fed as one
+    def refuse(self: Any, feeds: Any) -> Any:
+        raise RuntimeError(
+            "Can't set the input tensor with index: 2, because the model input (shape=[]) "
+            "and the tensor (shape=(1)) are incompatible"
+        )
+
+    monkeypatch.setattr(core.runtimes.openvino_runtime.OpenVinoRunner, "run", refuse)
+    spec = job(
+        deployment=[
+            {"runtime": "onnxruntime", "threads": [1], "runtime_defaults": False},
+            {"runtime": "openvino", "threads": [1], "runtime_defaults": False},
+        ]
+    )
+    result, _ = run(cnn_onnx, datasets, spec, RunContext(work_dir=tmp_path / "w", measure=FAST))
+
+    ort_target, ov_target = result.targets
+    assert ort_target.verdict.outcome in ("improved", "unchanged", "targets_missed")
+    assert ov_target.verdict.outcome == "failed"
+    assert "Can't set the input tensor with index: 2" in ov_target.verdict.outcome_reason
+    assert ov_target.artifacts == []
+    assert [n.code for n in result.notes if n.code == "deployment_target_failed"] == [
+        "deployment_target_failed"
+    ]
+    assert result.verdict.outcome != "failed"  # the job's own verdict is ONNX Runtime's
+
+
+def test_a_job_whose_only_target_fails_fails_saying_why(
+    cnn_onnx: Path, datasets: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Any, feeds: Any) -> Any:
+        raise RuntimeError("the plugin refuses this feed")
+
+    monkeypatch.setattr(core.runtimes.openvino_runtime.OpenVinoRunner, "run", refuse)
+    spec = job(deployment=[{"runtime": "openvino", "threads": [1], "runtime_defaults": False}])
+    with pytest.raises(StepFailed, match=r"no deployment target could handle the model.*refuses"):
+        run(cnn_onnx, datasets, spec, RunContext(work_dir=tmp_path / "w", measure=FAST))
