@@ -158,7 +158,9 @@ class _QuantizeBase(StrictModel):
 
 class _Int8Options(StrictModel):
     per_channel: bool = True
-    reduce_range: bool = False
+    # None: on where this CPU's INT8 kernels can saturate (x86 without VNNI), else off
+    # (core.quantize.cpu_int8); true or false as given otherwise.
+    reduce_range: bool | None = None
     # Op types to quantize; None lets the engine choose for the mode.
     op_types: list[str] | None = None
     # Node names kept in float32 (the accuracy-aware tuner fills this itself).

@@ -446,6 +446,15 @@ class PipeCandidateStore:
         return FetchedModel(Path(answer["path"]), Path(float_path) if float_path else None)
 
 
+def warm_fork_server() -> None:
+    """Start this process's fork server now (a pool process at its start), so its imports
+    overlap the wait for the first job instead of delaying it."""
+    try:
+        engine_server.server(_python_path())
+    except (engine_server.ServerLost, OSError) as error:
+        log.warning("no engine fork server (%s): jobs start fresh interpreters", error)
+
+
 def _python_path() -> str:
     """The child imports this package from where this process did."""
     root = str(Path(__file__).resolve().parent.parent)

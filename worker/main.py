@@ -21,6 +21,7 @@ from service.settings import get_settings
 from store.blobs import open_blob_store
 from store.db import make_engine, make_sessionmaker
 from store.migrate import upgrade_to_head
+from worker import engine_process
 from worker.celery_app import RUN_JOB_TASK, SEARCH_TRIALS_TASK, make_celery
 from worker.cleanup import clean_once
 from worker.enqueue import JobQueue
@@ -148,9 +149,14 @@ def _note_pool_size(sender: Any = None, **_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_child(**_: Any) -> None:
     global _runner, _search_helper
-    lower_job_priority(get_settings().worker_job_nice)
+    settings = get_settings()
+    lower_job_priority(settings.worker_job_nice)
     _runner = None  # a forked child builds its own engine on first use
     _search_helper = None
+    if settings.engine_fork_server:
+        # its imports (torch, seconds) overlap the wait for work: started at the first
+        # request, they outlasted a search's short trials and its helpers joined too late
+        engine_process.warm_fork_server()
 
 
 def lower_job_priority(increment: int) -> None:

@@ -48,6 +48,7 @@ from core.quantize.common import (
     restore_topological_order,
     size_report,
 )
+from core.quantize.cpu_int8 import reduce_range_for
 from core.quantize.modes import register_mode
 from core.quantize.node_profile import plan_latency_aware
 from core.registry import StepData
@@ -102,7 +103,7 @@ def quantize_dynamic_mode(
         output_path,
         op_types_to_quantize=list(op_types),
         per_channel=config.per_channel,
-        reduce_range=config.reduce_range,
+        reduce_range=reduce_range_for(config.reduce_range)[0],
         weight_type=QuantType.QInt8,
         nodes_to_exclude=exclusion_names(config.nodes_to_exclude),
         use_external_data_format=has_external_data(prepared),
@@ -113,7 +114,8 @@ def quantize_dynamic_mode(
         "weight_type": "QInt8",
         "activation_type": "QUInt8 (computed at run time)",
         "per_channel": config.per_channel,
-        "reduce_range": config.reduce_range,
+        "reduce_range": reduce_range_for(config.reduce_range)[0],
+        "reduce_range_why": reduce_range_for(config.reduce_range)[1],
         "op_types": list(op_types),
         "nodes_to_exclude": list(config.nodes_to_exclude),
         "nodes_to_exclude_not_found": missing_node_names(model_path, config.nodes_to_exclude),
@@ -285,7 +287,7 @@ def quantize_static_mode(
             quant_format=quant_format,
             op_types_to_quantize=config.op_types,
             per_channel=config.per_channel,
-            reduce_range=config.reduce_range,
+            reduce_range=reduce_range_for(config.reduce_range)[0],
             activation_type=activation_type,
             weight_type=STATIC_WEIGHT_TYPE,
             nodes_to_quantize=nodes_to_quantize,
@@ -343,7 +345,8 @@ def quantize_static_mode(
         "weight_type": STATIC_WEIGHT_TYPE.name,
         "weight_symmetric": weights_symmetric,
         "per_channel": config.per_channel,
-        "reduce_range": config.reduce_range,
+        "reduce_range": reduce_range_for(config.reduce_range)[0],
+        "reduce_range_why": reduce_range_for(config.reduce_range)[1],
         "op_types": config.op_types or "all the quantizer supports",
         "nodes_to_exclude": list(config.nodes_to_exclude),
         "nodes_to_exclude_not_found": not_found,
