@@ -14,7 +14,9 @@ Decision rules, in order:
    per-channel and its QOperator twin, each also with the shallow convolutions (fewer
    than 4 input channels: an image stem, slower in INT8) kept in FP32 when the model has
    any, plus dynamic with Conv left out when the model has MatMul/Gemm (dynamic
-   ConvInteger is slow on the CPU provider). MatMul models
+   ConvInteger is slow on the CPU provider). On a CPU whose INT8 kernels can saturate
+   (core.quantize.cpu_int8: the default there is 7-bit weights) static QDQ is also tried
+   with 8-bit weights ("-w8"): which costs the model more is measured. MatMul models
    (transformers, MLPs): dynamic per-channel (and per-tensor, ONNX Runtime's default,
    which can be faster but less accurate), static QDQ per-channel, and INT4 when that
    mode is registered. Recurrent models: dynamic per-channel and per-tensor
@@ -112,6 +114,7 @@ from core.quantize.common import (
     validate_runs,
     wrap_failure,
 )
+from core.quantize.cpu_int8 import reduce_range_for
 from core.quantize.fallback import MetricJudgement, TrialFailed, accumulated_fallback
 from core.quantize.modes import get_mode, register_mode, registered_modes
 from core.quantize.sensitivity import (
@@ -129,7 +132,7 @@ from core.spec import (
     StaticQuantize,
     Targets,
 )
-from core.tune.choose import Decision, Outcome, choose
+from core.tune.choose import Decision, Outcome, choose, equally_fast
 from core.tune.judge import Criteria, Measurement, as_the_baseline, judge
 from core.tune.measure import WorkerMeasure
 from core.verdict import metric_checks
@@ -254,6 +257,7 @@ class Candidate:
                 "op_types": config.op_types,
                 "nodes_to_exclude": list(config.nodes_to_exclude),
                 "latency_aware": config.latency_aware,
+                "reduce_range": reduce_range_for(config.reduce_range)[0],
             }
         if isinstance(config, DynamicQuantize):
             return {
@@ -274,6 +278,25 @@ class Candidate:
         kept = list(dict.fromkeys([*self.config.nodes_to_exclude, *nodes]))
         config = self.config.model_copy(update={"nodes_to_exclude": kept})
         return Candidate(f"{self.name}-fp32x{len(nodes)}", config, base=self.name)
+
+
+def fallback_base(bases: Sequence[Outcome[Candidate]], tolerance: float) -> Outcome[Candidate]:
+    """The candidate whose nodes the fallback keeps in float32: QDQ or dynamic before
+    QOperator, whose integer tensors hide the float values the ranking compares; of those
+    the fastest, and of the equally fast (within the noise tolerance) the one closest to
+    the metric target, which needs the fewest nodes given back."""
+    preferred = [o for o in bases if o.candidate.options().get("format") != "qoperator"]
+    pool = preferred or list(bases)
+
+    def ratio(outcome: Outcome[Candidate]) -> float:
+        return outcome.judgement.latency_ratio if outcome.judgement else 0.0
+
+    fastest = min(pool, key=ratio)
+    as_fast_as_fastest = [o for o in pool if equally_fast(o, fastest, tolerance)]
+    return min(
+        as_fast_as_fastest,
+        key=lambda o: (o.judgement.metric_excess if o.judgement else 0.0, ratio(o)),
+    )
 
 
 def default_modes(profile: ModelProfile, targets: Targets, available: Sequence[str]) -> list[str]:
@@ -335,6 +358,25 @@ def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Ca
             )
             for fmt in formats
         ]
+        if reduce_range_for(None)[0]:
+            # This CPU's INT8 kernels can saturate, so the default weights use 7 bits
+            # (core.quantize.cpu_int8); whether that precision or the rare int16 overflow
+            # of 8-bit weights costs the model more depends on the model (measured here:
+            # a residual CNN changed 8 of 300 decisions with 7 bits, 3 with 8), so both
+            # are measured and the task metric decides.
+            variants.append(
+                Candidate(
+                    f"{FULL_STATIC_QDQ}-w8",
+                    StaticQuantize(
+                        method="quantize",
+                        mode="static",
+                        format="qdq",
+                        per_channel=True,
+                        reduce_range=False,
+                        **calibration,
+                    ),
+                )
+            )
         if profile.kind == "conv" and profile.shallow_convs:
             # the same with the shallow convs (an image stem) in FP32, where INT8 is slower
             variants += [
@@ -345,7 +387,7 @@ def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Ca
                     ),
                 )
                 for variant in list(variants)
-                if variant.config is not None
+                if variant.config is not None and not variant.name.endswith("-w8")
             ]
         return variants
     if mode == "dynamic":
@@ -721,15 +763,7 @@ class _Tuner:
                 else "no INT8 candidate was measured"
             )
             return None, {"ran": False, "reason": reason}
-        # the fastest; QDQ or dynamic before QOperator, whose integer tensors hide the float
-        # values the ranking compares
-        base = min(
-            bases,
-            key=lambda o: (
-                o.candidate.options().get("format") == "qoperator",
-                o.judgement.latency_ratio if o.judgement else 0.0,
-            ),
-        )
+        base = fallback_base(bases, criteria.tolerance)
         assert base.path is not None and base.measurement is not None
         self.progress(0.75, f"auto: ranking the nodes of {base.candidate.name}", {})
         ranking = self.rank(self._reference_for(base.candidate), base.path)

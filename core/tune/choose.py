@@ -142,7 +142,7 @@ def choose(outcomes: Sequence[Outcome[Any]], criteria: Criteria) -> Decision:
         pool = compressing or meeting
         # speed is compared as ratios: each was timed interleaved with the input
         _, quickest, _ = min(pool, key=lambda item: item[2].latency_ratio)
-        as_fast = [item for item in pool if _as_fast(item[1], quickest, criteria.tolerance)]
+        as_fast = [item for item in pool if equally_fast(item[1], quickest, criteria.tolerance)]
         index, outcome, j = min(
             as_fast,
             key=lambda item: (
@@ -211,7 +211,7 @@ def choose(outcomes: Sequence[Outcome[Any]], criteria: Criteria) -> Decision:
 COMPRESSED_SIZE_RATIO = 0.9
 
 
-def _as_fast(outcome: Outcome[Any], fastest: Outcome[Any], tolerance: float) -> bool:
+def equally_fast(outcome: Outcome[Any], fastest: Outcome[Any], tolerance: float) -> bool:
     """Equally fast as the fastest: its mean ratio within the noise tolerance, and at no
     deployment batch size and thread count slower than the fastest beyond it (a candidate
     17% slower at batch 1 is not "as fast" because it gains at batch 32)."""
