@@ -4,9 +4,9 @@ A tenant row may set its own limits (0 included: nothing allowed); a row without
 (NULL) gets the service's defaults. Reaching a quota is a 429 with `Retry-After`: both
 limits free up as jobs finish or data expires.
 
-`concurrent_jobs` counts workers, not rows: a search with `parallel_workers` P occupies
-P workers while it runs (its own and P - 1 `squeeze.search_trials` helpers), so it takes
-P slots. A job that needs more slots than the whole quota is a 422 naming the field.
+`concurrent_jobs` counts workers, not rows: a search or auto step with `parallel_workers`
+P occupies P workers while it runs (its own and P - 1 `squeeze.search_trials` helpers),
+so it takes P slots. A job that needs more slots than the whole quota is a 422 naming the field.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from api.errors import InvalidSpec, QuotaExceeded
-from core.spec import JobSpec, SearchStep
+from core.spec import AutoStep, JobSpec, SearchStep
 from service.settings import Settings
 from store import tenants
+
+# the steps whose `parallel_workers` occupy helpers on other workers
+FAN_OUT_STEPS = (SearchStep, AutoStep)
 
 
 @dataclass(frozen=True)
@@ -72,10 +75,11 @@ def storage_exceeded(quota_bytes: int, settings: Settings) -> QuotaExceeded:
 
 
 def worker_slots(spec: JobSpec) -> int:
-    """Workers the job occupies at most at once: its search steps' `parallel_workers`
-    (steps run one after another, so the largest), else 1."""
+    """Workers the job occupies at most at once: its search and auto steps'
+    `parallel_workers` (steps run one after another, so the largest), else 1."""
     return max(
-        (step.parallel_workers for step in spec.steps if isinstance(step, SearchStep)), default=1
+        (step.parallel_workers for step in spec.steps if isinstance(step, FAN_OUT_STEPS)),
+        default=1,
     )
 
 
@@ -85,7 +89,7 @@ def stored_worker_slots(spec: dict[str, object]) -> int:
     slots = [
         int(step.get("parallel_workers", 1))
         for step in (steps if isinstance(steps, list) else [])
-        if isinstance(step, dict) and step.get("method") == "search"
+        if isinstance(step, dict) and step.get("method") in ("search", "auto")
     ]
     return max(slots, default=1)
 
@@ -108,17 +112,16 @@ def check_job_slot(
             fields = ", ".join(
                 f"steps[{index}].parallel_workers = {step.parallel_workers}"
                 for index, step in enumerate(spec.steps)
-                if isinstance(step, SearchStep) and step.parallel_workers > quota
+                if isinstance(step, FAN_OUT_STEPS) and step.parallel_workers > quota
             )
             raise InvalidSpec(
-                f"{fields}: a search occupies one worker per parallel worker, and the "
+                f"{fields}: a search or auto step occupies one worker per parallel worker, "
+                "and the "
                 f"tenant's quota is {quota} concurrent workers; ask for at most {quota}",
                 code="parallel_workers_over_quota",
             )
     needed = sum(worker_slots(spec) for spec in specs)
-    active = sum(
-        stored_worker_slots(spec) for spec in tenants.active_job_specs(session, tenant_id)
-    )
+    active = sum(stored_worker_slots(spec) for spec in tenants.active_job_specs(session, tenant_id))
     if active + needed > quota:
         asked = "" if needed == 1 else f"; this submission needs {needed} slots"
         raise QuotaExceeded(

@@ -1,6 +1,11 @@
 """Where the auto recipe keeps its finished candidates, so that a new attempt of a job
 whose worker died resumes the recipe instead of starting it again.
 
+The same store lets helpers on other workers share a recipe's candidates that train
+(AutoStep.parallel_workers): whoever `claim`s a candidate produces it, the claim lasts
+while its holder's process lives (the worker renews it) and lapses when it dies, and
+everyone reads the others' results from the store.
+
 The engine only sees this interface (RunContext.candidate_store); the worker gives it one
 backed by the job's database and blob store (worker.recipe_candidates), direct engine use
 gets `NoCandidateStore` (nothing kept) and tests `MemoryCandidateStore`. A recipe is named
@@ -10,8 +15,10 @@ earlier steps produced another input starts afresh.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +43,8 @@ class FinishedCandidate:
     # a model file was kept (and a float model, for a quantized one)
     has_model: bool = False
     has_float_model: bool = False
+    # who produced it: None for the recipe's own runner, else a helper's name
+    by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,15 @@ class CandidateStore(Protocol):
         """A recorded candidate's model (and float model) as files under `folder`."""
         ...
 
+    def claim(self, recipe: str, key: str) -> bool:
+        """True when this holder may produce the candidate now: nobody recorded it and
+        nobody else holds a live claim on it (one that lapsed is taken over)."""
+        ...
+
+    def holder(self) -> str | None:
+        """This store's holder name for `FinishedCandidate.by` (None: the job's runner)."""
+        ...
+
 
 class NoCandidateStore:
     """Nothing is kept: every run of a recipe starts afresh (direct engine use)."""
@@ -92,22 +110,56 @@ class NoCandidateStore:
     def fetch(self, recipe: str, key: str, folder: Path) -> FetchedModel:
         raise KeyError(key)
 
+    def claim(self, recipe: str, key: str) -> bool:
+        return True  # nobody else can see the recipe
+
+    def holder(self) -> str | None:
+        return None
+
 
 class MemoryCandidateStore:
     """Candidates kept in this process, their models copied under `root`: the same
     behaviour as the worker's store, for tests and for several runs in one process.
-    `attempt` is what the next `begin` reports (raise it to play a new attempt)."""
+    `attempt` is what the next `begin` reports (raise it to play a new attempt);
+    `sharing(name)` is another holder's handle on the same candidates (a helper), whose
+    claims are taken over by others once `drop_claims` plays its death."""
 
-    def __init__(self, root: Path, attempt: int = 1) -> None:
+    def __init__(self, root: Path, attempt: int = 1, name: str | None = None) -> None:
         self.root = root
         self.attempt = attempt
+        self.name = name
         self.started: dict[str, float] = {}
         self.finished: dict[str, dict[str, FinishedCandidate]] = {}
         self.fetched: list[str] = []
+        self.claims: dict[tuple[str, str], str | None] = {}
+        self.lock = threading.Lock()
+
+    def sharing(self, name: str) -> MemoryCandidateStore:
+        other = copy.copy(self)
+        other.name = name
+        other.fetched = []
+        return other
 
     def begin(self, recipe: str) -> RecipeMemory:
-        started = self.started.setdefault(recipe, time.time())
-        return RecipeMemory(started, self.attempt, dict(self.finished.get(recipe, {})))
+        with self.lock:
+            started = self.started.setdefault(recipe, time.time())
+            return RecipeMemory(started, self.attempt, dict(self.finished.get(recipe, {})))
+
+    def claim(self, recipe: str, key: str) -> bool:
+        with self.lock:
+            if key in self.finished.get(recipe, {}):
+                return False
+            holder = self.claims.setdefault((recipe, key), self.name)
+            return holder == self.name
+
+    def drop_claims(self, name: str | None) -> None:
+        """`name`'s claims lapse (its process died)."""
+        with self.lock:
+            for claim in [c for c, holder in self.claims.items() if holder == name]:
+                del self.claims[claim]
+
+    def holder(self) -> str | None:
+        return self.name
 
     def record(
         self,
@@ -117,11 +169,14 @@ class MemoryCandidateStore:
         float_model: Path | None = None,
     ) -> None:
         folder = self._folder(recipe, candidate.key)
-        for name, source in (("model.onnx", model), ("float.onnx", float_model)):
-            if source is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, folder / name)
-        self.finished.setdefault(recipe, {})[candidate.key] = candidate
+        with self.lock:
+            if candidate.key in self.finished.get(recipe, {}):
+                return  # the first to finish it wins, as in the worker's store
+            for name, source in (("model.onnx", model), ("float.onnx", float_model)):
+                if source is not None:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, folder / name)
+            self.finished.setdefault(recipe, {})[candidate.key] = candidate
 
     def fetch(self, recipe: str, key: str, folder: Path) -> FetchedModel:
         candidate = self.finished[recipe][key]
@@ -140,10 +195,14 @@ class MemoryCandidateStore:
         return self.root / recipe / hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+# A recipe's name starts so: how a helper task tells a recipe's helpers from a search's.
+RECIPE_PREFIX = "auto-"
+
+
 def recipe_name(config_json: str, model_path: Path) -> str:
     """A recipe's name: its config and the bytes of its input model."""
     from core.formats import files_digest  # onnx, only where a recipe runs
 
     digest = hashlib.sha256(config_json.encode())
     digest.update(files_digest(model_path).encode())
-    return f"auto-{digest.hexdigest()[:24]}"
+    return f"{RECIPE_PREFIX}{digest.hexdigest()[:24]}"

@@ -33,10 +33,11 @@ from core.data import (
 )
 from core.deployment import TargetInputs, run_targets
 from core.errors import EngineError, IncompatibleData, InvalidDataset, StepFailed, short_reason
-from core.evaluation import rows_of, split_eval_rows
+from core.evaluation import EvalSplit, rows_of, split_eval_rows
 from core.formats import ModelInfo, copy_model, files_digest, inspect_model, model_files
 from core.manifest import build_manifest
 from core.measure import (
+    OutputSnapshot,
     capture_other_outputs,
     compare_other_outputs,
     compare_to_original,
@@ -118,95 +119,20 @@ def run(
     The eval rows are split once (core.evaluation): steps see only the selection rows,
     every reported metric and the verdict use only the held-out rows.
     """
-    device = resolve_device(ctx.device)
-    ctx = dataclasses.replace(ctx, device=device)
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    ctx.report(0.0, "validating the model and data")
-
-    model_info = inspect_model(model_path)
-    eval_path = _dataset_path(datasets, spec.eval_dataset_id)
-    train_path = _dataset_path(datasets, spec.train_dataset_id) if spec.train_dataset_id else None
-    calibration_path = (
-        _dataset_path(datasets, spec.calibration_dataset_id)
-        if spec.calibration_dataset_id
-        else train_path or eval_path
+    prepared = prepare(
+        model_path, datasets, spec, ctx, max_dataset_bytes=max_dataset_bytes, models=models
     )
-    for path in dict.fromkeys(p for p in (eval_path, calibration_path, train_path) if p):
-        _check_dataset(model_info, path, spec, max_dataset_bytes)
-    batch_sizes = _deployment_batch_sizes(model_info, spec)
-    rows_per_batch = eval_batch_size(model_info.inputs, spec.task)
-
-    # External data files are part of the model's bytes: each one is hashed too.
-    model_file_paths = model_files(model_path)
-    manifest_inputs = (
-        {"model": model_path}
-        | {f"model:{path.relative_to(model_path.parent)}": path for path in model_file_paths[1:]}
-        | {dataset_id: _dataset_path(datasets, dataset_id) for dataset_id in spec.dataset_ids()}
-        | dict(models or {})
+    ctx = prepared.ctx
+    device, model_info, data = ctx.device, prepared.model_info, prepared.data
+    batch_sizes, rows_per_batch, manifest = (
+        prepared.batch_sizes,
+        prepared.rows_per_batch,
+        prepared.manifest,
     )
-    manifest = build_manifest(manifest_inputs, spec, device)
-    _refuse_training_on_eval_bytes(spec, manifest)
-    eval_arrays = load_arrays(eval_path)
-    train_arrays = load_arrays(train_path) if train_path is not None else None
-    eval_feeds = model_feeds(eval_arrays, model_info.inputs, spec.task)
-    split = split_eval_rows(sample_count(eval_feeds), spec.seed, spec.held_out_fraction)
-    selection_arrays = rows_of(eval_arrays, split.selection, spec.task, sample_count(eval_feeds))
-    if calibration_path == eval_path:
-        calibration_arrays: Mapping[str, np.ndarray] = selection_arrays
-    elif calibration_path == train_path and train_arrays is not None:
-        calibration_arrays = train_arrays
-    else:
-        calibration_arrays = load_arrays(calibration_path)
-    notes = data_notes(spec, model_info, eval_arrays, train_arrays, calibration_path == eval_path)
-    if split.record.note:
-        notes.append(Note(code="eval_rows_not_split", message=split.record.note))
-    ctx.report(
-        0.01,
-        "validated the model and data",
-        evaluation=split.record.model_dump(),
-        notes=[note.model_dump() for note in notes],
-    )
-
-    ctx.report(_MEASURE_ORIGINAL[0], "measuring the original model")
-    # The original's outputs are computed once, on every eval row, and are the reference
-    # for every later model; its reported metric is the held-out rows'.
-    original, reference_outputs = measure_model_with_outputs(
-        model_path,
-        eval_arrays,
-        spec.task,
-        batch_sizes,
-        ctx.measure,
-        device,
-        check_cancelled=ctx.check_cancelled,
-        score_rows=split.held_out,
-    )
-    selection_metric = _metric_on(
-        spec.task, eval_arrays, reference_outputs, reference_outputs, split.selection
-    )
-    original.selection_metric_value = selection_metric
-    other_outputs = capture_other_outputs(
-        model_path, eval_arrays, spec.task, ctx.measure, device, ctx.check_cancelled
-    )
-    original.other_outputs = compare_other_outputs(other_outputs, other_outputs, rows_per_batch)
-    ctx.report(_MEASURE_ORIGINAL[1], "measured the original model", metrics=original.model_dump())
-
-    data = StepData(
-        selection_arrays,
-        calibration_arrays,
-        model_info.inputs,
-        spec.task,
-        train_arrays=train_arrays,
-        targets=spec.targets,
-        batch_size=spec.batch_size,
-        batch_sizes=tuple(batch_sizes),
-        reference_outputs=reference_outputs[split.selection],
-        original_metrics=original.model_copy(
-            update={"metric_value": selection_metric, "metric_rows": len(split.selection)}
-        ),
-        original_model_path=model_path,
-        models=dict(models or {}),
-        timing_sessions=onnxruntime_sessions(spec, device),
-    )
+    eval_arrays, eval_feeds, split = prepared.eval_arrays, prepared.eval_feeds, prepared.split
+    calibration_arrays, notes = prepared.calibration_arrays, prepared.notes
+    original, reference_outputs = prepared.original, prepared.reference_outputs
+    other_outputs, selection_metric = prepared.other_outputs, prepared.selection_metric
     # Steps before the first quantize step are shared by every deployment target; the
     # quantize steps run for ONNX Runtime only when an ONNX Runtime target is named (an
     # OpenVINO target quantizes in OpenVINO: core.deployment).
@@ -251,7 +177,11 @@ def run(
         metrics.other_outputs = compare_other_outputs(
             other_outputs,
             capture_other_outputs(
-                output.model_path, eval_arrays, spec.task, ctx.measure, device,
+                output.model_path,
+                eval_arrays,
+                spec.task,
+                ctx.measure,
+                device,
                 ctx.check_cancelled,
             ),
             rows_per_batch,
@@ -362,6 +292,148 @@ def run(
     return result, final_path
 
 
+@dataclasses.dataclass
+class Prepared:
+    """What every step of a job starts from: its checked data, the eval rows' split, the
+    original's measurement and outputs, and the StepData the steps see."""
+
+    ctx: RunContext  # with the resolved device
+    model_info: ModelInfo
+    batch_sizes: list[int]
+    rows_per_batch: int
+    manifest: dict[str, Any]
+    eval_arrays: Mapping[str, np.ndarray]
+    eval_feeds: Feeds
+    split: EvalSplit
+    calibration_arrays: Mapping[str, np.ndarray]
+    notes: list[Note]
+    original: ModelMetrics
+    reference_outputs: np.ndarray
+    other_outputs: OutputSnapshot
+    selection_metric: float
+    data: StepData
+
+
+def prepare(
+    model_path: Path,
+    datasets: dict[str, Path],
+    spec: JobSpec,
+    ctx: RunContext,
+    *,
+    max_dataset_bytes: int = DEFAULT_MAX_DATASET_BYTES,
+    models: Mapping[str, Path] | None = None,
+) -> Prepared:
+    """Validate the model and data, split the eval rows, measure the original: what
+    `run` does before its first step, and what a helper that runs part of a job's first
+    step on another worker (core.recipe.helper) does to see the very same StepData."""
+    device = resolve_device(ctx.device)
+    ctx = dataclasses.replace(ctx, device=device)
+    ctx.work_dir.mkdir(parents=True, exist_ok=True)
+    ctx.report(0.0, "validating the model and data")
+
+    model_info = inspect_model(model_path)
+    eval_path = _dataset_path(datasets, spec.eval_dataset_id)
+    train_path = _dataset_path(datasets, spec.train_dataset_id) if spec.train_dataset_id else None
+    calibration_path = (
+        _dataset_path(datasets, spec.calibration_dataset_id)
+        if spec.calibration_dataset_id
+        else train_path or eval_path
+    )
+    for path in dict.fromkeys(p for p in (eval_path, calibration_path, train_path) if p):
+        _check_dataset(model_info, path, spec, max_dataset_bytes)
+    batch_sizes = _deployment_batch_sizes(model_info, spec)
+    rows_per_batch = eval_batch_size(model_info.inputs, spec.task)
+
+    # External data files are part of the model's bytes: each one is hashed too.
+    model_file_paths = model_files(model_path)
+    manifest_inputs = (
+        {"model": model_path}
+        | {f"model:{path.relative_to(model_path.parent)}": path for path in model_file_paths[1:]}
+        | {dataset_id: _dataset_path(datasets, dataset_id) for dataset_id in spec.dataset_ids()}
+        | dict(models or {})
+    )
+    manifest = build_manifest(manifest_inputs, spec, device)
+    _refuse_training_on_eval_bytes(spec, manifest)
+    eval_arrays = load_arrays(eval_path)
+    train_arrays = load_arrays(train_path) if train_path is not None else None
+    eval_feeds = model_feeds(eval_arrays, model_info.inputs, spec.task)
+    split = split_eval_rows(sample_count(eval_feeds), spec.seed, spec.held_out_fraction)
+    selection_arrays = rows_of(eval_arrays, split.selection, spec.task, sample_count(eval_feeds))
+    if calibration_path == eval_path:
+        calibration_arrays: Mapping[str, np.ndarray] = selection_arrays
+    elif calibration_path == train_path and train_arrays is not None:
+        calibration_arrays = train_arrays
+    else:
+        calibration_arrays = load_arrays(calibration_path)
+    notes = data_notes(spec, model_info, eval_arrays, train_arrays, calibration_path == eval_path)
+    if split.record.note:
+        notes.append(Note(code="eval_rows_not_split", message=split.record.note))
+    ctx.report(
+        0.01,
+        "validated the model and data",
+        evaluation=split.record.model_dump(),
+        notes=[note.model_dump() for note in notes],
+    )
+
+    ctx.report(_MEASURE_ORIGINAL[0], "measuring the original model")
+    # The original's outputs are computed once, on every eval row, and are the reference
+    # for every later model; its reported metric is the held-out rows'.
+    original, reference_outputs = measure_model_with_outputs(
+        model_path,
+        eval_arrays,
+        spec.task,
+        batch_sizes,
+        ctx.measure,
+        device,
+        check_cancelled=ctx.check_cancelled,
+        score_rows=split.held_out,
+    )
+    selection_metric = _metric_on(
+        spec.task, eval_arrays, reference_outputs, reference_outputs, split.selection
+    )
+    original.selection_metric_value = selection_metric
+    other_outputs = capture_other_outputs(
+        model_path, eval_arrays, spec.task, ctx.measure, device, ctx.check_cancelled
+    )
+    original.other_outputs = compare_other_outputs(other_outputs, other_outputs, rows_per_batch)
+    ctx.report(_MEASURE_ORIGINAL[1], "measured the original model", metrics=original.model_dump())
+
+    data = StepData(
+        selection_arrays,
+        calibration_arrays,
+        model_info.inputs,
+        spec.task,
+        train_arrays=train_arrays,
+        targets=spec.targets,
+        batch_size=spec.batch_size,
+        batch_sizes=tuple(batch_sizes),
+        reference_outputs=reference_outputs[split.selection],
+        original_metrics=original.model_copy(
+            update={"metric_value": selection_metric, "metric_rows": len(split.selection)}
+        ),
+        original_model_path=model_path,
+        models=dict(models or {}),
+        timing_sessions=onnxruntime_sessions(spec, device),
+    )
+    return Prepared(
+        ctx=ctx,
+        model_info=model_info,
+        batch_sizes=batch_sizes,
+        rows_per_batch=rows_per_batch,
+        manifest=manifest,
+        eval_arrays=eval_arrays,
+        eval_feeds=eval_feeds,
+        split=split,
+        calibration_arrays=calibration_arrays,
+        notes=notes,
+        original=original,
+        reference_outputs=reference_outputs,
+        other_outputs=other_outputs,
+        selection_metric=selection_metric,
+        data=data,
+    )
+
+
 def changed_output_notes(final: ModelMetrics) -> list[Note]:
     """A note for every other output the final model no longer computes as the original
     did (the metric does not read them, so only this says a broken state output)."""
@@ -406,9 +478,7 @@ def data_notes(
                 ),
             )
         )
-    calibrating = any(
-        getattr(step, "mode", None) in ("static", "auto") for step in spec.steps
-    )
+    calibrating = any(getattr(step, "mode", None) in ("static", "auto") for step in spec.steps)
     if eval_calibrates and calibrating:
         notes.append(
             Note(
@@ -484,9 +554,7 @@ def _same_files_reason(before: Path, after: Path) -> str | None:
     return None
 
 
-def _job_unchanged_reason(
-    original: Path, final: Path, steps: list[StepResult]
-) -> str | None:
+def _job_unchanged_reason(original: Path, final: Path, steps: list[StepResult]) -> str | None:
     """Why the job's result is its input, or None when it may differ."""
     reasons = "; ".join(
         f"step {step.index + 1} ({step.method}): {step.unchanged_reason}"

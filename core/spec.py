@@ -695,6 +695,10 @@ class AutoStep(StrictModel):
     # quantize what the other kinds produce, too
     quantize_results: bool = True
     seed: int | None = None
+    # Workers that produce the candidates that train (their short rounds) at once: this
+    # job's and parallel_workers - 1 helpers sent to its queue (core.recipe.helper).
+    # Needs the recipe to be the job's first step, whose input the helpers can load.
+    parallel_workers: int = Field(default=1, ge=1, le=16)
 
     @field_validator("prune_ratios")
     @classmethod

@@ -1,19 +1,21 @@
 """The auto recipe's finished candidates of a job, kept so that a new attempt resumes the
 recipe (worker.recipe_candidates puts their models in the blob store and these rows in
 the caller's transaction). A recipe's first attempt records its start; a candidate is
-recorded once (the first attempt to finish it wins: both measured the same thing)."""
+recorded once (the first attempt to finish it wins: both measured the same thing).
+A fanned-out recipe's helpers claim the candidates they produce (`claim`, `renew`): a
+claim lasts until its expiry, which its holder's worker keeps pushing forward."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from store.tables import RecipeCandidateRow, RecipeRunRow, utcnow
+from store.tables import RecipeCandidateRow, RecipeClaimRow, RecipeRunRow, utcnow
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,7 @@ class CandidateRecord:
     sha256: str | None = None
     float_model_file: str | None = None
     float_sha256: str | None = None
+    measured_by: str | None = None
 
 
 def begin(session: Session, job_id: str, recipe: str, attempt: int) -> RecipeStart:
@@ -96,12 +99,63 @@ def record(session: Session, job_id: str, recipe: str, candidate: CandidateRecor
                     sha256=candidate.sha256,
                     float_model_file=candidate.float_model_file,
                     float_sha256=candidate.float_sha256,
+                    measured_by=candidate.measured_by,
                     created_at=utcnow(),
                 )
             )
     except IntegrityError:
         return False
     return True
+
+
+def claim(
+    session: Session, job_id: str, recipe: str, key: str, holder: str, lease_s: float
+) -> bool:
+    """True when `holder` now holds the candidate for `lease_s`: it is not recorded, and
+    nobody else's claim on it is live (a lapsed one is taken over)."""
+    if get(session, job_id, recipe, key) is not None:
+        return False
+    now = utcnow()
+    expires = now + timedelta(seconds=lease_s)
+    row = session.get(RecipeClaimRow, (job_id, recipe, key), with_for_update=True)
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(
+                    RecipeClaimRow(
+                        job_id=job_id, recipe=recipe, key=key, holder=holder, expires_at=expires
+                    )
+                )
+        except IntegrityError:  # another holder claimed it meanwhile
+            return False
+        return True
+    if row.holder != holder and row.expires_at > now:
+        return False
+    # conditional on what was read: of two takers of a lapsed claim only one wins, also
+    # where the database takes no row lock (SQLite)
+    taken = session.execute(
+        update(RecipeClaimRow)
+        .where(
+            RecipeClaimRow.job_id == job_id,
+            RecipeClaimRow.recipe == recipe,
+            RecipeClaimRow.key == key,
+            RecipeClaimRow.holder == row.holder,
+            RecipeClaimRow.expires_at == row.expires_at,
+        )
+        .values(holder=holder, expires_at=expires)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(taken, "rowcount", 0) or 0) == 1
+
+
+def renew(session: Session, job_id: str, holder: str, lease_s: float) -> int:
+    """Push the holder's claims on the job's candidates `lease_s` ahead; how many."""
+    result = session.execute(
+        update(RecipeClaimRow)
+        .where(RecipeClaimRow.job_id == job_id, RecipeClaimRow.holder == holder)
+        .values(expires_at=utcnow() + timedelta(seconds=lease_s))
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def forget_job(session: Session, job_id: str) -> list[str]:
@@ -114,6 +168,7 @@ def forget_job(session: Session, job_id: str) -> list[str]:
     ).all()
     session.execute(delete(RecipeCandidateRow).where(RecipeCandidateRow.job_id == job_id))
     session.execute(delete(RecipeRunRow).where(RecipeRunRow.job_id == job_id))
+    session.execute(delete(RecipeClaimRow).where(RecipeClaimRow.job_id == job_id))
     return [sha for pair in rows for sha in pair if sha is not None]
 
 
@@ -129,4 +184,5 @@ def _record_of(row: RecipeCandidateRow) -> CandidateRecord:
         sha256=row.sha256,
         float_model_file=row.float_model_file,
         float_sha256=row.float_sha256,
+        measured_by=row.measured_by,
     )

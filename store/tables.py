@@ -196,9 +196,7 @@ class BatchRow(Base):
     __tablename__ = "batches"
     __table_args__ = (
         Index("ix_batches_tenant_created", "tenant_id", "created_at"),
-        UniqueConstraint(
-            "tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency_key"
-        ),
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_batches_tenant_idempotency_key"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -311,9 +309,7 @@ class RecipeRunRow(Base):
 
     __tablename__ = "recipe_runs"
 
-    job_id: Mapped[str] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
-    )
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
     recipe: Mapped[str] = mapped_column(String(64), primary_key=True)
     first_attempt: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -326,9 +322,7 @@ class RecipeCandidateRow(Base):
     no garbage collection takes them while the row exists."""
 
     __tablename__ = "recipe_candidates"
-    __table_args__ = (
-        UniqueConstraint("job_id", "recipe", "key", name="uq_recipe_candidates_key"),
-    )
+    __table_args__ = (UniqueConstraint("job_id", "recipe", "key", name="uq_recipe_candidates_key"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -346,4 +340,20 @@ class RecipeCandidateRow(Base):
     sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     float_model_file: Mapped[str | None] = mapped_column(String(32), default=None)
     float_sha256: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
+    # the helper that produced it (AutoStep.parallel_workers); None: the job's runner
+    measured_by: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RecipeClaimRow(Base):
+    """Who produces a candidate of a fanned-out recipe now: one claim per candidate, held
+    while `expires_at` is renewed by its holder's worker (a dead holder's claim lapses and
+    another takes it over)."""
+
+    __tablename__ = "recipe_claims"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    recipe: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -106,9 +106,10 @@ class TimeLimitExceeded(EngineError):
 
 @dataclass(frozen=True)
 class EngineRequest:
-    """What the child runs: the pipeline of a job, or a search helper's trials."""
+    """What the child runs: the pipeline of a job, a search helper's trials, or a recipe
+    helper's short rounds (core.recipe.helper)."""
 
-    kind: Literal["pipeline", "search"]
+    kind: Literal["pipeline", "search", "recipe"]
     work_dir: Path  # the engine's RunContext.work_dir
     model_path: Path
     dataset_paths: dict[str, Path]
@@ -197,6 +198,7 @@ def run_engine(
     poll_interval_s: float = POLL_INTERVAL_S,
     on_memory: MemorySink | None = None,
     fork_server: bool = True,
+    on_tick: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run `request` in a child and return its outcome's payload (for a pipeline:
     {"result": PipelineResult JSON, "final_model": path}; for a search: {"trials": n}).
@@ -208,7 +210,8 @@ def run_engine(
     the child is gone when this returns or raises, including for an exception from a
     callback or one raised into this thread (Celery's soft time limit). `on_memory` sees
     every sample of the child's memory once its work began (the peak resident set, and
-    its growth past the start, the figure `memory_limit_bytes` applies to)."""
+    its growth past the start, the figure `memory_limit_bytes` applies to). `on_tick` is
+    called at every poll while the child lives (the candidate store renews its claims)."""
     request.work_dir.mkdir(parents=True, exist_ok=True)
     request_path = request.work_dir / REQUEST_FILE
     outcome_path = request.work_dir / OUTCOME_FILE
@@ -307,6 +310,8 @@ def run_engine(
             except (JobCancelled, TimeLimitExceeded):
                 kill()
                 raise
+            if on_tick is not None:
+                on_tick()
             if process.poll() is not None and not (pipe_open and receiver.poll(0)):
                 break
     finally:
@@ -385,6 +390,10 @@ def _answer(answers: Connection, store: CandidateStore, call: dict[str, Any]) ->
                 float_model=Path(call["float_model"]) if call["float_model"] else None,
             )
             answer = {}
+        elif call["call"] == "claim":
+            answer = {"claimed": store.claim(recipe, call["key"])}
+        elif call["call"] == "holder":
+            answer = {"holder": store.holder()}
         else:
             fetched = store.fetch(recipe, call["key"], Path(call["folder"]))
             answer = {
@@ -444,6 +453,14 @@ class PipeCandidateStore:
         answer = self._call(call="fetch", recipe=recipe, key=key, folder=str(folder))
         float_path = answer["float_path"]
         return FetchedModel(Path(answer["path"]), Path(float_path) if float_path else None)
+
+    def claim(self, recipe: str, key: str) -> bool:
+        return bool(self._call(call="claim", recipe=recipe, key=key)["claimed"])
+
+    def holder(self) -> str | None:
+        if not hasattr(self, "_holder"):
+            self._holder: str | None = self._call(call="holder", recipe="")["holder"]
+        return self._holder
 
 
 def warm_fork_server() -> None:
@@ -590,6 +607,14 @@ def _run(
         request_helpers=helpers,
         candidate_store=candidate_store or NoCandidateStore(),
     )
+    if request.kind == "recipe":
+        from core.recipe.helper import join_recipe
+
+        assert request.study_name is not None
+        produced = join_recipe(
+            request.model_path, request.dataset_paths, spec, request.study_name, ctx
+        )
+        return {"trials": produced}
     if request.kind == "search":
         assert request.study_name is not None
         trials = join_search(

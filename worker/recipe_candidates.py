@@ -5,12 +5,18 @@ It runs in the pool process; the engine's child reaches it over its pipe
 (worker.engine_process), so the child holds no database connection nor blob store
 credentials. A model with external data is kept as a zip of its files (the upload
 layout) and unpacked when fetched.
+
+A fanned-out recipe's runner and helpers each have one, under their holder name (None:
+the job's runner): their claims are renewed by `renew_claims`, which the pool process
+calls while it supervises its engine child, so a claim lapses `lease_s` after its
+holder's worker died.
 """
 
 from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -32,12 +38,44 @@ class JobCandidates:
         job_id: str,
         attempt: int,
         limits: ArchiveLimits,
+        holder: str | None = None,
+        lease_s: float = 30.0,
     ) -> None:
         self.sessions = sessions
         self.blobs = blobs
         self.job_id = job_id
         self.attempt = attempt
         self.limits = limits
+        self._holder = holder
+        self.lease_s = lease_s
+        self._claimed = False
+        self._renewed_at = 0.0
+
+    def holder(self) -> str | None:
+        return self._holder
+
+    def _claimant(self) -> str:
+        # the job's runner claims under a name of its attempt: a dead attempt's claims
+        # lapse like a dead helper's
+        return self._holder or f"runner:attempt-{self.attempt}"
+
+    def claim(self, recipe: str, key: str) -> bool:
+        with transaction(self.sessions) as session:
+            claimed = recipe_candidates.claim(
+                session, self.job_id, recipe, key, self._claimant(), self.lease_s
+            )
+        self._claimed = self._claimed or claimed
+        if claimed:
+            self._renewed_at = time.monotonic()
+        return claimed
+
+    def renew_claims(self) -> None:
+        """Keep this holder's claims alive: at most every third of the lease."""
+        if not self._claimed or time.monotonic() - self._renewed_at < self.lease_s / 3:
+            return
+        self._renewed_at = time.monotonic()
+        with transaction(self.sessions) as session:
+            recipe_candidates.renew(session, self.job_id, self._claimant(), self.lease_s)
 
     def begin(self, recipe: str) -> RecipeMemory:
         with transaction(self.sessions) as session:
@@ -85,6 +123,7 @@ class JobCandidates:
                         sha256=stored["model"].sha256 if "model" in stored else None,
                         float_model_file=kept["float"].name if "float" in kept else None,
                         float_sha256=stored["float"].sha256 if "float" in stored else None,
+                        measured_by=candidate.by,
                     ),
                 )
 
@@ -125,4 +164,5 @@ def _finished(record: CandidateRecord) -> FinishedCandidate:
         note=record.note,
         has_model=record.sha256 is not None,
         has_float_model=record.float_sha256 is not None,
+        by=record.measured_by,
     )

@@ -293,7 +293,12 @@ class JobRunner:
                 # finished candidates outlive the attempt: the next one resumes the recipe
                 request = dataclasses.replace(request, keep_candidates=True)
                 candidates = JobCandidates(
-                    self.sessions, self.blobs, job_id, attempt, archive_limits(self.settings)
+                    self.sessions,
+                    self.blobs,
+                    job_id,
+                    attempt,
+                    archive_limits(self.settings),
+                    lease_s=self.settings.lease_s,
                 )
             # The engine runs in a child this process kills on a cancel, a lost lease, a
             # shutdown or the time limit: native code cannot be interrupted otherwise.
@@ -307,6 +312,7 @@ class JobRunner:
                 memory_limit_bytes=allowance,
                 on_memory=MemoryRecorder(self.sessions, job_id, attempt, allowance),
                 fork_server=self.settings.engine_fork_server,
+                on_tick=candidates.renew_claims if candidates is not None else None,
             )
             result = PipelineResult.model_validate(payload["result"])
             final_model = Path(payload["final_model"])
@@ -488,9 +494,7 @@ class JobRunner:
             message = f"the model was not registered in MLflow ({code}): {error}"
             log.warning("job %s: %s", job_id, message)
             with transaction(self.sessions) as session:
-                jobs.add_event(
-                    session, job_id, attempt, "registry", message, {"error_code": code}
-                )
+                jobs.add_event(session, job_id, attempt, "registry", message, {"error_code": code})
             note = Note(code="registry_failed", message=message[:2000])
             return result.model_copy(update={"notes": [*result.notes, note]})
         with transaction(self.sessions) as session:

@@ -1,18 +1,22 @@
-"""A search helper: the service function behind the `squeeze.search_trials` task.
+"""A search or recipe helper: the service function behind the `squeeze.search_trials` task.
 
 The job's own runner sends `parallel_workers - 1` of these to the job's queue when its
-search starts. A helper never claims the job nor touches its lease or attempt: it loads
-the job's inputs, joins the search's study and runs trials while the job is running,
-writing one `search_trial` event per trial to the job's log. It stops when the study has
-its trials, the budget is spent, or the job is no longer running (ended, requeued after
-its worker died, or cancelled).
+search (or its fanned-out auto recipe) starts. A helper never claims the job nor touches
+its lease or attempt: it loads the job's inputs and, while the job is running, either
+joins the search's study and runs trials, writing one `search_trial` event per trial, or
+(a name starting "auto-": core.recipe.helper) produces the recipe's unclaimed short
+rounds into the job's candidate store, writing one `recipe_candidate` event per
+candidate. It stops when the work is done, the budget is spent, or the job is no longer
+running (ended, requeued after its worker died, or cancelled).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import socket
 import time
 import uuid
 from typing import Any
@@ -22,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from core import pipeline
 from core.archive import materialise_model
+from core.candidates import RECIPE_PREFIX
 from core.errors import JobCancelled
 from service.settings import Settings
 from store import jobs
@@ -35,12 +40,14 @@ from worker.engine_process import (
     run_engine,
 )
 from worker.limits import SHUTDOWN
+from worker.recipe_candidates import JobCandidates
 from worker.runner import JobRunner, archive_limits, job_memory_allowance, measure_settings
 from worker.search_storage import search_store
 
 log = logging.getLogger(__name__)
 
 TRIAL_EVENT = "search_trial"
+CANDIDATE_EVENT = "recipe_candidate"
 # how often a helper looks at the job's row (state and cancel flag)
 WATCH_INTERVAL_S = 1.0
 
@@ -101,8 +108,9 @@ class SearchHelper:
             model_path = materialise_model(
                 inputs.model_path, work_dir / "input", archive_limits(self.settings)
             )
+            recipe = study_name.startswith(RECIPE_PREFIX)
             request = EngineRequest(
-                kind="search",
+                kind="recipe" if recipe else "search",
                 work_dir=work_dir / "search",
                 model_path=model_path,
                 dataset_paths=inputs.dataset_paths,
@@ -114,6 +122,20 @@ class SearchHelper:
                 study_name=study_name,
                 helper_index=helper_index,
                 memory_allowance_bytes=job_memory_allowance(self.settings, inputs.spec),
+                keep_candidates=recipe,
+            )
+            candidates = (
+                JobCandidates(
+                    self.sessions,
+                    self.runner.blobs,
+                    job_id,
+                    attempt,
+                    archive_limits(self.settings),
+                    holder=f"helper-{helper_index}@{socket.gethostname()}:{os.getpid()}",
+                    lease_s=self.settings.lease_s,
+                )
+                if recipe
+                else None
             )
             # In a child, as the job's own engine: killed when the job stops, past the
             # time limit or past the job's memory ceiling.
@@ -124,10 +146,13 @@ class SearchHelper:
                 time_limit_s=self.settings.task_soft_time_limit_s,
                 memory_limit_bytes=request.memory_allowance_bytes,
                 fork_server=self.settings.engine_fork_server,
+                candidate_store=candidates,
+                on_tick=candidates.renew_claims if candidates is not None else None,
             )
             ran = int(payload["trials"])
-            log.info("search helper %d for %s ran %d trials", helper_index, job_id, ran)
-            return f"ran {ran} trials"
+            what = "candidates" if recipe else "trials"
+            log.info("%s helper %d for %s ran %d %s", request.kind, helper_index, job_id, ran, what)
+            return f"ran {ran} {what}"
         except JobCancelled:
             return "stopped"
         except (MemoryLimitExceeded, TimeLimitExceeded) as error:
@@ -154,10 +179,17 @@ class SearchHelper:
         """Trial reports become events of the job; other progress stays local."""
 
         def write(progress: float, message: str, data: dict[str, Any]) -> None:
-            if "trial" not in data:
+            kind = (
+                TRIAL_EVENT
+                if "trial" in data
+                else CANDIDATE_EVENT
+                if "stage" in data.get("candidate", {})
+                else None
+            )
+            if kind is None:
                 return
             safe = json.loads(json.dumps(data, default=str))
             with transaction(self.sessions) as session:
-                jobs.add_event(session, job_id, attempt, TRIAL_EVENT, message, safe)
+                jobs.add_event(session, job_id, attempt, kind, message, safe)
 
         return write

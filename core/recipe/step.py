@@ -30,8 +30,16 @@ key) is taken as it was measured instead of being produced and measured again, i
 fetched only when it is chosen or is the base of a later stage; its row says which
 attempt it was resumed from. The time budget counts from the recipe's first attempt.
 
-Candidates run one after another on this worker; fanning them out to other workers is
-not done yet.
+Fan-out (`parallel_workers` > 1, the recipe being the job's first step): the recipe asks
+for `parallel_workers - 1` helpers as it starts (RunContext.request_helpers, under its
+recipe name; the worker sends them to the job's queue). A helper (core.recipe.helper)
+prepares the job's data as the pipeline does, measures the original, and produces short
+rounds the others have not claimed (CandidateStore.claim), recording each in the store.
+The recipe's own runner does the same with every short round nobody holds, then waits
+for the ones helpers hold and takes them as they were recorded (their rows say `by`),
+taking over a claim that lapsed (its helper died). A helper's latency is timed
+interleaved with the original on its own machine, so its ratios compare with the
+runner's. The long rounds and the quantization of survivors run on the runner.
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ log = logging.getLogger(__name__)
 
 # the key of the recipe's input model as a base
 ORIGINAL = "original"
+# how often the runner looks for the short rounds that helpers hold
+SHARED_POLL_S = 0.5
 
 
 @dataclass
@@ -86,10 +96,15 @@ class Tried:
 
 @register_step("auto")
 def auto(model_path: Path, config: AutoStep, data: StepData, ctx: RunContext) -> StepOutput:
+    return recipe_for(model_path, config, data, ctx).run()
+
+
+def recipe_for(model_path: Path, config: AutoStep, data: StepData, ctx: RunContext) -> Recipe:
+    """The recipe the step runs (and a helper joins: the same seed, the same name)."""
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     if config.seed is not None:
         ctx = dataclasses.replace(ctx, seed=config.seed)
-    return Recipe(model_path, config, data, ctx).run()
+    return Recipe(model_path, config, data, ctx)
 
 
 class Recipe:
@@ -116,25 +131,21 @@ class Recipe:
         self.measure = WorkerMeasure(model_path, data, ctx)
         self.tried: list[Tried] = []
         self.skipped: dict[str, str] = {}
+        # helpers can load only the job's uploaded model: fan out from the first step
+        self.fan_out = config.parallel_workers > 1 and model_path == data.original_model_path
+        self.fan_out_note = (
+            None
+            if self.fan_out or config.parallel_workers == 1
+            else "parallel_workers was ignored: helpers join a recipe only when it is the "
+            "job's first step (they load the uploaded model); every candidate ran here"
+        )
 
     # --- the plan ----------------------------------------------------------------------------
 
     def run(self) -> StepOutput:
-        self.ctx.report_step(0.0, "auto: measuring the original")
-        baseline = self.measure(self.original)
-        self.metric_name = baseline.metric_name
-        self.criteria = Criteria(
-            targets=self.kc.data.targets,
-            baseline_metric=(
-                baseline.reference_metric
-                if baseline.reference_metric is not None
-                else baseline.metric_value
-            ),
-            input_size_bytes=file_size(self.original),
-            batch_sizes=tuple(lat.batch_size for lat in baseline.latency),
-            allow_slower=self.kc.data.targets.allow_slower,
-            tolerance=max(lat.tolerance for lat in baseline.latency),
-        )
+        if self.fan_out:
+            self.ctx.request_helpers(self.recipe, self.config.parallel_workers - 1)
+        self._measure_baseline()
         proposals = self._proposals()
         cheap = [(k, p) for k, p in proposals if not k.trains]
         training = [(k, p) for k, p in proposals if k.trains]
@@ -146,10 +157,7 @@ class Recipe:
             for tried in rewritten:
                 self._quantize(tried)
 
-        shorts = [
-            self._try(kind, proposal, None, self.config.short_epochs, "short")
-            for kind, proposal in training
-        ]
+        shorts = self._short_rounds(training)
         lineages = [t for t in shorts if t is not None and t.judged]
         kept = survivors(lineages, self.config.keep, self._rank)
         finals = list(kept)
@@ -169,6 +177,73 @@ class Recipe:
                 self._quantize(tried)
 
         return self._finish()
+
+    def help(self) -> int:
+        """A helper's share of the recipe: the short rounds nobody else holds, each
+        claimed, produced, measured and recorded; returns how many it produced."""
+        self._measure_baseline()
+        training = [(k, p) for k, p in self._proposals() if k.trains]
+        store = self.ctx.candidate_store
+        produced = 0
+        for kind, proposal in training:
+            self.ctx.check_cancelled()
+            if time.monotonic() >= self.deadline:
+                break
+            key = self._key("short", proposal, None)
+            if key in store.begin(self.recipe).finished or not store.claim(self.recipe, key):
+                continue
+            if self._try(kind, proposal, None, self.config.short_epochs, "short") is not None:
+                produced += 1
+        return produced
+
+    def _short_rounds(self, training: list[tuple[Kind, Proposal]]) -> list[Tried | None]:
+        """Every training candidate's short round: here one after another, or with
+        fan-out each either produced here (claimed) or taken from its helper's record."""
+        epochs = self.config.short_epochs
+        if not self.fan_out:
+            return [self._try(kind, proposal, None, epochs, "short") for kind, proposal in training]
+        store = self.ctx.candidate_store
+        done: dict[int, Tried | None] = {}
+        while True:
+            for index, (kind, proposal) in enumerate(training):
+                if index in done:
+                    continue
+                key = self._key("short", proposal, None)
+                if key in self.memory.finished or store.claim(self.recipe, key):
+                    done[index] = self._try(kind, proposal, None, epochs, "short")
+            if len(done) == len(training):
+                break
+            self.ctx.check_cancelled()
+            if time.monotonic() >= self.deadline:
+                held = [p.name for i, (_, p) in enumerate(training) if i not in done]
+                self.stopped_by = self.stopped_by or (
+                    f"the time budget of {self.config.time_budget_s:g} s was spent while "
+                    f"helpers still produced {', '.join(held)} (short)"
+                )
+                break
+            time.sleep(SHARED_POLL_S)
+            self.memory = store.begin(self.recipe)  # what the helpers recorded since
+        return [done.get(index) for index in range(len(training))]
+
+    def _key(self, stage: str, proposal: Proposal, base: Tried | None) -> str:
+        return f"{stage}:{proposal.name}<{base.key if base is not None else ORIGINAL}"
+
+    def _measure_baseline(self) -> None:
+        self.ctx.report_step(0.0, "auto: measuring the original")
+        baseline = self.measure(self.original)
+        self.metric_name = baseline.metric_name
+        self.criteria = Criteria(
+            targets=self.kc.data.targets,
+            baseline_metric=(
+                baseline.reference_metric
+                if baseline.reference_metric is not None
+                else baseline.metric_value
+            ),
+            input_size_bytes=file_size(self.original),
+            batch_sizes=tuple(lat.batch_size for lat in baseline.latency),
+            allow_slower=self.kc.data.targets.allow_slower,
+            tolerance=max(lat.tolerance for lat in baseline.latency),
+        )
 
     def _proposals(self) -> list[tuple[Kind, Proposal]]:
         allowed: set[str] = (
@@ -206,7 +281,7 @@ class Recipe:
         """Produce, measure and judge one candidate from `base` (None: the original), or
         take it as an earlier attempt recorded it; None once the budget is spent."""
         self.ctx.check_cancelled()
-        key = f"{stage}:{proposal.name}<{base.key if base is not None else ORIGINAL}"
+        key = self._key(stage, proposal, base)
         recorded = self.memory.finished.get(key)
         if recorded is not None:
             return self._resume(proposal, stage, key, recorded)
@@ -255,8 +330,9 @@ class Recipe:
     def _resume(
         self, proposal: Proposal, stage: str, key: str, recorded: FinishedCandidate
     ) -> Tried:
-        """The candidate an earlier attempt finished, as it was measured (judged again
-        by this attempt's criteria); its model stays in the store until it is needed."""
+        """The candidate an earlier attempt or a helper finished, as it was measured
+        (judged again by this attempt's criteria); its model stays in the store until it
+        is needed."""
         tried = Tried(
             len(self.tried),
             proposal,
@@ -278,7 +354,12 @@ class Recipe:
             )
         self.ctx.report_step(
             min(0.95, (time.monotonic() - self.started) / self.config.time_budget_s),
-            f"auto: {proposal.name} ({stage}) resumed from attempt {recorded.attempt}",
+            f"auto: {proposal.name} ({stage}) "
+            + (
+                f"resumed from attempt {recorded.attempt}"
+                if recorded.attempt < self.memory.attempt
+                else f"measured by {recorded.by}"
+            ),
             candidate=self._row(tried),
         )
         return tried
@@ -309,6 +390,7 @@ class Recipe:
             note=tried.note,
             has_model=produced is not None,
             has_float_model=produced is not None and produced.float_path is not None,
+            by=self.ctx.candidate_store.holder(),
         )
         try:
             self.ctx.candidate_store.record(
@@ -427,8 +509,17 @@ class Recipe:
             "resumed": [
                 f"{self._row(t)['name']}: resumed from attempt {t.resumed.attempt}"
                 for t in self.tried
-                if t.resumed is not None
+                if t.resumed is not None and t.resumed.attempt < self.memory.attempt
             ],
+            "fan_out": {
+                "parallel_workers": self.config.parallel_workers if self.fan_out else 1,
+                "by_helpers": [
+                    self._row(t)["name"]
+                    for t in self.tried
+                    if t.resumed is not None and t.resumed.by is not None
+                ],
+                **({"note": self.fan_out_note} if self.fan_out_note else {}),
+            },
             "budget": {
                 "time_budget_s": self.config.time_budget_s,
                 "spent_s": round(spent, 1),
@@ -459,8 +550,11 @@ class Recipe:
         }
         if tried.note:
             row["note"] = tried.note
-        if tried.resumed is not None:
+        if tried.resumed is not None and tried.resumed.attempt < self.memory.attempt:
             row["resumed_from_attempt"] = tried.resumed.attempt
+        by = tried.resumed.by if tried.resumed is not None else self.ctx.candidate_store.holder()
+        if by is not None:
+            row["by"] = by
         if tried.outcome is not None and tried.outcome.measurement is not None:
             m, j = tried.outcome.measurement, tried.outcome.judgement
             assert j is not None

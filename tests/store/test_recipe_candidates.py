@@ -5,6 +5,7 @@ forgets them."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,3 +107,50 @@ def test_the_rows_name_their_blobs_until_the_job_forgets_them(
         assert recipe_candidates.finished(session, job_id, "auto-1") == []
         # a new start: the forgotten recipe's budget is not counted again
         assert recipe_candidates.begin(session, job_id, "auto-1", attempt=3).first_attempt == 3
+
+
+def claim(
+    sessions: sessionmaker[Session], job_id: str, key: str, holder: str, lease_s: float
+) -> bool:
+    with transaction(sessions) as session:
+        return recipe_candidates.claim(session, job_id, "auto-r", key, holder, lease_s)
+
+
+def test_a_candidate_is_claimed_by_one_holder_until_its_claim_lapses(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
+    assert claim(sessions, job_id, "short:prune-30<original", "helper-1", 60)
+    assert claim(sessions, job_id, "short:prune-30<original", "helper-1", 60)  # its own
+    assert not claim(sessions, job_id, "short:prune-30<original", "runner", 60)
+    # a claim whose holder stopped renewing it lapses: another takes it over
+    assert claim(sessions, job_id, "short:prune-50<original", "helper-2", 0.0)
+    assert claim(sessions, job_id, "short:prune-50<original", "runner", 60)
+    assert not claim(sessions, job_id, "short:prune-50<original", "helper-2", 60)
+
+
+def test_renewing_keeps_a_claim_and_a_recorded_candidate_cannot_be_claimed(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
+    assert claim(sessions, job_id, "short:prune-30<original", "helper-1", 0.0)
+    with transaction(sessions) as session:
+        assert recipe_candidates.renew(session, job_id, "helper-1", 60) == 1
+    assert not claim(sessions, job_id, "short:prune-30<original", "runner", 60)
+    with transaction(sessions) as session:
+        recipe_candidates.record(session, job_id, "auto-r", candidate("short:prune-70<original", 1))
+    assert not claim(sessions, job_id, "short:prune-70<original", "helper-1", 60)
+    with transaction(sessions) as session:
+        recipe_candidates.forget_job(session, job_id)
+    # forgotten with the job's recipes: nobody holds it any more
+    assert claim(sessions, job_id, "short:prune-30<original", "runner", 60)
+
+
+def test_a_helpers_candidate_says_who_measured_it(
+    sessions: sessionmaker[Session], job_id: str
+) -> None:
+    helper_made = dataclasses.replace(
+        candidate("short:prune-30<original", 1), measured_by="helper-1"
+    )
+    with transaction(sessions) as session:
+        recipe_candidates.record(session, job_id, "auto-r", helper_made)
+        [kept] = recipe_candidates.finished(session, job_id, "auto-r")
+    assert kept.measured_by == "helper-1"
