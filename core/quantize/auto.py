@@ -349,47 +349,34 @@ def _variants(mode: str, profile: ModelProfile, config: AutoQuantize) -> list[Ca
             # QLinearConv directly: sometimes faster than ORT's QDQ fusion, never slower
             # to try on a convolution model
             formats.append("qoperator")
-        variants = [
-            Candidate(
-                f"static-{fmt}-per-channel",
-                StaticQuantize(
-                    method="quantize", mode="static", format=fmt, per_channel=True, **calibration
-                ),
-            )
-            for fmt in formats
-        ]
+
+        def static(fmt: Literal["qdq", "qoperator"], **options: Any) -> StaticQuantize:
+            return StaticQuantize(
+                method="quantize", mode="static", format=fmt, per_channel=True,
+                **calibration, **options,
+            )  # fmt: skip
+
+        variants = [Candidate(f"static-{fmt}-per-channel", static(fmt)) for fmt in formats]
+        stems = (
+            # the same with the shallow convs (an image stem) in FP32, where INT8 is slower
+            [
+                Candidate(
+                    f"{variant.name}-fp32-stem",
+                    static(fmt, nodes_to_exclude=list(profile.shallow_convs)),
+                )
+                for fmt, variant in zip(formats, variants, strict=True)
+            ]
+            if profile.kind == "conv" and profile.shallow_convs
+            else []
+        )
         if reduce_range_for(None)[0]:
             # This CPU's INT8 kernels can saturate, so the default weights use 7 bits
             # (core.quantize.cpu_int8); whether that precision or the rare int16 overflow
             # of 8-bit weights costs the model more depends on the model (measured here:
             # a residual CNN changed 8 of 300 decisions with 7 bits, 3 with 8), so both
             # are measured and the task metric decides.
-            variants.append(
-                Candidate(
-                    f"{FULL_STATIC_QDQ}-w8",
-                    StaticQuantize(
-                        method="quantize",
-                        mode="static",
-                        format="qdq",
-                        per_channel=True,
-                        reduce_range=False,
-                        **calibration,
-                    ),
-                )
-            )
-        if profile.kind == "conv" and profile.shallow_convs:
-            # the same with the shallow convs (an image stem) in FP32, where INT8 is slower
-            variants += [
-                Candidate(
-                    f"{variant.name}-fp32-stem",
-                    variant.config.model_copy(
-                        update={"nodes_to_exclude": list(profile.shallow_convs)}
-                    ),
-                )
-                for variant in list(variants)
-                if variant.config is not None and not variant.name.endswith("-w8")
-            ]
-        return variants
+            variants.append(Candidate(f"{FULL_STATIC_QDQ}-w8", static("qdq", reduce_range=False)))
+        return variants + stems
     if mode == "dynamic":
         # op_types None: every op the integer quantizer supports but Conv (ConvInteger is
         # slow); per-channel weights keep transformer embeddings close to FP32
