@@ -110,16 +110,31 @@ def worker_command(
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
     """SIGTERM to the child's process group (a Celery worker and its pool, uvicorn and
     its workers), SIGKILL if it is still there after `timeout_s`."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        process.wait()
+    stop_together([process], timeout_s)
+
+
+def stop_together(processes: list[subprocess.Popen[bytes]], timeout_s: float = 20) -> None:
+    """`stop` for several children at once: all are asked first, then all get the same
+    `timeout_s`, so N workers take one warm shutdown's time, not N of them."""
+    asked = []
+    for process in processes:
+        if process.poll() is not None:
+            continue
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        asked.append(process)
+    deadline = time.monotonic() + timeout_s
+    for process in asked:
+        try:
+            process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait()
 
 
 def wait_ready(base_url: str, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
@@ -280,9 +295,14 @@ class Service:
         )
 
     def stop(self) -> None:
-        """Workers first (no new job starts), then the API; each gets `stop_timeout_s`."""
-        for child in reversed(self.children):
-            stop(child.process, timeout_s=self.stop_timeout_s)
+        """Workers first (no new job starts), all at once, then the API; each of the two
+        rounds gets `stop_timeout_s`."""
+        workers = [child.process for child in self.children if child.name != "api"]
+        stop_together(workers, timeout_s=self.stop_timeout_s)
+        stop_together(
+            [child.process for child in self.children if child.name == "api"],
+            timeout_s=self.stop_timeout_s,
+        )
 
     # --- for a supervisor -----------------------------------------------------------------
 

@@ -115,7 +115,10 @@ def serve(cli: Cli) -> int:
                 err.write(f"squeeze serve: {line}\n")
             time.sleep(0.5)
     except Stop as stopped:
-        say(f"\n{stopped}: stopping the worker(s) and the API (at most {STOP_TIMEOUT_S} s each)")
+        say(
+            f"\n{stopped}: stopping the worker(s), then the API (at most {STOP_TIMEOUT_S} s "
+            "each)"
+        )
         return exit_codes.OK
     except runner.ServiceError as error:
         err.write(f"squeeze serve: {error}\n")
