@@ -8,7 +8,8 @@ asking at once are ranked by trial number (the storage hands numbers out atomica
 the one ranked past the budget gives its trial up at once (marked abandoned, left out of
 every report). A trial whose runner died stops beating; after the grace period it is
 failed and queued again with the same parameters (Optuna's heartbeat and retry
-callback), and the next runner to ask picks it up.
+callback), and the next runner to ask picks it up; one that died before its first beat
+is caught too (core/search/storage.py).
 """
 
 from __future__ import annotations
@@ -70,12 +71,14 @@ def storage_of(store: SearchStore) -> BaseStorage | None:
         return None
     import optuna
     from optuna.exceptions import ExperimentalWarning
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    from core.search.storage import HeartbeatStorage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are reported as events
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
-        return RDBStorage(
+        return HeartbeatStorage(
             store.url,
             engine_kwargs={"pool_pre_ping": True},
             heartbeat_interval=store.heartbeat_s,

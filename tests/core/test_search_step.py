@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import optuna
 import pytest
 import torch
 
@@ -18,6 +19,7 @@ from core.errors import JobCancelled, StepFailed
 from core.families import MlpFamily
 from core.formats import inspect_model
 from core.registry import StepData, StepOutput, get_step
+from core.search import storage as search_storage
 from core.search.cost import onnx_macs
 from core.search.session import Session
 from core.search.space import distributions, narrow
@@ -303,3 +305,54 @@ def test_auto_picks_the_transformer_family_for_sequences_and_its_trials_export(
     assert entry["costs"]["macs"] > 0
     session = ort.InferenceSession(str(output.model_path), providers=["CPUExecutionProvider"])
     assert session.run(None, {"input": x_test[:3]})[0].shape == (3, 10)
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_run_again(
+    cnn_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Optuna alone never fails a running trial without a heartbeat: the search waited
+    # for it until its time budget ran out
+    monkeypatch.setattr(search_storage, "SILENT_START_S", 0.5)
+    store = sqlite_store(tmp_path)
+    fields = {**TINY_MLP, "algorithm": "random", "max_trials": 2, "pruner": "none"}
+    config = SearchStep.model_validate({"method": "search", **fields})
+    space = distributions(narrow(MlpFamily, config.space))
+    storage = storage_of(store)
+    assert storage is not None
+    probe = Session.prepare(
+        config, digits_data(cnn_onnx), cnn_onnx, RunContext(tmp_path / "probe"), role=0
+    )
+    study = open_study(
+        storage, study_name(store, config), probe.directions, probe.sampler(0), probe.pruner()
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        orphan = study.ask(fixed_distributions=space)  # RUNNING, never beaten
+    time.sleep(store.grace_s + 1.0)
+
+    events: Events = []
+    output = run_search(cnn_onnx, context(tmp_path / "run", events, search_store=store), **fields)
+
+    trials = {t["number"]: t for t in output.details["trials"]}
+    assert trials[orphan.number]["state"] == "fail"
+    retried = [
+        t for t in trials.values() if t["state"] == "complete" and t["params"] == orphan.params
+    ]
+    assert retried, (orphan.params, trials)
+    assert output.details["budget"]["finished_trials"] == 2
+
+
+def test_a_just_asked_trial_without_a_heartbeat_yet_is_not_stale(tmp_path: Path) -> None:
+    store = sqlite_store(tmp_path)
+    storage = storage_of(store)
+    assert isinstance(storage, search_storage.HeartbeatStorage)
+    study = optuna.create_study(storage=storage, study_name="fresh")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        fresh = study.ask()
+
+    assert storage.never_beaten_trial_ids(study._study_id) == []  # within grace + slack
+    storage.silent_start_s = -float(store.grace_s) - 60  # as if it started a minute ago
+    assert storage.never_beaten_trial_ids(study._study_id) == [fresh._trial_id]
+    storage.record_heartbeat(fresh._trial_id)  # beaten: Optuna's own rule applies
+    assert storage.never_beaten_trial_ids(study._study_id) == []
