@@ -15,6 +15,7 @@ and must be able to say "install squeeze[server]" when the service's libraries a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -120,20 +121,16 @@ def stop_together(processes: list[subprocess.Popen[bytes]], timeout_s: float = 2
     for process in processes:
         if process.poll() is not None:
             continue
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         asked.append(process)
     deadline = time.monotonic() + timeout_s
     for process in asked:
         try:
             process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             process.wait()
 
 
