@@ -569,8 +569,9 @@ def render_busy(args: argparse.Namespace, result: BusyResult) -> str:
             f"`PYTHONPATH=. python bench/load.py --busy-only --busy-workers {result.workers} "
             f"--busy-backlog {args.busy_backlog} --clients {args.clients} --interval-s "
             f"{args.interval_s} --warmup-s {args.warmup_s} --duration-s {args.duration_s} "
-            f"--profile {args.profile}`",
+            f"--profile {args.profile} --api-workers {args.api_workers}`",
             "",
+            f"API: {args.api_workers} uvicorn process(es). "
             f"{result.workers} Celery workers (concurrency 1 each) ran static-quantization "
             f"jobs of the digits CNN, fed so that {args.busy_backlog} stayed queued; "
             f"{args.clients} pollers, one request every {args.interval_s} s each, nine in "
