@@ -22,8 +22,9 @@ typecheck:
 # servers and worker processes, so two keep both cores busy. Each process has its own
 # PostgreSQL database, SeaweedFS and queue names.
 PYTEST_WORKERS ?= 2
+# --durations: the slowest tests in every CI log, where the suite's time goes
 pytest:
-	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --durations=40 $(PYTEST_ARGS)
 
 # Benchmark-only packages (bench/auto.py's real MiniLM), into the project venv; the lock
 # constrains them, so no locked package (torch above all) changes version.
