@@ -52,4 +52,5 @@ USER squeeze
 VOLUME ["/data"]
 EXPOSE 8000
 
-CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000"]
+# two API processes, as docker-compose.yml runs them (why: there)
+CMD ["uvicorn", "api.app:create_app", "--factory", "--host", "0.0.0.0", "--port", "8000", "--workers", "2"]
