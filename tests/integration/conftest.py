@@ -12,6 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from service.runner import stop_together
 from service.settings import Settings
 from tests.api.conftest import ADMIN_TOKEN
 from tests.conftest import DigitsFiles
@@ -90,9 +91,13 @@ def deploy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Deploymen
         return deployment
 
     yield build
+    # every worker asked at once, one shared timeout: two workers slow to stop cost one
+    # wait, not two (CI showed teardowns of 20-27 s)
+    stop_together(
+        [worker.process for d in built for worker in d.workers if worker.process is not None],
+        timeout_s=20,
+    )
     for deployment in built:
-        for worker in deployment.workers:
-            worker.stop()
         deployment.client.__exit__(None, None, None)
         if not deployment.settings.uses_filesystem_broker:
             delete_redis_queues([deployment.settings.queue_cpu, deployment.settings.queue_gpu])
