@@ -25,6 +25,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.runner import stop_together
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,13 +200,9 @@ class WorkerProcess:
         os.kill(self.process.pid, signal.SIGTERM)
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        """SIGTERM to the worker and its pool, SIGKILL after 20 s (service.runner's rule)."""
+        if self.process is not None:
+            stop_together([self.process], timeout_s=20)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

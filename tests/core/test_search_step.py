@@ -209,12 +209,14 @@ def test_a_resumed_search_runs_only_the_trials_that_remain(cnn_onnx: Path, tmp_p
     assert all(stored[number] == params for number, params in done_before.items())
 
 
-def test_a_trial_left_running_by_a_dead_worker_is_run_again_with_its_architecture(
-    cnn_onnx: Path, tmp_path: Path
-) -> None:
+ORPHAN_SEARCH = {**TINY_MLP, "algorithm": "random", "max_trials": 2, "pruner": "none"}
+
+
+def orphan_trial(cnn_onnx: Path, tmp_path: Path, *, beaten: bool) -> tuple[SearchStore, Any]:
+    """A trial left RUNNING in a stored study by a worker that "died" a grace period ago,
+    after one heartbeat (`beaten`) or before its first."""
     store = sqlite_store(tmp_path)
-    fields = {**TINY_MLP, "algorithm": "random", "max_trials": 2, "pruner": "none"}
-    config = SearchStep.model_validate({"method": "search", **fields})
+    config = SearchStep.model_validate({"method": "search", **ORPHAN_SEARCH})
     space = distributions(narrow(MlpFamily, config.space))
     storage = storage_of(store)
     assert storage is not None
@@ -227,12 +229,13 @@ def test_a_trial_left_running_by_a_dead_worker_is_run_again_with_its_architectur
     with warnings.catch_warnings():  # Optuna wants heartbeats used through optimize()
         warnings.simplefilter("ignore", UserWarning)
         orphan = study.ask(fixed_distributions=space)
-    storage.record_heartbeat(orphan._trial_id)  # type: ignore[attr-defined]
+    if beaten:
+        storage.record_heartbeat(orphan._trial_id)  # type: ignore[attr-defined]
     time.sleep(store.grace_s + 1.0)  # its worker "died": no heartbeat since
+    return store, orphan
 
-    events: Events = []
-    output = run_search(cnn_onnx, context(tmp_path / "run", events, search_store=store), **fields)
 
+def assert_run_again(output: StepOutput, orphan: Any) -> None:
     trials = {t["number"]: t for t in output.details["trials"]}
     assert trials[orphan.number]["state"] == "fail"
     retried = [
@@ -240,6 +243,16 @@ def test_a_trial_left_running_by_a_dead_worker_is_run_again_with_its_architectur
     ]
     assert retried, (orphan.params, trials)
     assert output.details["budget"]["finished_trials"] == 2
+
+
+def test_a_trial_left_running_by_a_dead_worker_is_run_again_with_its_architecture(
+    cnn_onnx: Path, tmp_path: Path
+) -> None:
+    store, orphan = orphan_trial(cnn_onnx, tmp_path, beaten=True)
+
+    events: Events = []
+    ctx = context(tmp_path / "run", events, search_store=store)
+    assert_run_again(run_search(cnn_onnx, ctx, **ORPHAN_SEARCH), orphan)
 
 
 def test_trial_events_carry_what_the_issue_asks_for(cnn_onnx: Path, tmp_path: Path) -> None:
@@ -313,33 +326,11 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_run_again(
     # Optuna alone never fails a running trial without a heartbeat: the search waited
     # for it until its time budget ran out
     monkeypatch.setattr(search_storage, "SILENT_START_S", 0.5)
-    store = sqlite_store(tmp_path)
-    fields = {**TINY_MLP, "algorithm": "random", "max_trials": 2, "pruner": "none"}
-    config = SearchStep.model_validate({"method": "search", **fields})
-    space = distributions(narrow(MlpFamily, config.space))
-    storage = storage_of(store)
-    assert storage is not None
-    probe = Session.prepare(
-        config, digits_data(cnn_onnx), cnn_onnx, RunContext(tmp_path / "probe"), role=0
-    )
-    study = open_study(
-        storage, study_name(store, config), probe.directions, probe.sampler(0), probe.pruner()
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        orphan = study.ask(fixed_distributions=space)  # RUNNING, never beaten
-    time.sleep(store.grace_s + 1.0)
+    store, orphan = orphan_trial(cnn_onnx, tmp_path, beaten=False)
 
     events: Events = []
-    output = run_search(cnn_onnx, context(tmp_path / "run", events, search_store=store), **fields)
-
-    trials = {t["number"]: t for t in output.details["trials"]}
-    assert trials[orphan.number]["state"] == "fail"
-    retried = [
-        t for t in trials.values() if t["state"] == "complete" and t["params"] == orphan.params
-    ]
-    assert retried, (orphan.params, trials)
-    assert output.details["budget"]["finished_trials"] == 2
+    ctx = context(tmp_path / "run", events, search_store=store)
+    assert_run_again(run_search(cnn_onnx, ctx, **ORPHAN_SEARCH), orphan)
 
 
 def test_a_just_asked_trial_without_a_heartbeat_yet_is_not_stale(tmp_path: Path) -> None:
